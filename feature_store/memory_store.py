@@ -1,0 +1,177 @@
+"""The same write protocol as the Redis store, in process memory, for unit tests.
+
+It runs the ops of :mod:`feature_store.updates` with the semantics of ``store.lua``; the
+contract suite (``tests/integration/test_store_contract.py``) feeds both the same batches
+and compares canonical dumps, so the two cannot drift apart silently.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from feature_store.canonical import canonical_value
+from feature_store.keys import Keys
+from feature_store.updates import Op
+
+Zset = dict[str, float]
+Hash = dict[str, Any]
+BatchEvent = tuple[str, int, float, list[Op]]
+
+
+def _logaddexp(a: float, b: float) -> float:
+    hi, lo = (a, b) if a > b else (b, a)
+    return hi + math.log1p(math.exp(lo - hi))
+
+
+class MemoryStore:
+    def __init__(self, keys: Keys, dedupe_window_s: float) -> None:
+        self.keys = keys
+        self.window = dedupe_window_s
+        self.data: dict[str, Any] = {}
+        self._ops: dict[str, Callable[[Op], None]] = {
+            name.removeprefix("_op_"): getattr(self, name)
+            for name in dir(self) if name.startswith("_op_")
+        }
+
+    # ------------------------------------------------------------ protocol
+    def apply(self, shard: int, source: str, batch: Sequence[BatchEvent]) -> tuple[int, int, int]:
+        wm_key, seen_key = self.keys.watermarks(shard), self.keys.seen(shard)
+        meta = self._hash(self.keys.meta(shard))
+        wms, seen = self._hash(wm_key), self._zset(seen_key)
+        wm = int(wms.get(source, -1))
+        maxts = float(meta.get("maxts", 0.0))
+        maxoff, applied, dups, old = wm, 0, 0, 0
+        for event_id, offset, ts, ops in batch:
+            if 0 <= offset <= wm:
+                old += 1
+            elif event_id in seen:
+                dups += 1
+            else:
+                seen[event_id] = ts
+                for op in ops:
+                    self._ops[op[0]](op)
+                applied += 1
+                maxts = max(maxts, ts)
+            maxoff = max(maxoff, offset)
+        if maxoff > wm:
+            wms[source] = maxoff
+        meta["maxts"] = maxts
+        for eid in [e for e, t in seen.items() if t < maxts - self.window]:
+            del seen[eid]
+        self._drop_empty()
+        return applied, dups, old
+
+    def dump(self) -> dict[str, Any]:
+        return {k: canonical_value(k, v) for k, v in sorted(self.data.items())
+                if not k.endswith(":vec")}
+
+    # ------------------------------------------------------------ containers
+    def _zset(self, key: str) -> Zset:
+        return self.data.setdefault(key, {})  # type: ignore[no-any-return]
+
+    def _hash(self, key: str) -> Hash:
+        return self.data.setdefault(key, {})  # type: ignore[no-any-return]
+
+    def _list(self, key: str) -> list[Any]:
+        return self.data.setdefault(key, [])  # type: ignore[no-any-return]
+
+    def _set(self, key: str) -> set[str]:
+        return self.data.setdefault(key, set())  # type: ignore[no-any-return]
+
+    def _drop_empty(self) -> None:
+        for key in [k for k, v in self.data.items() if not v and v != 0]:
+            del self.data[key]
+
+    # ------------------------------------------------------------ ops
+    def _op_zmax(self, o: Op) -> None:
+        z = self._zset(o[1])
+        z[o[2]] = max(z.get(o[2], -math.inf), float(o[3]))
+
+    def _op_ztrim(self, o: Op) -> None:
+        z = self._zset(o[1])
+        keep = sorted(z.items(), key=lambda kv: (kv[1], kv[0]))[-o[2]:] if o[2] else []
+        z.clear()
+        z.update(keep)
+
+    def _op_zinc(self, o: Op) -> None:
+        z = self._zset(o[1])
+        z[o[2]] = z.get(o[2], 0.0) + float(o[3])
+
+    def _op_zlog(self, o: Op) -> None:
+        z = self._zset(o[1])
+        z[o[2]] = _logaddexp(z[o[2]], o[3]) if o[2] in z else float(o[3])
+
+    def _op_hinc(self, o: Op) -> None:
+        h = self._hash(o[1])
+        h[o[2]] = float(h.get(o[2], 0.0)) + float(o[3])
+
+    def _op_hmax(self, o: Op) -> None:
+        h = self._hash(o[1])
+        if o[2] not in h or o[3] > float(h[o[2]]):
+            h[o[2]] = o[3]
+
+    def _op_hmin(self, o: Op) -> None:
+        h = self._hash(o[1])
+        if o[2] not in h or o[3] < float(h[o[2]]):
+            h[o[2]] = o[3]
+
+    def _op_hset(self, o: Op) -> None:
+        self._hash(o[1])[o[2]] = o[3]
+
+    def _op_hdel(self, o: Op) -> None:
+        self._hash(o[1]).pop(o[2], None)
+
+    def _op_hnewer(self, o: Op) -> None:
+        h = self._hash(o[1])
+        if "ts" in h and o[2] < float(h["ts"]):
+            return
+        h["ts"] = o[2]
+        fields = o[3:]
+        for name, value in zip(fields[::2], fields[1::2], strict=True):
+            h[name] = value
+
+    def _op_lpush(self, o: Op) -> None:
+        lst = self._list(o[1])
+        lst.insert(0, o[2])
+        del lst[o[3]:]
+
+    def _op_sadd(self, o: Op) -> None:
+        self._set(o[1]).add(o[2])
+
+    def _op_srem(self, o: Op) -> None:
+        self._set(o[1]).discard(o[2])
+
+    def _op_buy(self, o: Op) -> None:
+        bought = self._hash(o[1])
+        n = int(bought.get(o[2], 0)) + 1
+        bought[o[2]] = n
+        if n in (1, 2):
+            self._op_zinc(["zinc", o[3] if n == 1 else o[4], o[2], 1])
+
+    def _op_session(self, o: Op) -> None:
+        _, ksess, kitems, sid, item, ts, maxn, co = o
+        sess = self._hash(ksess)
+        if sess.get("id") != sid:
+            self.data.pop(kitems, None)
+            sess["id"] = sid
+        items = self._zset(kitems)
+        if item not in items:
+            for other in items:
+                self._op_zinc(["zinc", co + item, other, 1])
+                self._op_zinc(["zinc", co + other, item, 1])
+        items[item] = max(items.get(item, -math.inf), float(ts))
+        self._op_ztrim(["ztrim", kitems, maxn])
+
+    def _op_cancel(self, o: Op) -> None:
+        _, korders, krfm, order_id, amount = o
+        if amount < 0:
+            amount = float(self._hash(korders).pop(order_id, 0.0))
+        rfm = self._hash(krfm)
+        rfm["monetary"] = float(rfm.get("monetary", 0.0)) - amount
+        rfm["cancels"] = int(rfm.get("cancels", 0)) + 1
+
+    def _op_del(self, o: Op) -> None:
+        for key in o[1:]:
+            self.data.pop(key, None)

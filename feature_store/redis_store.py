@@ -1,0 +1,103 @@
+"""The Redis write path: one Lua call per (batch, shard), pipelined; plus dump and wipe.
+
+The script (``store.lua``) checks the per-source offset watermark and the event-id dedupe
+window and applies the ops of every new event in one atomic step, so a crash between
+Redis and the Kafka commit, a rebalance, or a producer that sent an event twice never
+counts anything twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from importlib.resources import files
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
+
+from feature_store.canonical import canonical_value
+from feature_store.keys import Keys
+from feature_store.memory_store import BatchEvent
+
+SCRIPT = files("feature_store").joinpath("store.lua").read_text()
+_pack = msgspec.msgpack.Encoder().encode
+
+
+class RedisStore:
+    def __init__(self, client: aioredis.Redis, keys: Keys, dedupe_window_s: float) -> None:
+        self.client = client
+        self.keys = keys
+        self.window = dedupe_window_s
+        self._sha: str | None = None
+
+    async def _script_sha(self) -> str:
+        if self._sha is None:
+            self._sha = str(await self.client.script_load(SCRIPT))
+        return self._sha
+
+    async def apply_many(self, batches: Mapping[int, tuple[str, Sequence[BatchEvent]]],
+                         ) -> tuple[int, int, int]:
+        """Apply each shard's batch; returns summed (applied, duplicates, old offsets)."""
+        if not batches:
+            return 0, 0, 0
+        sha = await self._script_sha()
+        try:
+            results = await self._run(sha, batches)
+        except NoScriptError:  # server restarted or SCRIPT FLUSH: load and retry once
+            self._sha = None
+            results = await self._run(await self._script_sha(), batches)
+        totals = [0, 0, 0]
+        for res in results:
+            for i in range(3):
+                totals[i] += int(res[i])
+        return totals[0], totals[1], totals[2]
+
+    async def _run(self, sha: str, batches: Mapping[int, tuple[str, Sequence[BatchEvent]]],
+                   ) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for shard, (source, batch) in batches.items():
+            k = self.keys
+            pipe.evalsha(sha, 3, k.watermarks(shard), k.seen(shard), k.meta(shard),
+                         _pack([source, self.window, batch]))
+        return list(await pipe.execute())
+
+    async def dump(self, include_derived: bool = False) -> dict[str, Any]:
+        """Every key of this prefix in canonical form (model and control keys excluded)."""
+        out: dict[str, Any] = {}
+        skip = (f"{{{self.keys.prefix}:m}}", f"{{{self.keys.prefix}:ctl}}")
+        async for raw in self.client.scan_iter(match=f"{{{self.keys.prefix}:*", count=1000):
+            key = raw.decode() if isinstance(raw, bytes) else raw
+            if key.startswith(skip) or (key.endswith(":vec") and not include_derived):
+                continue
+            out[key] = canonical_value(key, await self._read(key))
+        return dict(sorted(out.items()))
+
+    async def _read(self, key: str) -> Any:
+        kind = await self.client.type(key)
+        kind = kind.decode() if isinstance(kind, bytes) else kind
+        if kind == "zset":
+            return dict(await self.client.zrange(key, 0, -1, withscores=True))
+        if kind == "hash":
+            return await self.client.hgetall(key)
+        if kind == "list":
+            return await self.client.lrange(key, 0, -1)
+        if kind == "set":
+            return set(await self.client.smembers(key))
+        return await self.client.get(key)
+
+    async def wipe(self) -> int:
+        """Delete all derived state of this prefix (not the model, not control keys)."""
+        skip = (f"{{{self.keys.prefix}:m}}", f"{{{self.keys.prefix}:ctl}}")
+        doomed: list[bytes] = []
+        async for raw in self.client.scan_iter(match=f"{{{self.keys.prefix}:*", count=2000):
+            key = raw.decode() if isinstance(raw, bytes) else raw
+            if not key.startswith(skip):
+                doomed.append(raw)
+        for start in range(0, len(doomed), 1000):
+            # One key per call keeps this valid on Redis Cluster (keys span slots).
+            pipe = self.client.pipeline(transaction=False)
+            for key in doomed[start:start + 1000]:
+                pipe.unlink(key)
+            await pipe.execute()
+        return len(doomed)

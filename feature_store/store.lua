@@ -1,0 +1,122 @@
+-- Apply one batch of folded events to one shard, atomically and idempotently.
+-- KEYS[1] watermarks hash (source -> highest applied offset)
+-- KEYS[2] seen zset (event_id -> event ts), the dedupe window
+-- KEYS[3] meta hash (maxts: newest event time applied in this shard)
+-- ARGV[1] msgpack [source, window_s, [[event_id, offset, ts, ops], ...]]
+-- Every other key an op names carries the same hash tag, so this stays one slot.
+-- Returns {applied, duplicates, already_applied_offsets}.
+
+local doc = cmsgpack.unpack(ARGV[1])
+local source, window, events = doc[1], doc[2], doc[3]
+
+local function num(v, default)
+  if v == false or v == nil then return default end
+  return tonumber(v)
+end
+
+local function logaddexp(a, b)
+  if a > b then return a + math.log(1 + math.exp(b - a)) end
+  return b + math.log(1 + math.exp(a - b))
+end
+
+local function fmt(x)
+  return string.format('%.17g', x)
+end
+
+local OPS = {}
+OPS.zmax = function(o) redis.call('ZADD', o[2], 'GT', fmt(o[4]), o[3]) end
+OPS.ztrim = function(o) redis.call('ZREMRANGEBYRANK', o[2], 0, -(o[3] + 1)) end
+OPS.zinc = function(o) redis.call('ZINCRBY', o[2], fmt(o[4]), o[3]) end
+OPS.zlog = function(o)
+  local old = num(redis.call('ZSCORE', o[2], o[3]), nil)
+  local new = o[4]
+  if old then new = logaddexp(old, new) end
+  redis.call('ZADD', o[2], fmt(new), o[3])
+end
+OPS.hinc = function(o) redis.call('HINCRBYFLOAT', o[2], o[3], fmt(o[4])) end
+OPS.hmax = function(o)
+  local old = num(redis.call('HGET', o[2], o[3]), nil)
+  if not old or o[4] > old then redis.call('HSET', o[2], o[3], fmt(o[4])) end
+end
+OPS.hmin = function(o)
+  local old = num(redis.call('HGET', o[2], o[3]), nil)
+  if not old or o[4] < old then redis.call('HSET', o[2], o[3], fmt(o[4])) end
+end
+OPS.hset = function(o)
+  local v = o[4]
+  if type(v) == 'number' then v = fmt(v) end
+  redis.call('HSET', o[2], o[3], v)
+end
+OPS.hdel = function(o) redis.call('HDEL', o[2], o[3]) end
+OPS.hnewer = function(o)
+  local old = num(redis.call('HGET', o[2], 'ts'), nil)
+  if old and o[3] < old then return end
+  local args = {'ts', fmt(o[3])}
+  for i = 4, #o do
+    local v = o[i]
+    if type(v) == 'number' then v = fmt(v) end
+    args[#args + 1] = v
+  end
+  redis.call('HSET', o[2], unpack(args))
+end
+OPS.lpush = function(o)
+  redis.call('LPUSH', o[2], o[3])
+  redis.call('LTRIM', o[2], 0, o[4] - 1)
+end
+OPS.sadd = function(o) redis.call('SADD', o[2], o[3]) end
+OPS.srem = function(o) redis.call('SREM', o[2], o[3]) end
+OPS.buy = function(o)
+  local n = redis.call('HINCRBY', o[2], o[3], 1)
+  if n == 1 then redis.call('ZINCRBY', o[4], 1, o[3])
+  elseif n == 2 then redis.call('ZINCRBY', o[5], 1, o[3]) end
+end
+OPS.session = function(o)
+  local ksess, kitems, sid, item, ts, maxn, co = o[2], o[3], o[4], o[5], o[6], o[7], o[8]
+  if redis.call('HGET', ksess, 'id') ~= sid then
+    redis.call('DEL', kitems)
+    redis.call('HSET', ksess, 'id', sid)
+  end
+  if not redis.call('ZSCORE', kitems, item) then
+    local others = redis.call('ZRANGE', kitems, 0, -1)
+    for _, other in ipairs(others) do
+      redis.call('ZINCRBY', co .. item, 1, other)
+      redis.call('ZINCRBY', co .. other, 1, item)
+    end
+  end
+  redis.call('ZADD', kitems, 'GT', fmt(ts), item)
+  redis.call('ZREMRANGEBYRANK', kitems, 0, -(maxn + 1))
+end
+OPS.cancel = function(o)
+  local korders, krfm, order_id, amount = o[2], o[3], o[4], o[5]
+  if amount < 0 then
+    amount = num(redis.call('HGET', korders, order_id), 0)
+    redis.call('HDEL', korders, order_id)
+  end
+  redis.call('HINCRBYFLOAT', krfm, 'monetary', fmt(-amount))
+  redis.call('HINCRBY', krfm, 'cancels', 1)
+end
+OPS.del = function(o)
+  for i = 2, #o do redis.call('DEL', o[i]) end
+end
+
+local wm = num(redis.call('HGET', KEYS[1], source), -1)
+local maxts = num(redis.call('HGET', KEYS[3], 'maxts'), 0)
+local maxoff = wm
+local applied, dups, old = 0, 0, 0
+for _, e in ipairs(events) do
+  local eid, off, ts, ops = e[1], e[2], e[3], e[4]
+  if off >= 0 and off <= wm then
+    old = old + 1
+  elseif redis.call('ZADD', KEYS[2], 'NX', fmt(ts), eid) == 0 then
+    dups = dups + 1
+  else
+    for _, op in ipairs(ops) do OPS[op[1]](op) end
+    applied = applied + 1
+    if ts > maxts then maxts = ts end
+  end
+  if off > maxoff then maxoff = off end
+end
+if maxoff > wm then redis.call('HSET', KEYS[1], source, maxoff) end
+redis.call('HSET', KEYS[3], 'maxts', fmt(maxts))
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. fmt(maxts - window))
+return {applied, dups, old}

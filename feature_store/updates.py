@@ -1,0 +1,234 @@
+"""Pure folds: one event → the store operations it implies. No I/O.
+
+An operation is a small list ``[opcode, key, args...]`` that both stores execute with the
+same meaning (``store.lua`` on Redis, :mod:`feature_store.memory_store` in tests). Ops
+that need to read state (log-add-exp decay, session co-views, first/repeat purchase) are
+opcodes of their own, so every read-modify-write happens inside the atomic script.
+
+Opcodes
+-------
+``zmax k m ts``        keep the larger score (recent views, favourites)
+``ztrim k n``          keep the n highest-scored members
+``zlog k m logw``      score := logaddexp(score, logw) (forward-decayed sums)
+``zinc k m d``         score += d
+``hinc k f d``         field += d (float)
+``hmax/hmin k f v``    field := max/min(field, v)
+``hset k f v``         field := v
+``hdel k f``           delete field
+``hnewer k ts f v ...`` set the fields only if ``ts`` >= the stored ``ts`` field
+``lpush k v n``        push and keep n newest (values are text: the script's msgpack has no bytes)
+``sadd/srem k m``      set membership
+``buy k_bought item k_buyers k_rebuyers`` count the order in the customer's ``bought``;
+                       the 1st order adds a buyer, the 2nd a re-buyer (per shard partial)
+``session k_sess k_sitems sid item ts n co_prefix`` co-view with this session's items
+``cancel k_orders k_rfm order_id amount`` subtract a cancellation (whole order if amount<0)
+``del k...``           delete keys
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Any
+
+import msgspec
+
+from aisle.settings import FeatureSettings, ModelSettings
+from feature_store.keys import Keys
+from streams import events as ev
+
+Op = list[Any]
+
+LN2 = math.log(2.0)
+
+
+def forward_log_weight(weight: float, ts: float, half_life_s: float) -> float:
+    """log(w) + ts/tau: adding these with log-add-exp gives a decayed sum at any time.
+
+    >>> a = forward_log_weight(1.0, 0.0, 3600.0)
+    >>> b = forward_log_weight(1.0, 3600.0, 3600.0)
+    >>> round(math.exp(a - b), 6)  # one half-life older weighs half
+    0.5
+    """
+    if half_life_s <= 0 or math.isinf(half_life_s):
+        return math.log(weight)
+    return math.log(weight) + ts * LN2 / half_life_s
+
+
+@dataclass(frozen=True, slots=True)
+class Folder:
+    """Turns events into ops for their shard. Built once per process from settings."""
+
+    keys: Keys
+    features: FeatureSettings
+    model: ModelSettings
+
+    def shard(self, event: ev.Event) -> int:
+        return self.keys.shard_of(event.routing_key)
+
+    def fold(self, event: ev.AnyEvent) -> list[Op]:
+        """Ops for ``event``, all in ``self.shard(event)``. Reads nothing: the fold of an
+        event depends on the event alone, so replaying the log rebuilds the same state
+        whatever order the two topics interleave in."""
+        match event:
+            case ev.ProductViewed() | ev.ProductFavorited() | ev.CartItemAdded():
+                return self._interest(event)
+            case ev.CartItemRemoved():
+                return [["hdel", self._u(event, "cart"), event.payload.item_id]]
+            case ev.OrderPlaced():
+                return self._order(event)
+            case ev.OrderCancelled():
+                return self._cancel(event)
+            case ev.ReviewSubmitted():
+                return self._review(event)
+            case ev.ComplaintFiled():
+                return self._complaint(event)
+            case ev.PreferenceStated():
+                return self._preference(event)
+            case ev.CatalogItemUpserted():
+                return self._catalog(event)
+            case ev.CatalogItemRemoved():
+                key = self.keys.item(event.payload.item_id)
+                return [["hnewer", key, event.ts, "removed", 1]]
+            case ev.UserErased():
+                uid = _uid(event)
+                return [["del", *self.keys.user_keys(uid)],
+                        ["srem", self.keys.users(self.shard(event)), uid]]
+        raise TypeError(f"no fold for {type(event).__name__}")  # pragma: no cover
+
+    # ------------------------------------------------------------ helpers
+    def _u(self, event: ev.Event, suffix: str) -> str:
+        return self.keys.user(_uid(event), suffix)
+
+    def _trend(self, shard: int, item: str, weight: float, ts: float) -> Op:
+        lw = forward_log_weight(weight, ts, self.features.trending_half_life_h * 3600)
+        return ["zlog", self.keys.trending(shard), item, lw]
+
+    def _ia(self, event: ev.Event, item: str, weight: float) -> Op:
+        lw = forward_log_weight(weight, event.ts, self.model.half_life_d * 86400)
+        return ["zlog", self._u(event, "ia"), item, lw]
+
+    def _affinity(self, event: ev.Event, category: str | None, weight: float) -> list[Op]:
+        if not category or category == "unknown":
+            return []
+        lw = forward_log_weight(weight, event.ts, self.features.affinity_half_life_d * 86400)
+        return [["zlog", self._u(event, "cat"), category, lw]]
+
+    def _interest(self, event: ev.ProductViewed | ev.ProductFavorited | ev.CartItemAdded,
+                  ) -> list[Op]:
+        item, ts, shard = event.payload.item_id, event.ts, self.shard(event)
+        m = self.model
+        weight = {ev.ProductViewed: m.weight_view, ev.ProductFavorited: m.weight_favorite,
+                  ev.CartItemAdded: m.weight_cart}[type(event)]
+        ops: list[Op] = [["sadd", self.keys.users(shard), _uid(event)],
+                         self._ia(event, item, weight), self._trend(shard, item, weight, ts)]
+        ops += self._affinity(event, event.payload.category, weight)
+        if isinstance(event, ev.ProductViewed):
+            views = self._u(event, "views")
+            ops += [["zmax", views, item, ts], ["ztrim", views, self.features.recent_views_max]]
+        elif isinstance(event, ev.ProductFavorited):
+            ops.append(["zmax", self._u(event, "fav"), item, ts])
+        else:
+            ops.append(["hinc", self._u(event, "cart"), item, event.payload.quantity])
+        if event.session_id:
+            ops.append(["session", self._u(event, "sess"), self._u(event, "sitems"),
+                        event.session_id, item, ts, self.features.session_items_max,
+                        self.keys.co_prefix("view", shard)])
+        return ops
+
+    def _order(self, event: ev.OrderPlaced) -> list[Op]:
+        shard, ts = self.shard(event), event.ts
+        amounts: dict[str, float] = {}
+        quantities: dict[str, int] = {}
+        categories: dict[str, str | None] = {}
+        for line in event.payload.lines:
+            amounts[line.item_id] = amounts.get(line.item_id, 0.0) + line.quantity * line.unit_price
+            quantities[line.item_id] = quantities.get(line.item_id, 0) + line.quantity
+            categories.setdefault(line.item_id, line.category)
+        ops: list[Op] = [self._trend(shard, item, self.model.weight_purchase, ts)
+                         for item in amounts]
+        basket = list(amounts)[: self.features.basket_items_max]
+        for a, b in combinations(basket, 2):
+            ops += [["zinc", self.keys.co("buy", shard, a), b, 1],
+                    ["zinc", self.keys.co("buy", shard, b), a, 1]]
+        if event.user_id is None:  # guest: popularity and baskets only
+            return ops
+        total = round(sum(amounts.values()), 2)
+        rfm, order_id = self._u(event, "rfm"), event.payload.order_id
+        ops += [["sadd", self.keys.users(shard), event.user_id],
+                ["hmin", rfm, "first_ts", ts], ["hmax", rfm, "last_ts", ts],
+                ["hinc", rfm, "orders", 1], ["hinc", rfm, "monetary", total],
+                ["hset", self._u(event, "orders"), order_id, total]]
+        hist = self._u(event, "hist")
+        for item, amount in amounts.items():
+            line = _json([order_id, item, ts, quantities[item], round(amount, 2)])
+            ops += [["lpush", hist, line, self.features.history_max],
+                    ["buy", self._u(event, "bought"), item, self.keys.buyers(shard),
+                     self.keys.rebuyers(shard)],
+                    self._ia(event, item, self.model.weight_purchase),
+                    ["hdel", self._u(event, "cart"), item],
+                    *self._affinity(event, categories[item], self.model.weight_purchase)]
+        return ops
+
+    def _cancel(self, event: ev.OrderCancelled) -> list[Op]:
+        if event.user_id is None:
+            return []
+        lines = event.payload.lines
+        amount = round(sum(li.quantity * li.unit_price for li in lines), 2) if lines else -1.0
+        return [["cancel", self._u(event, "orders"), self._u(event, "rfm"),
+                 event.payload.order_id, amount]]
+
+    def _review(self, event: ev.ReviewSubmitted) -> list[Op]:
+        p = event.payload
+        if p.rating >= 4:
+            return [self._ia(event, p.item_id, self.model.weight_review_good)]
+        if p.rating <= 2:
+            reason = {"why": f"rated {p.rating}/5", "ts": event.ts, "event_id": event.event_id}
+            return [["hset", self._u(event, "neg"), p.item_id, _json(reason)]]
+        return []
+
+    def _complaint(self, event: ev.ComplaintFiled) -> list[Op]:
+        p = event.payload
+        reason = _json({"why": f"complaint: {p.reason[:200]}", "ts": event.ts,
+                        "event_id": event.event_id})
+        ops: list[Op] = [["hset", self._u(event, "dislikes"), tag, reason] for tag in p.tags]
+        if p.item_id:
+            ops.append(["hset", self._u(event, "neg"), p.item_id, reason])
+        return ops
+
+    def _preference(self, event: ev.PreferenceStated) -> list[Op]:
+        p = event.payload
+        why = f"stated: {p.note[:200]}" if p.note else "stated by the customer"
+        reason = _json({"why": why, "ts": event.ts, "event_id": event.event_id})
+        key = self._u(event, "dislikes")
+        return ([["hset", key, tag, reason] for tag in p.dislikes]
+                + [["hdel", key, tag] for tag in p.retracts])
+
+    def _catalog(self, event: ev.CatalogItemUpserted) -> list[Op]:
+        p = event.payload
+        fields: list[Any] = ["title", p.title, "category", p.category, "price", p.price,
+                             "currency", p.currency, "removed", 0,
+                             "attrs", _json(p.attributes)]
+        if p.brand is not None:
+            fields += ["brand", p.brand]
+        if p.stock is not None:
+            fields += ["stock", p.stock]
+        if p.consumable is not None:
+            fields += ["consumable", int(p.consumable)]
+        shard = self.shard(event)
+        return [["hnewer", self.keys.item(p.item_id), event.ts, *fields],
+                ["sadd", self.keys.items(shard), p.item_id]]
+
+
+def _uid(event: ev.Event) -> str:
+    if event.user_id is None:  # guarded by Event.__post_init__ for these types
+        raise ValueError(f"{type(event).__name__} without user_id")
+    return event.user_id
+
+
+_enc = msgspec.json.Encoder(order="sorted")
+
+
+def _json(value: object) -> str:
+    return _enc.encode(value).decode()

@@ -1,0 +1,282 @@
+"""The one event schema, shared by producers, agents, the API, tests and benchmarks.
+
+Every event is a JSON object with a common envelope and a ``type`` that selects its
+payload. Decoding validates types and bounds in one pass (msgspec); anything that does
+not decode is a :class:`DecodeError` with a reason and goes to the dead-letter topic.
+
+>>> ev = decode_event(b'{"type":"product.viewed","event_id":"e1","user_id":"u1",'
+...                   b'"occurred_at":"2011-12-01T10:00:00Z","payload":{"item_id":"85123A"}}')
+>>> ev.payload.item_id, ev.ts
+('85123A', 1322733600.0)
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Annotated, Any, ClassVar, Final, TypeAlias
+
+import msgspec
+from msgspec import Meta
+
+SCHEMA_VERSION: Final = 1
+# Events before this or more than a day in the future are absurd, not late.
+MIN_TS: Final = 631152000.0  # 1990-01-01T00:00:00Z
+FUTURE_SLACK_S: Final = 86400.0
+
+Id = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@/+\-]+$",
+                         description="1-128 chars of A-Z a-z 0-9 _ . : @ / + -")]
+Text = Annotated[str, Meta(max_length=4000)]
+Short = Annotated[str, Meta(max_length=200)]
+Tag = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[^\s:]+:[^\s]+$",
+                          description="attribute:value, e.g. material:polyester")]
+Quantity = Annotated[int, Meta(gt=0, le=100_000)]
+Price = Annotated[float, Meta(ge=0, le=1_000_000)]
+Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3}$")]
+Rating = Annotated[int, Meta(ge=1, le=5)]
+Stock = Annotated[int, Meta(ge=0, le=100_000_000)]
+When = Annotated[datetime, Meta(tz=True, description="RFC 3339 with a time zone")]
+
+
+class DecodeError(ValueError):
+    """A poison event: the bytes could not become a valid event. ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# ---------------------------------------------------------------- payloads
+
+class ItemRef(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    item_id: Id
+    # Optional hints the shop may send; the catalog is used when absent.
+    category: Short | None = None
+    # The recommendation answer this interaction came from (for attribution).
+    request_id: Short | None = None
+
+
+class CartLine(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    item_id: Id
+    quantity: Quantity = 1
+    category: Short | None = None
+    request_id: Short | None = None
+
+
+class OrderLine(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    item_id: Id
+    quantity: Quantity
+    unit_price: Price
+    currency: Currency = "GBP"
+    category: Short | None = None
+
+
+class Order(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    order_id: Id
+    lines: Annotated[list[OrderLine], Meta(min_length=1, max_length=1000)]
+    offer_id: Short | None = None
+
+
+class Cancellation(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    order_id: Id
+    # Cancelled lines; empty means "the whole order".
+    lines: Annotated[list[OrderLine], Meta(max_length=1000)] = []
+
+
+class Review(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    item_id: Id
+    rating: Rating
+    text: Text | None = None
+    tags: Annotated[list[Tag], Meta(max_length=50)] = []
+
+
+class Complaint(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    reason: Text
+    item_id: Id | None = None
+    order_id: Id | None = None
+    tags: Annotated[list[Tag], Meta(max_length=50)] = []
+
+
+class Preference(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    dislikes: Annotated[list[Tag], Meta(max_length=100)] = []
+    # Previously stated dislikes the customer takes back.
+    retracts: Annotated[list[Tag], Meta(max_length=100)] = []
+    note: Text | None = None
+
+
+class CatalogItem(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    item_id: Id
+    title: Annotated[str, Meta(min_length=1, max_length=300)]
+    category: Short = "unknown"
+    brand: Short | None = None
+    price: Price = 0.0
+    currency: Currency = "GBP"
+    stock: Stock | None = None
+    # None: infer from how often buyers buy it again.
+    consumable: bool | None = None
+    attributes: Annotated[dict[Annotated[str, Meta(max_length=50)], Short],
+                          Meta(max_length=50)] = {}
+
+
+class ItemRemoved(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    item_id: Id
+
+
+class Empty(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    pass
+
+
+# ---------------------------------------------------------------- envelope
+
+class Event(msgspec.Struct, kw_only=True, frozen=True, tag_field="type",
+            forbid_unknown_fields=True):
+    """The versioned envelope. ``type`` (the tag) selects the payload."""
+
+    event_id: Id
+    occurred_at: When
+    user_id: Id | None = None
+    session_id: Id | None = None
+    source: Short = "unknown"
+    schema_version: Annotated[int, Meta(ge=1, le=SCHEMA_VERSION)] = SCHEMA_VERSION
+
+    # Which events must name a customer. Guest orders and catalog events need not.
+    needs_user: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        ts = self.occurred_at.timestamp()
+        if ts < MIN_TS or ts > time.time() + FUTURE_SLACK_S:
+            raise ValueError(f"occurred_at {self.occurred_at.isoformat()} is out of range")
+        if self.needs_user and self.user_id is None:
+            raise ValueError(f"{type(self).__name__} needs a user_id")
+
+    @property
+    def ts(self) -> float:
+        """Event time as Unix seconds: every decay and window uses this, never now()."""
+        return self.occurred_at.timestamp()
+
+    @property
+    def routing_key(self) -> str:
+        """The Kafka key: the customer, else the entity the event is about."""
+        return self.user_id or _entity_id(self)
+
+
+class ProductViewed(Event, tag="product.viewed"):
+    payload: ItemRef
+
+
+class CartItemAdded(Event, tag="cart.item_added"):
+    payload: CartLine
+
+
+class CartItemRemoved(Event, tag="cart.item_removed"):
+    payload: ItemRef
+
+
+class ProductFavorited(Event, tag="product.favorited"):
+    payload: ItemRef
+
+
+class OrderPlaced(Event, tag="order.placed"):
+    needs_user: ClassVar[bool] = False  # guest checkout
+    payload: Order
+
+
+class OrderCancelled(Event, tag="order.cancelled"):
+    needs_user: ClassVar[bool] = False
+    payload: Cancellation
+
+
+class ReviewSubmitted(Event, tag="review.submitted"):
+    payload: Review
+
+
+class ComplaintFiled(Event, tag="complaint.filed"):
+    payload: Complaint
+
+
+class PreferenceStated(Event, tag="preference.stated"):
+    payload: Preference
+
+
+class CatalogItemUpserted(Event, tag="catalog.item_upserted"):
+    needs_user: ClassVar[bool] = False
+    payload: CatalogItem
+
+
+class CatalogItemRemoved(Event, tag="catalog.item_removed"):
+    needs_user: ClassVar[bool] = False
+    payload: ItemRemoved
+
+
+class UserErased(Event, tag="user.erased"):
+    payload: Empty = Empty()
+
+
+AnyEvent: TypeAlias = (
+    ProductViewed | CartItemAdded | CartItemRemoved | ProductFavorited | OrderPlaced
+    | OrderCancelled | ReviewSubmitted | ComplaintFiled | PreferenceStated
+    | CatalogItemUpserted | CatalogItemRemoved | UserErased
+)
+EVENT_TYPES: Final = {cls.__struct_config__.tag: cls for cls in AnyEvent.__args__}  # type: ignore[attr-defined]
+CATALOG_TYPES: Final = frozenset({"catalog.item_upserted", "catalog.item_removed"})
+
+
+def _entity_id(event: Event) -> str:
+    payload: Any = getattr(event, "payload", None)
+    for name in ("order_id", "item_id"):
+        value = getattr(payload, name, None)
+        if value:
+            return str(value)
+    return event.event_id
+
+
+def is_catalog(event: Event) -> bool:
+    return event.__struct_config__.tag in CATALOG_TYPES
+
+
+def event_type(event: Event) -> str:
+    return str(event.__struct_config__.tag)
+
+
+# ---------------------------------------------------------------- codec
+
+_decoder = msgspec.json.Decoder(AnyEvent)
+_batch_decoder = msgspec.json.Decoder(list[AnyEvent])
+_encoder = msgspec.json.Encoder()
+
+
+def decode_event(data: bytes | str) -> AnyEvent:
+    """Bytes → a valid event, or :class:`DecodeError` saying what is wrong."""
+    try:
+        return _decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise DecodeError(_explain(str(exc))) from None
+    except msgspec.DecodeError as exc:
+        raise DecodeError(f"not valid JSON: {exc}") from None
+    except (UnicodeDecodeError, OverflowError, RecursionError) as exc:
+        raise DecodeError(f"undecodable: {exc}") from None
+
+
+def decode_events(data: bytes) -> list[AnyEvent]:
+    """A JSON array of events (the API's batch form); one error fails the batch."""
+    try:
+        return _batch_decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise DecodeError(_explain(str(exc))) from None
+    except msgspec.DecodeError as exc:
+        raise DecodeError(f"not valid JSON: {exc}") from None
+
+
+def encode_event(event: Event) -> bytes:
+    return _encoder.encode(event)
+
+
+def _explain(message: str) -> str:
+    if "Invalid value" in message and "`$.type`" in message:
+        return f"unknown event type ({message}); known: {', '.join(sorted(EVENT_TYPES))}"
+    return message
+
+
+def json_schema() -> dict[str, Any]:
+    """The published JSON Schema of the envelope (all event types)."""
+    return msgspec.json.schema(AnyEvent)
