@@ -24,8 +24,8 @@ class TopicSettings(BaseModel):
 class WorkerSettings(BaseModel):
     model_config = {"extra": "forbid"}
 
+    # The Faust app id is also the Kafka consumer group: workers with one id share work.
     app_id: str = "aisle"
-    group_id: str = "aisle-worker"
     batch_max: int = Field(2000, ge=1)
     batch_within_s: float = Field(0.05, gt=0)
     # Embedded profile: short timeouts so a worker joins its group in seconds, not ~30 s.

@@ -8,7 +8,7 @@ counts anything twice.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from importlib.resources import files
 from typing import Any
 
@@ -21,6 +21,7 @@ from feature_store.keys import Keys
 from feature_store.memory_store import BatchEvent
 
 SCRIPT = files("feature_store").joinpath("store.lua").read_text()
+ShardBatch = tuple[int, str, Sequence[BatchEvent]]
 _pack = msgspec.msgpack.Encoder().encode
 
 
@@ -36,9 +37,10 @@ class RedisStore:
             self._sha = str(await self.client.script_load(SCRIPT))
         return self._sha
 
-    async def apply_many(self, batches: Mapping[int, tuple[str, Sequence[BatchEvent]]],
-                         ) -> tuple[int, int, int]:
-        """Apply each shard's batch; returns summed (applied, duplicates, old offsets)."""
+    async def apply_many(self, batches: Sequence[ShardBatch]) -> tuple[int, int, int]:
+        """Apply (shard, source, events) batches in one round trip.
+
+        Returns summed (applied, duplicates, already-applied offsets)."""
         if not batches:
             return 0, 0, 0
         sha = await self._script_sha()
@@ -53,10 +55,9 @@ class RedisStore:
                 totals[i] += int(res[i])
         return totals[0], totals[1], totals[2]
 
-    async def _run(self, sha: str, batches: Mapping[int, tuple[str, Sequence[BatchEvent]]],
-                   ) -> list[Any]:
+    async def _run(self, sha: str, batches: Sequence[ShardBatch]) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)
-        for shard, (source, batch) in batches.items():
+        for shard, source, batch in batches:
             k = self.keys
             pipe.evalsha(sha, 3, k.watermarks(shard), k.seen(shard), k.meta(shard),
                          _pack([source, self.window, batch]))

@@ -1,0 +1,187 @@
+"""The read side of the feature store, for serving. One pipelined round trip per call.
+
+Per-customer state is in one shard; item aggregates are partial sums per shard and are
+merged here. Catalog entries are cached in process for ``ttl`` seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+
+from feature_store.keys import Keys
+
+
+@dataclass(frozen=True, slots=True)
+class ItemInfo:
+    item_id: str
+    title: str
+    category: str = "unknown"
+    brand: str | None = None
+    price: float = 0.0
+    currency: str = "GBP"
+    stock: int | None = None
+    consumable: bool | None = None
+    removed: bool = False
+    attributes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def available(self) -> bool:
+        return not self.removed and (self.stock is None or self.stock > 0)
+
+    @property
+    def tags(self) -> set[str]:
+        """attribute:value tags a dislike can match (category and brand included)."""
+        tags = {f"{k.lower()}:{v.lower()}" for k, v in self.attributes.items()}
+        tags.add(f"category:{self.category.lower()}")
+        if self.brand:
+            tags.add(f"brand:{self.brand.lower()}")
+        return tags
+
+
+@dataclass(slots=True)
+class UserState:
+    user_id: str
+    views: list[tuple[str, float]]          # newest first
+    cart: dict[str, float]
+    bought: dict[str, int]
+    dislikes: dict[str, dict[str, Any]]
+    negatives: dict[str, dict[str, Any]]
+    interactions: list[tuple[bytes, float]]  # (item, forward-decayed log weight)
+    vector: bytes | None
+    rfm: dict[str, float]
+
+    @property
+    def known(self) -> bool:
+        return bool(self.views or self.interactions or self.bought)
+
+
+def _s(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _parse_item(item_id: str, h: dict[bytes, bytes]) -> ItemInfo | None:
+    if not h or b"title" not in h:
+        return None
+    get = lambda name: _s(h[name]) if name in h else None  # noqa: E731
+    stock = get(b"stock")
+    consumable = get(b"consumable")
+    return ItemInfo(
+        item_id=item_id, title=get(b"title") or item_id, category=get(b"category") or "unknown",
+        brand=get(b"brand"), price=float(get(b"price") or 0.0), currency=get(b"currency") or "GBP",
+        stock=int(float(stock)) if stock is not None else None,
+        consumable=bool(int(float(consumable))) if consumable is not None else None,
+        removed=get(b"removed") in ("1", "1.0"),
+        attributes=msgspec.json.decode(h.get(b"attrs", b"{}")) if h.get(b"attrs") else {},
+    )
+
+
+class FeatureReader:
+    def __init__(self, client: aioredis.Redis, keys: Keys, ttl: float = 2.0) -> None:
+        self.client = client
+        self.keys = keys
+        self.ttl = ttl
+        self._items: dict[str, tuple[float, ItemInfo | None]] = {}
+        self._trending: tuple[float, int, list[tuple[str, float]]] | None = None
+
+    async def ping(self) -> bool:
+        return bool(await self.client.ping())
+
+    # ------------------------------------------------------------ catalog
+    async def items(self, item_ids: list[str]) -> dict[str, ItemInfo]:
+        now = time.monotonic()
+        out: dict[str, ItemInfo] = {}
+        missing = []
+        for iid in dict.fromkeys(item_ids):
+            hit = self._items.get(iid)
+            if hit is not None and now - hit[0] < self.ttl:
+                if hit[1] is not None:
+                    out[iid] = hit[1]
+            else:
+                missing.append(iid)
+        if missing:
+            pipe = self.client.pipeline(transaction=False)
+            for iid in missing:
+                pipe.hgetall(self.keys.item(iid))
+            for iid, h in zip(missing, await pipe.execute(), strict=True):
+                info = _parse_item(iid, h)
+                self._items[iid] = (now, info)
+                if info is not None:
+                    out[iid] = info
+            if len(self._items) > 200_000:
+                self._items.clear()
+        return out
+
+    def cached_item(self, item_id: str) -> ItemInfo | None:
+        hit = self._items.get(item_id)
+        return hit[1] if hit else None
+
+    # ------------------------------------------------------------ aggregates
+    async def co_counts(self, kind: str, item_id: str, n: int = 50) -> dict[str, float]:
+        """Co-view / co-purchase counts of ``item_id``, summed over the shard partials."""
+        pipe = self.client.pipeline(transaction=False)
+        for shard in range(self.keys.shards):
+            pipe.zrange(self.keys.co(kind, shard, item_id), 0, n - 1, desc=True,
+                        withscores=True)
+        merged: dict[str, float] = {}
+        for part in await pipe.execute():
+            for member, score in part:
+                key = _s(member)
+                merged[key] = merged.get(key, 0.0) + score
+        return dict(sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))[:n])
+
+    async def trending(self, n: int = 100) -> list[tuple[str, float]]:
+        """Items by time-decayed popularity (log scores merged with log-add-exp)."""
+        now = time.monotonic()
+        if self._trending and now - self._trending[0] < self.ttl and self._trending[1] >= n:
+            return self._trending[2][:n]
+        pipe = self.client.pipeline(transaction=False)
+        for shard in range(self.keys.shards):
+            pipe.zrange(self.keys.trending(shard), 0, 2 * n - 1, desc=True, withscores=True)
+        merged: dict[str, float] = {}
+        for part in await pipe.execute():
+            for member, score in part:
+                key = _s(member)
+                old = merged.get(key)
+                merged[key] = score if old is None else _logaddexp(old, score)
+        ranked = sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+        self._trending = (now, n, ranked)
+        return ranked
+
+    def cached_trending(self) -> list[tuple[str, float]]:
+        return self._trending[2] if self._trending else []
+
+    # ------------------------------------------------------------ customers
+    async def user(self, user_id: str, views: int = 20) -> UserState:
+        k = lambda s: self.keys.user(user_id, s)  # noqa: E731
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrange(k("views"), 0, views - 1, desc=True, withscores=True)
+        pipe.hgetall(k("cart"))
+        pipe.hgetall(k("bought"))
+        pipe.hgetall(k("dislikes"))
+        pipe.hgetall(k("neg"))
+        pipe.zrange(k("ia"), 0, -1, withscores=True)
+        pipe.get(k("vec"))
+        pipe.hgetall(k("rfm"))
+        v, cart, bought, dislikes, neg, ia, vec, rfm = await pipe.execute()
+        dec = msgspec.json.decode
+        return UserState(
+            user_id=user_id,
+            views=[(_s(m), s) for m, s in v],
+            cart={_s(a): float(b) for a, b in cart.items()},
+            bought={_s(a): int(b) for a, b in bought.items()},
+            dislikes={_s(a): dec(b) for a, b in dislikes.items()},
+            negatives={_s(a): dec(b) for a, b in neg.items()},
+            interactions=ia, vector=vec,
+            rfm={_s(a): float(b) for a, b in rfm.items()},
+        )
+
+
+def _logaddexp(a: float, b: float) -> float:
+    hi, lo = (a, b) if a > b else (b, a)
+    return hi + math.log1p(math.exp(lo - hi))

@@ -1,0 +1,125 @@
+"""The model as the live processes see it: hot-reloaded artifact + per-event fold-in.
+
+``ModelHolder`` polls the published-version pointer and swaps the in-memory artifact
+when it changes (API and workers both use it). ``UserVectorUpdater`` re-solves the
+vectors of the customers a batch touched, against the current item factors, and
+stores them next to the customer's other keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import msgspec
+import numpy as np
+import redis.asyncio as aioredis
+
+from feature_store.keys import Keys
+from models.artifacts import ModelArtifact, load_current
+from models.matrix import decayed_weight
+
+log = logging.getLogger(__name__)
+
+
+class ModelHolder:
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.current: ModelArtifact | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def version(self) -> str | None:
+        return self.current.version if self.current else None
+
+    async def refresh(self) -> bool:
+        """Load the published model if it is newer than ours. True if it changed."""
+        art = await load_current(self.client, self.prefix, have_version=self.version)
+        if art is None:
+            return False
+        art.fold_in()  # build the cached Gram matrix before the first request needs it
+        self.current = art
+        log.info("model %s loaded: %d items", art.version, len(art.item_ids))
+        return True
+
+    def start_polling(self, every_s: float) -> None:
+        async def loop() -> None:
+            while True:
+                try:
+                    await self.refresh()
+                except Exception as exc:  # keep serving the model we have
+                    log.warning("model refresh failed: %s", exc)
+                await asyncio.sleep(every_s)
+
+        self._task = asyncio.create_task(loop(), name="model-poll")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+def user_vector(art: ModelArtifact, items_logw: list[tuple[bytes | str, float]],
+                ref_ts: float, half_life_s: float) -> np.ndarray:
+    """Fold a customer's stored interactions into a vector against ``art``'s items."""
+    index = art.item_index
+    idx, logw = [], []
+    for member, score in items_logw:
+        item = member.decode() if isinstance(member, bytes) else member
+        j = index.get(item)
+        if j is not None:
+            idx.append(j)
+            logw.append(score)
+    if not idx:
+        return np.zeros(art.item_factors.shape[1], dtype=np.float32)
+    weights = decayed_weight(np.asarray(logw, dtype=np.float64), ref_ts, half_life_s)
+    return art.fold_in().solve(np.asarray(idx, dtype=np.int64), weights)
+
+
+_vec_enc = msgspec.msgpack.Encoder()
+_vec_dec = msgspec.msgpack.Decoder(tuple[str, bytes])
+
+
+def encode_vector(version: str, vec: np.ndarray) -> bytes:
+    return _vec_enc.encode((version, vec.astype(np.float32).tobytes()))
+
+
+def decode_vector(raw: bytes, version: str) -> np.ndarray | None:
+    """The stored vector if it was solved against ``version``, else None."""
+    try:
+        ver, data = _vec_dec.decode(raw)
+    except msgspec.DecodeError:
+        return None
+    return np.frombuffer(data, dtype=np.float32) if ver == version else None
+
+
+class UserVectorUpdater:
+    def __init__(self, client: aioredis.Redis, keys: Keys, holder: ModelHolder,
+                 half_life_s: float) -> None:
+        self.client = client
+        self.keys = keys
+        self.holder = holder
+        self.half_life_s = half_life_s
+
+    async def update(self, users: dict[str, float]) -> int:
+        """Re-solve each customer's vector; ``users`` maps id → newest event time."""
+        art = self.holder.current
+        if art is None or not users:
+            return 0
+        ids = list(users)
+        pipe = self.client.pipeline(transaction=False)
+        for uid in ids:
+            pipe.zrange(self.keys.user(uid, "ia"), 0, -1, withscores=True)
+        histories = await pipe.execute()
+        pipe = self.client.pipeline(transaction=False)
+        for uid, hist in zip(ids, histories, strict=True):
+            if not hist:  # erased in this batch
+                continue
+            ref = max(art.ref_ts, users[uid])
+            vec = user_vector(art, hist, ref, self.half_life_s)
+            pipe.set(self.keys.user(uid, "vec"), encode_vector(art.version, vec))
+        await pipe.execute()
+        return len(ids)

@@ -1,0 +1,122 @@
+"""Full retrain: the stream's snapshot in Redis → matrix → implicit ALS → published model.
+
+The snapshot is each customer's ``ia`` zset (forward-decayed interaction weights) that the
+workers keep from the log, so a retrain needs no second pass over Kafka, and an erased
+customer (whose keys are gone) is excluded from every later retrain by construction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import numpy as np
+import redis.asyncio as aioredis
+
+from aisle.settings import Settings
+from feature_store.keys import Keys
+from models.als import ALSParams, fit_als, similar_items
+from models.artifacts import ModelArtifact, new_version, publish_model
+from models.matrix import Interactions, build_interactions, decayed_weight
+
+log = logging.getLogger(__name__)
+LOCK_TTL_S = 900
+
+
+class TrainingBusy(RuntimeError):
+    """Another process holds the training lock."""
+
+
+async def read_snapshot(client: aioredis.Redis, keys: Keys, half_life_s: float,
+                        ) -> tuple[list[tuple[str, str, float]], float]:
+    """Every customer's decayed interactions, as of the newest event time in the store."""
+    pipe = client.pipeline(transaction=False)
+    for shard in range(keys.shards):
+        pipe.hget(keys.meta(shard), "maxts")
+        pipe.smembers(keys.users(shard))
+    res = await pipe.execute()
+    ref_ts = max([float(v) for v in res[0::2] if v] or [0.0])
+    users = sorted(u.decode() for members in res[1::2] for u in members)
+    rows: list[tuple[str, str, float]] = []
+    for start in range(0, len(users), 1000):
+        chunk = users[start:start + 1000]
+        pipe = client.pipeline(transaction=False)
+        for uid in chunk:
+            pipe.zrange(keys.user(uid, "ia"), 0, -1, withscores=True)
+        for uid, hist in zip(chunk, await pipe.execute(), strict=True):
+            if not hist:
+                continue
+            items = [m.decode() for m, _ in hist]
+            weights = decayed_weight(np.fromiter((s for _, s in hist), float, len(hist)),
+                                     ref_ts, half_life_s)
+            rows += zip([uid] * len(items), items, weights.tolist(), strict=True)
+    return rows, ref_ts
+
+
+async def read_consumable(client: aioredis.Redis, keys: Keys, share: float, min_buyers: int,
+                          ) -> dict[str, bool]:
+    """Items most of whose buyers buy again (summed over the shard partials)."""
+    pipe = client.pipeline(transaction=False)
+    for shard in range(keys.shards):
+        pipe.zrange(keys.buyers(shard), 0, -1, withscores=True)
+        pipe.zrange(keys.rebuyers(shard), 0, -1, withscores=True)
+    res = await pipe.execute()
+    buyers: dict[str, float] = {}
+    rebuyers: dict[str, float] = {}
+    for target, part in zip([buyers, rebuyers] * keys.shards, res, strict=True):
+        for member, score in part:
+            item = member.decode()
+            target[item] = target.get(item, 0.0) + score
+    return {item: n >= min_buyers and rebuyers.get(item, 0.0) / n >= share
+            for item, n in buyers.items()}
+
+
+def fit_artifact(inter: Interactions, ref_ts: float, params: ALSParams, top_k: int,
+                 consumable: dict[str, bool]) -> ModelArtifact:
+    started = time.perf_counter()
+    _, item_factors = fit_als(inter, params)
+    fit_s = time.perf_counter() - started
+    sim_ids, sim_scores = similar_items(item_factors, top_k)
+    return ModelArtifact(
+        version=new_version(), created_at=time.time(), ref_ts=ref_ts,
+        params=vars(params).copy(), item_ids=list(inter.item_ids), item_factors=item_factors,
+        similar_ids=sim_ids, similar_scores=sim_scores,
+        consumable=np.array([consumable.get(i, False) for i in inter.item_ids], dtype=bool),
+        stats={"users": len(inter.user_ids), "items": len(inter.item_ids),
+               "nnz": int(inter.matrix.nnz), "fit_s": round(fit_s, 3)},
+    )
+
+
+async def train_once(settings: Settings, client: aioredis.Redis | None = None,
+                     ) -> ModelArtifact:
+    own = client is None
+    client = client or aioredis.Redis.from_url(settings.redis_url or "", decode_responses=False)
+    keys = Keys(settings.features.key_prefix, settings.features.shards)
+    lock = keys.control("train")
+    if not await client.set(lock, b"1", nx=True, ex=LOCK_TTL_S):
+        raise TrainingBusy("another training run holds the lock")
+    try:
+        started = time.perf_counter()
+        m, f = settings.model, settings.features
+        rows, ref_ts = await read_snapshot(client, keys, m.half_life_d * 86400)
+        if not rows:
+            raise ValueError("no interactions in the store yet: replay or send events first")
+        consumable = await read_consumable(client, keys, f.consumable_rebuy_share,
+                                           f.consumable_min_buyers)
+        read_s = time.perf_counter() - started
+        inter = build_interactions(iter(rows))
+        params = ALSParams(factors=m.factors, regularization=m.regularization,
+                           iterations=m.iterations, alpha=m.alpha, seed=m.seed)
+        art = await asyncio.to_thread(fit_artifact, inter, ref_ts, params, m.top_k_similar,
+                                      consumable)
+        await publish_model(client, settings.features.key_prefix, art, keep=m.keep_versions)
+        art.stats.update(read_s=round(read_s, 3),
+                         total_s=round(time.perf_counter() - started, 3))
+        log.info("trained and published %s: %s", art.version, art.stats)
+        return art
+    finally:
+        await client.delete(lock)
+        if own:
+            await client.aclose()
+

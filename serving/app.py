@@ -1,0 +1,107 @@
+"""ASGI app factory. Clients open in the lifespan and live on ``app.state``; nothing at
+module level talks to Redis or Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from aiokafka.errors import KafkaError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+
+from aisle.runtime import resolve
+from aisle.settings import Settings
+from feature_store.keys import Keys
+from feature_store.reader import FeatureReader
+from models.online import ModelHolder
+from serving import routes
+from serving.errors import AisleError, BrokerUnavailable
+from serving.schemas import ErrorBody
+from serving.service import RecommendationService
+from streams.topics import EventProducer
+
+log = logging.getLogger(__name__)
+
+
+class Producer:
+    """The Kafka producer, (re)started lazily so the API comes up without a broker."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._producer: EventProducer | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> EventProducer:
+        if self._producer is not None:
+            return self._producer
+        async with self._lock:
+            if self._producer is None:
+                producer = EventProducer(self.settings, request_timeout_ms=3000,
+                                         metadata_max_age_ms=30_000)
+                try:
+                    async with asyncio.timeout(3):
+                        await producer.__aenter__()
+                except (KafkaError, OSError, TimeoutError) as exc:
+                    with contextlib.suppress(Exception):
+                        await producer.__aexit__(None, None, None)
+                    raise BrokerUnavailable(f"event broker unavailable: {exc!r}") from None
+                self._producer = producer
+        return self._producer
+
+    @property
+    def started(self) -> bool:
+        return self._producer is not None
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            await self._producer.__aexit__(None, None, None)
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    redis: aioredis.Redis
+    reader: FeatureReader
+    holder: ModelHolder
+    service: RecommendationService
+    producer: Producer
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = resolve(settings or Settings())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        client = aioredis.Redis.from_url(settings.redis_url or "", decode_responses=False,
+                                         socket_timeout=1.0, socket_connect_timeout=1.0,
+                                         max_connections=64)
+        keys = Keys(settings.features.key_prefix, settings.features.shards)
+        reader = FeatureReader(client, keys, settings.serving.cache_ttl_s)
+        holder = ModelHolder(client, settings.features.key_prefix)
+        with contextlib.suppress(Exception):
+            await holder.refresh()
+        holder.start_polling(settings.worker.model_poll_s)
+        state = AppState(settings, client, reader, holder,
+                         RecommendationService(settings, reader, holder), Producer(settings))
+        app.state.aisle = state
+        try:
+            yield
+        finally:
+            await holder.stop()
+            await state.producer.close()
+            await client.aclose()
+
+    app = Starlette(routes=routes.ROUTES, lifespan=lifespan,
+                    exception_handlers={AisleError: _aisle_error})  # type: ignore[dict-item]
+    return app
+
+
+async def _aisle_error(request: Request, exc: AisleError) -> Response:
+    body = ErrorBody(routes.request_id(request), exc.error, exc.detail)
+    return routes.json(body, exc.status, exc.headers)

@@ -1,0 +1,88 @@
+"""The OpenAPI document, generated from the same msgspec structs the code uses."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import msgspec
+
+from serving.schemas import Accepted, ErrorBody, Health, ItemsAnswer
+from streams.events import AnyEvent
+
+REF = "#/components/schemas/{name}"
+ID_PARAM = {"type": "string", "pattern": r"^[A-Za-z0-9_.:@/+\-]{1,128}$"}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": REF.format(name=name)}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {404: "not found", 413: "too large", 415: "not JSON", 422: "invalid input",
+            503: "a dependency is unavailable; retry after the Retry-After header"}
+    return {str(c): _json(_ref("ErrorBody"), text[c]) for c in codes}
+
+
+def _get_items(summary: str, param: str, extra: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"get": {
+        "summary": summary,
+        "parameters": [{"name": param, "in": "path", "required": True, "schema": ID_PARAM},
+                       {"name": "limit", "in": "query", "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 100,
+                                   "default": 10}}, *extra],
+        "responses": {"200": _json(_ref("ItemsAnswer"), "ranked items with reasons"),
+                      **_errors(422)},
+    }}
+
+
+@functools.cache
+def openapi_document() -> dict[str, Any]:
+    (answer, accepted, error, health, event), components = msgspec.json.schema_components(
+        [ItemsAnswer, Accepted, ErrorBody, Health, AnyEvent], ref_template=REF)
+    context = {"name": "context_item", "in": "query", "required": False, "schema": ID_PARAM,
+               "description": "the item on the page, blended in as session context"}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Aisle", "version": "1",
+                 "description": "Streaming recommendations for retail."},
+        "paths": {
+            "/v1/items/{item_id}/related": _get_items(
+                "Related products (ALS-similar blended with co-purchase and co-view)",
+                "item_id", []),
+            "/v1/users/{user_id}/recommendations": _get_items(
+                "Recommendations for a customer (unknown customers get trending items)",
+                "user_id", [context]),
+            "/v1/events": {"post": {
+                "summary": "Submit one event or a batch (JSON array); 202 once Kafka has them",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"oneOf": [event, {"type": "array", "items": event,
+                                                 "minItems": 1, "maxItems": 500}]}}}},
+                "responses": {"202": _json(accepted, "accepted"),
+                              **_errors(413, 415, 422, 503)},
+            }},
+            "/healthz": {"get": {"summary": "Liveness",
+                                 "responses": {"200": _json(health, "alive")}}},
+            "/readyz": {"get": {"summary": "Readiness (store reachable)",
+                                "responses": {"200": _json(health, "ready"),
+                                              "503": _json(health, "not ready")}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics",
+                                 "responses": {"200": {"description": "text exposition"}}}},
+        },
+        "components": {"schemas": {**components, "ErrorBody": error}},
+    }
+
+
+DOCS_HTML = """<!doctype html>
+<html><head><meta charset="utf-8"><title>Aisle API</title>
+<link rel="stylesheet" href="https://unpkg.com/swagger-ui-dist@5/swagger-ui.css"></head>
+<body><div id="ui"></div>
+<script src="https://unpkg.com/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
+<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"});</script>
+<noscript>The machine-readable spec is at <a href="/openapi.json">/openapi.json</a>.</noscript>
+</body></html>
+"""

@@ -1,0 +1,197 @@
+"""Thin HTTP handlers: parse and check input, call the service, encode the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from typing import Any
+
+import msgspec
+from aiokafka.errors import KafkaError
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from serving.errors import (
+    BrokerUnavailable,
+    InvalidInput,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from serving.openapi import DOCS_HTML, openapi_document
+from serving.schemas import Accepted, Health, ItemsAnswer, RecommendedItem
+from serving.service import Answer
+from streams.events import DecodeError, decode_event, decode_events
+
+ID_RE = re.compile(r"^[A-Za-z0-9_.:@/+\-]{1,128}$")
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+LATENCY = Histogram("aisle_request_seconds", "API latency by route", ["route"],
+                    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+DEGRADED = Counter("aisle_degraded_answers_total", "answers served without the store",
+                   ["route"])
+ACCEPTED = Counter("aisle_events_accepted_total", "events handed to Kafka by the API")
+REJECTED = Counter("aisle_events_rejected_total", "event submissions rejected", ["reason"])
+
+_encoder = msgspec.json.Encoder()
+
+
+def json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(_encoder.encode(body), status, headers, media_type="application/json")
+
+
+def request_id(request: Request) -> str:
+    rid = request.scope.get("aisle_request_id")
+    if rid is None:
+        given = request.headers.get("x-request-id", "")
+        rid = given if REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+        request.scope["aisle_request_id"] = rid
+    return str(rid)
+
+
+def _state(request: Request) -> Any:
+    return request.app.state.aisle
+
+
+def _id(request: Request, name: str) -> str:
+    value = request.path_params[name]
+    if not ID_RE.match(value):
+        raise InvalidInput(f"{name} must be 1-128 characters of A-Z a-z 0-9 _ . : @ / + -")
+    return str(value)
+
+
+def _limit(request: Request) -> int:
+    cap = _state(request).settings.serving.max_limit
+    raw = request.query_params.get("limit", "10")
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise InvalidInput(f"limit must be an integer, got {raw[:20]!r}") from None
+    if not 1 <= limit <= cap:
+        raise InvalidInput(f"limit must be between 1 and {cap}")
+    return limit
+
+
+def _answer(request: Request, answer: Answer, route: str, **ids: str) -> Response:
+    if answer.degraded:
+        DEGRADED.labels(route).inc()
+    items = [RecommendedItem(s.item_id, s.score, s.reason, s.title, s.price, s.category)
+             for s in answer.items]
+    body = ItemsAnswer(request_id(request), answer.model_version, answer.strategy,
+                       answer.degraded, items, **ids)
+    return json(body, headers={"X-Request-ID": body.request_id})
+
+
+async def related(request: Request) -> Response:
+    started = time.perf_counter()
+    item_id, limit = _id(request, "item_id"), _limit(request)
+    answer = await _state(request).service.related(item_id, limit)
+    response = _answer(request, answer, "related", item_id=item_id)
+    LATENCY.labels("related").observe(time.perf_counter() - started)
+    return response
+
+
+async def recommendations(request: Request) -> Response:
+    started = time.perf_counter()
+    user_id, limit = _id(request, "user_id"), _limit(request)
+    context = request.query_params.get("context_item")
+    if context is not None and not ID_RE.match(context):
+        raise InvalidInput("context_item must be 1-128 characters of A-Z a-z 0-9 _ . : @ / + -")
+    answer = await _state(request).service.recommendations(user_id, limit, context)
+    response = _answer(request, answer, "recommendations", user_id=user_id)
+    LATENCY.labels("recommendations").observe(time.perf_counter() - started)
+    return response
+
+
+async def post_events(request: Request) -> Response:
+    started = time.perf_counter()
+    state = _state(request)
+    serving = state.settings.serving
+    if "json" not in request.headers.get("content-type", "application/json"):
+        raise UnsupportedMediaType("send application/json: one event object or an array")
+    body = await _read_body(request, serving.max_body_bytes)
+    try:
+        events = decode_events(body) if body.lstrip()[:1] == b"[" else [decode_event(body)]
+    except DecodeError as exc:
+        REJECTED.labels("invalid").inc()
+        raise InvalidInput(exc.reason) from None
+    if not events:
+        raise InvalidInput("the batch is empty")
+    if len(events) > serving.max_batch:
+        REJECTED.labels("too_many").inc()
+        raise PayloadTooLarge(f"at most {serving.max_batch} events per request")
+    producer = await state.producer.get()
+    try:
+        async with asyncio.timeout(5):
+            await producer.send_events(events)
+    except (KafkaError, TimeoutError) as exc:
+        REJECTED.labels("broker").inc()
+        raise BrokerUnavailable(f"events not accepted, broker error: {exc!r}") from None
+    ACCEPTED.inc(len(events))
+    LATENCY.labels("events").observe(time.perf_counter() - started)
+    return json(Accepted(request_id(request), len(events), [e.event_id for e in events]), 202)
+
+
+async def _read_body(request: Request, cap: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > cap:
+        raise PayloadTooLarge(f"body over {cap} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise PayloadTooLarge(f"body over {cap} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def healthz(request: Request) -> Response:
+    return json(Health("ok", {}))
+
+
+async def readyz(request: Request) -> Response:
+    state = _state(request)
+    checks: dict[str, str] = {}
+    try:
+        async with asyncio.timeout(0.5):
+            await state.redis.ping()
+        checks["store"] = "ok"
+    except Exception as exc:  # any failure means "not ready", and says which
+        checks["store"] = f"unavailable: {type(exc).__name__}"
+    checks["model"] = "ok" if state.holder.current else "no model yet (serving popular items)"
+    checks["broker"] = "ok" if state.producer.started else "not connected yet"
+    ready = checks["store"] == "ok"
+    return json(Health("ready" if ready else "unavailable", checks, state.holder.version),
+                200 if ready else 503)
+
+
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def openapi(request: Request) -> Response:
+    return json(openapi_document())
+
+
+async def docs(request: Request) -> Response:
+    return HTMLResponse(DOCS_HTML)
+
+
+async def static_ok(request: Request) -> Response:
+    """A trivial endpoint on the same server: the serving benchmark's baseline."""
+    return json({"ok": True})
+
+
+ROUTES = [
+    Route("/v1/items/{item_id}/related", related, methods=["GET"]),
+    Route("/v1/users/{user_id}/recommendations", recommendations, methods=["GET"]),
+    Route("/v1/events", post_events, methods=["POST"]),
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
+    Route("/docs", docs, methods=["GET"]),
+    Route("/v1/ping", static_ok, methods=["GET"]),
+]

@@ -1,0 +1,281 @@
+"""Related items and recommendations: candidates from several sources, blended, filtered,
+explained. No HTTP types here.
+
+Every source's scores are scaled to [0, 1] by its own maximum and added with the blend
+weight of its source (settings.serving.blend_*), so "bought together 40 times" and an ALS
+cosine of 0.8 can be compared. An item keeps the reason of the source that gave it the
+largest share of its score. When the store does not answer in time the service answers
+from what it holds in memory (the model, the last trending list) and says ``degraded``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+from redis.exceptions import RedisError
+
+from aisle.settings import Settings
+from feature_store.reader import FeatureReader, ItemInfo, UserState
+from models.artifacts import ModelArtifact
+from models.online import ModelHolder, decode_vector, user_vector
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Reason = Callable[[str], str]
+ALS_POOL = 200
+
+
+@dataclass(slots=True)
+class Scored:
+    item_id: str
+    score: float
+    reason: str
+    title: str | None = None
+    price: float | None = None
+    category: str | None = None
+
+
+@dataclass(slots=True)
+class Answer:
+    items: list[Scored]
+    model_version: str | None
+    strategy: str
+    degraded: bool = False
+
+
+@dataclass
+class Candidates:
+    scores: dict[str, float] = field(default_factory=dict)
+    best: dict[str, tuple[float, str]] = field(default_factory=dict)
+
+    def add(self, source: dict[str, float], weight: float, reason: Reason) -> None:
+        if not source or weight <= 0:
+            return
+        top = max(source.values())
+        if top <= 0:
+            return
+        for item, raw in source.items():
+            part = weight * raw / top
+            self.scores[item] = self.scores.get(item, 0.0) + part
+            if part > self.best.get(item, (0.0, ""))[0]:
+                self.best[item] = (part, reason(item))
+
+    def ranked(self) -> list[tuple[str, float, str]]:
+        order = sorted(self.scores.items(), key=lambda kv: (-kv[1], kv[0]))
+        return [(item, score, self.best[item][1]) for item, score in order]
+
+
+class RecommendationService:
+    def __init__(self, settings: Settings, reader: FeatureReader, holder: ModelHolder,
+                 store_timeout_s: float = 0.25) -> None:
+        self.settings = settings
+        self.reader = reader
+        self.holder = holder
+        self.timeout = store_timeout_s
+        self.half_life_s = settings.model.half_life_d * 86400
+
+    async def _safe(self, call: Awaitable[T], default: T, flags: list[str]) -> T:
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await call
+        except (RedisError, OSError, TimeoutError) as exc:
+            flags.append(type(exc).__name__)
+            return default
+
+    # ------------------------------------------------------------ related
+    async def related(self, item_id: str, limit: int) -> Answer:
+        flags: list[str] = []
+        art = self.holder.current
+        await self._infos([item_id], flags)  # the anchor's title, for the reasons
+        cands = await self._related_candidates(item_id, art, flags, weight=1.0)
+        infos = await self._infos([item_id, *list(cands.scores)[: 4 * ALS_POOL]], flags)
+        items = self._select(cands, infos, limit, exclude={item_id},
+                             keep=lambda info: True, degraded=bool(flags))
+        strategy = "related"
+        if len(items) < limit:
+            anchor = infos.get(item_id)
+            fill = await self._popular(flags, anchor.category if anchor else None)
+            more = self._select(fill, await self._infos(list(fill.scores), flags), limit,
+                                exclude={item_id, *(s.item_id for s in items)},
+                                keep=lambda info: True, degraded=bool(flags))
+            items += more[: limit - len(items)]
+            strategy = "related+popular" if cands.scores else "popular"
+        return Answer(items, art.version if art else None, strategy, bool(flags))
+
+    async def _related_candidates(self, item_id: str, art: ModelArtifact | None,
+                                  flags: list[str], weight: float,
+                                  reason: Reason | None = None) -> Candidates:
+        s = self.settings.serving
+        cands = Candidates()
+        buy, view = await asyncio.gather(
+            self._safe(self.reader.co_counts("buy", item_id), {}, flags),
+            self._safe(self.reader.co_counts("view", item_id), {}, flags))
+        anchor = self._title(item_id)
+        cands.add(buy, weight * s.blend_copurchase,
+                  reason or (lambda i: f"bought together with {anchor} in "
+                             f"{int(buy[i])} order{'s' if buy[i] != 1 else ''}"))
+        cands.add(view, weight * s.blend_coview,
+                  reason or (lambda i: f"viewed together with {anchor}"))
+        if art is not None and (j := art.item_index.get(item_id)) is not None:
+            sims = {art.item_ids[int(k)]: float(v)
+                    for k, v in zip(art.similar_ids[j], art.similar_scores[j], strict=True)
+                    if v > 0}
+            cands.add(sims, weight * s.blend_als,
+                      reason or (lambda i: f"customers who like {anchor} also like this"))
+        cands.scores.pop(item_id, None)
+        return cands
+
+    # ------------------------------------------------------------ recommendations
+    async def recommendations(self, user_id: str, limit: int, context_item: str | None,
+                              ) -> Answer:
+        flags: list[str] = []
+        s = self.settings.serving
+        art = self.holder.current
+        empty = UserState(user_id, [], {}, {}, {}, {}, [], None, {})
+        state = await self._safe(self.reader.user(user_id), empty, flags)
+        cands = Candidates()
+        vec = self._vector(art, state)
+        if art is not None and vec is not None:
+            scores = art.item_factors @ vec
+            pool = min(ALS_POOL, len(scores))
+            top = np.argpartition(-scores, pool - 1)[:pool]
+            cands.add({art.item_ids[int(j)]: float(scores[j]) for j in top if scores[j] > 0},
+                      s.blend_als, lambda i: "picked for you")
+        await self._await_titles([v for v, _ in state.views[:5]] + [context_item or ""], flags)
+        for rank, (viewed, _) in enumerate(state.views[:5]):
+            title = self._title(viewed)
+            more = await self._related_candidates(
+                viewed, art, flags, weight=s.blend_session * (0.8 ** rank),
+                reason=lambda i, t=title: f"because you viewed {t}")
+            _merge(cands, more)
+        if context_item:
+            title = self._title(context_item)
+            _merge(cands, await self._related_candidates(
+                context_item, art, flags, weight=s.blend_session,
+                reason=lambda i: f"goes with {title}"))
+        exclude = {context_item or "", *state.cart, *state.negatives}
+        infos = await self._infos(list(cands.scores)[: 4 * ALS_POOL], flags)
+        keep = self._keeper(state, art)
+        items = self._select(cands, infos, limit, exclude, keep, degraded=bool(flags))
+        strategy = "personal" if cands.scores else "popular"
+        if len(items) < limit:
+            fill = await self._popular(flags, None)
+            more = self._select(fill, await self._infos(list(fill.scores), flags), limit,
+                                exclude | {x.item_id for x in items}, keep, bool(flags))
+            items += more[: limit - len(items)]
+        if art is not None and vec is not None:
+            self._explain_picks(items, art, state)
+        return Answer(items, art.version if art else None, strategy, bool(flags))
+
+    def _vector(self, art: ModelArtifact | None, state: UserState) -> np.ndarray | None:
+        if art is None:
+            return None
+        if state.vector is not None:
+            vec = decode_vector(state.vector, art.version)
+            if vec is not None:
+                return vec
+        if not state.interactions:
+            return None
+        # Stored vector missing or from an older model: fold in now (tens of µs).
+        return user_vector(art, state.interactions, art.ref_ts, self.half_life_s)
+
+    def _keeper(self, state: UserState, art: ModelArtifact | None) -> Callable[[ItemInfo], bool]:
+        disliked = {tag.lower() for tag in state.dislikes}
+
+        def keep(info: ItemInfo) -> bool:
+            if disliked and info.tags & disliked:
+                return False
+            if info.item_id in state.bought and not self._consumable(info, art):
+                return False
+            return True
+
+        return keep
+
+    @staticmethod
+    def _consumable(info: ItemInfo, art: ModelArtifact | None) -> bool:
+        if info.consumable is not None:
+            return info.consumable
+        if art is not None and (j := art.item_index.get(info.item_id)) is not None:
+            return bool(art.consumable[j])
+        return False
+
+    def _explain_picks(self, items: list[Scored], art: ModelArtifact, state: UserState) -> None:
+        """Name the customer's own item closest to each ALS pick ("because you bought …")."""
+        history = [(m.decode() if isinstance(m, bytes) else m, w) for m, w in state.interactions]
+        hist = [(i, art.item_index[i]) for i, _ in sorted(history, key=lambda x: -x[1])[:50]
+                if i in art.item_index]
+        if not hist:
+            return
+        hist_f = art.item_factors[[j for _, j in hist]]
+        norms = np.linalg.norm(hist_f, axis=1) + 1e-9
+        for scored in items:
+            j = art.item_index.get(scored.item_id)
+            if scored.reason != "picked for you" or j is None:
+                continue
+            sims = hist_f @ art.item_factors[j] / norms
+            best = hist[int(np.argmax(sims))][0]
+            verb = "bought" if best in state.bought else "viewed"
+            scored.reason = f"because you {verb} {self._title(best)}"
+
+    # ------------------------------------------------------------ shared
+    async def _popular(self, flags: list[str], category: str | None) -> Candidates:
+        ranked = await self._safe(self.reader.trending(200), self.reader.cached_trending(),
+                                  flags)
+        cands = Candidates()
+        if not ranked:
+            return cands
+        top = ranked[0][1]
+        scores = {item: float(np.exp(score - top)) for item, score in ranked}
+        if category:
+            infos = await self._infos(list(scores), flags)
+            same = {i: v for i, v in scores.items()
+                    if i in infos and infos[i].category == category}
+            cands.add(same, 1.0, lambda i: f"popular in {category}")
+        cands.add(scores, 0.5, lambda i: "popular now")
+        return cands
+
+    async def _infos(self, ids: list[str], flags: list[str]) -> dict[str, ItemInfo]:
+        if not ids:
+            return {}
+        cached = {i: info for i in ids if (info := self.reader.cached_item(i)) is not None}
+        return await self._safe(self.reader.items(ids), cached, flags)
+
+    async def _await_titles(self, ids: list[str], flags: list[str]) -> None:
+        await self._infos([i for i in ids if i], flags)
+
+    def _title(self, item_id: str) -> str:
+        info = self.reader.cached_item(item_id)
+        return info.title if info else item_id
+
+    @staticmethod
+    def _select(cands: Candidates, infos: dict[str, ItemInfo], limit: int, exclude: set[str],
+                keep: Callable[[ItemInfo], bool], degraded: bool) -> list[Scored]:
+        out: list[Scored] = []
+        for item, score, reason in cands.ranked():
+            if item in exclude:
+                continue
+            info = infos.get(item)
+            if info is None:
+                if not degraded:  # unknown to the catalog: we can't vouch for it
+                    continue
+            elif not info.available or not keep(info):
+                continue
+            out.append(Scored(item, round(score, 6), reason,
+                              info.title if info else None, info.price if info else None,
+                              info.category if info else None))
+            if len(out) >= limit:
+                break
+        return out
+
+
+def _merge(into: Candidates, other: Candidates) -> None:
+    for item, score in other.scores.items():
+        into.scores[item] = into.scores.get(item, 0.0) + score
+        part, reason = other.best[item]
+        if part > into.best.get(item, (0.0, ""))[0]:
+            into.best[item] = (part, reason)

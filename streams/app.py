@@ -1,0 +1,100 @@
+"""Builds the Faust app and its agents from settings. The agents are thin loops:
+take a batch of records → :class:`streams.pipeline.BatchProcessor` → ack.
+
+Authoritative state lives in Redis, not in Faust tables (the embedded broker has no
+transactions and compaction is not first-class), so the app uses the memory table store
+and never creates changelog topics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import faust
+import redis.asyncio as aioredis
+
+from aisle.settings import Settings
+from feature_store.keys import Keys
+from feature_store.redis_store import RedisStore
+from feature_store.updates import Folder
+from models.online import ModelHolder, UserVectorUpdater
+from streams.pipeline import BatchProcessor, Record
+from streams.topics import EventProducer, ensure_topics
+
+log = logging.getLogger(__name__)
+
+
+class WorkerContext:
+    """Clients a worker opens once, when its first batch arrives."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = asyncio.Lock()
+        self.processor: BatchProcessor | None = None
+        self.holder: ModelHolder | None = None
+
+    async def get(self) -> BatchProcessor:
+        async with self._lock:
+            if self.processor is None:
+                self.processor = await self._open()
+        return self.processor
+
+    async def _open(self) -> BatchProcessor:
+        s = self.settings
+        client = aioredis.Redis.from_url(s.redis_url or "", decode_responses=False)
+        keys = Keys(s.features.key_prefix, s.features.shards)
+        self.holder = ModelHolder(client, s.features.key_prefix)
+        await self.holder.refresh()
+        self.holder.start_polling(s.worker.model_poll_s)
+        producer = EventProducer(s)
+        await producer.__aenter__()
+        vectors = UserVectorUpdater(client, keys, self.holder, s.model.half_life_d * 86400)
+        return BatchProcessor(RedisStore(client, keys, s.features.dedupe_window_s),
+                              Folder(keys, s.features, s.model), producer, vectors)
+
+
+def build_app(settings: Settings) -> faust.App:
+    w = settings.worker
+    app = faust.App(
+        w.app_id,
+        broker=f"kafka://{settings.bootstrap_servers}",
+        store="memory://",
+        datadir=str(settings.data_dir / "faust"),
+        topic_partitions=settings.topics.partitions,
+        topic_replication_factor=1,
+        topic_disable_leader=True,
+        table_standby_replicas=0,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=w.session_timeout_s,
+        broker_heartbeat_interval=w.heartbeat_interval_s,
+        broker_rebalance_timeout=w.rebalance_timeout_s,
+        broker_max_poll_records=max(500, w.batch_max),
+        stream_buffer_maxsize=max(4096, 2 * w.batch_max),
+        stream_wait_empty=False,
+        web_enabled=False,
+        id_format="{id}",
+    )
+    ctx = WorkerContext(settings)
+    app.aisle_context = ctx  # type: ignore[attr-defined]
+    topics = [app.topic(name, value_serializer="raw", key_serializer="raw",
+                        partitions=settings.topics.partitions)
+              for name in (settings.topics.events, settings.topics.catalog)]
+
+    async def run_batches(stream: Any) -> None:
+        async for events in stream.take_events(w.batch_max, within=w.batch_within_s):
+            processor = await ctx.get()
+            records = [Record(e.message.topic, e.message.partition, e.message.offset,
+                              e.message.key, e.message.value) for e in events]
+            result = await processor.process(records)
+            log.debug("batch: %s", result)
+
+    for topic in topics:
+        app.agent(topic, name=f"fold-{topic.get_topic_name()}")(run_batches)
+
+    @app.task
+    async def create_topics() -> None:
+        await ensure_topics(settings)
+
+    return app

@@ -1,0 +1,108 @@
+"""Topics, and the producer every writer of events shares (API, replay, tests, benchmarks).
+
+User events go to ``topics.events`` keyed by customer (guest orders by order id), so one
+customer's events stay in order on one partition; catalog events go to ``topics.catalog``
+keyed by item; poison events go to ``topics.deadletter`` with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from aisle.settings import Settings
+from streams.events import Event, encode_event, is_catalog
+
+
+def topic_for(settings: Settings, event: Event) -> str:
+    return settings.topics.catalog if is_catalog(event) else settings.topics.events
+
+
+async def ensure_topics(settings: Settings) -> None:
+    """Create the topics if missing (idempotent; safe to call from every process)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        t = settings.topics
+        wanted = [NewTopic(name, t.partitions, 1) for name in (t.events, t.catalog, t.deadletter)
+                  if name not in existing]
+        if wanted:
+            try:
+                await admin.create_topics(wanted)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    """What the dead-letter topic holds: the reason and the original bytes, untouched."""
+
+    reason: str
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    value_b64: str
+    failed_at: float
+
+    @classmethod
+    def of(cls, reason: str, topic: str, partition: int, offset: int,
+           key: bytes | None, value: bytes | None) -> DeadLetter:
+        return cls(reason=reason, topic=topic, partition=partition, offset=offset,
+                   key=key.decode(errors="replace") if key is not None else None,
+                   value_b64=base64.b64encode(value or b"").decode(), failed_at=time.time())
+
+    @property
+    def original(self) -> bytes:
+        return base64.b64decode(self.value_b64)
+
+
+class EventProducer:
+    """aiokafka producer with Aisle's topic/key rules. Use ``async with``."""
+
+    def __init__(self, settings: Settings, **overrides: Any) -> None:
+        self.settings = settings
+        opts: dict[str, Any] = {"linger_ms": 5, "acks": "all", "max_batch_size": 256 * 1024,
+                                "request_timeout_ms": 10_000}
+        opts.update(overrides)
+        self._producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, **opts)
+
+    async def __aenter__(self) -> EventProducer:
+        await self._producer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._producer.stop()
+
+    async def send_events(self, events: Iterable[Event]) -> int:
+        """Hand every event to Kafka and wait until the broker acknowledged all of them."""
+        futures = [await self._producer.send(topic_for(self.settings, e),
+                                             key=e.routing_key.encode(), value=encode_event(e))
+                   for e in events]
+        if futures:
+            await asyncio.gather(*futures)
+        return len(futures)
+
+    async def send_raw(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        await (await self._producer.send(topic, key=key, value=value))
+
+    async def send_deadletters(self, letters: Iterable[DeadLetter]) -> None:
+        enc = msgspec.json.encode
+        futures = [await self._producer.send(
+            self.settings.topics.deadletter,
+            key=(dl.key or "").encode() or None, value=enc(dl)) for dl in letters]
+        if futures:
+            await asyncio.gather(*futures)
+
+    async def flush(self) -> None:
+        await self._producer.flush()
