@@ -99,10 +99,9 @@ class FeatureReader:
         missing = []
         for iid in dict.fromkeys(item_ids):
             hit = self._items.get(iid)
-            if hit is not None and now - hit[0] < self.ttl:
-                if hit[1] is not None:
-                    out[iid] = hit[1]
-            else:
+            if hit is not None and hit[1] is not None and now - hit[0] < self.ttl:
+                out[iid] = hit[1]
+            else:  # unknown items are asked again: they may have just been added
                 missing.append(iid)
         if missing:
             pipe = self.client.pipeline(transaction=False)
@@ -110,8 +109,8 @@ class FeatureReader:
                 pipe.hgetall(self.keys.item(iid))
             for iid, h in zip(missing, await pipe.execute(), strict=True):
                 info = _parse_item(iid, h)
-                self._items[iid] = (now, info)
                 if info is not None:
+                    self._items[iid] = (now, info)
                     out[iid] = info
             if len(self._items) > 200_000:
                 self._items.clear()

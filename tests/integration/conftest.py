@@ -28,6 +28,7 @@ def isolated_settings(servers: dict[str, str], data_dir: Path, **worker: object)
                 **worker},
         features={"key_prefix": f"k{tag}", "shards": 4},
         model={"factors": 16, "iterations": 8},
+        serving={"port": 0},
     )
 
 
