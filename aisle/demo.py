@@ -21,7 +21,8 @@ from aisle.stack import Stack
 from models.train import train_once
 from streams.lag import wait_caught_up
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/online_retail/online_retail.csv.gz"
+DEFAULT_DATA = (Path(__file__).resolve().parents[2]
+                / "shared/data/online_retail/online_retail.csv.gz")
 
 
 def run_demo(settings: Settings, exit_after: bool, limit_rows: int | None, data: Path | None,

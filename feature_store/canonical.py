@@ -48,7 +48,7 @@ def _text(value: Any) -> str:
 
 def canonical_value(key: str, value: Any) -> Any:
     if isinstance(value, set):
-        return sorted(canonical_scalar(v) for v in value)
+        return sorted(_text(v) for v in value)  # members are ids, never numbers
     if isinstance(value, dict):
         return {_text(k): canonical_scalar(v)
                 for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}

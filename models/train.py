@@ -72,12 +72,30 @@ async def read_consumable(client: aioredis.Redis, keys: Keys, share: float, min_
             for item, n in buyers.items()}
 
 
+SUPPORT_SHRINK = 5.0
+
+
+def shrunk_similar_items(item_factors: np.ndarray, inter: Interactions, top_k: int,
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine neighbours, shrunk by how many customers back each neighbour.
+
+    An item seen by one or two customers gets an arbitrary vector that can sit close to
+    anything; ``n / (n + 5)`` keeps such items from crowding out well-supported ones.
+    """
+    support = np.diff(inter.matrix.tocsc().indptr).astype(np.float32)
+    ids, scores = similar_items(item_factors, 2 * top_k)
+    shrunk = scores * (support[ids] / (support[ids] + SUPPORT_SHRINK))
+    order = np.argsort(-shrunk, axis=1, kind="stable")[:, :top_k]
+    return (np.take_along_axis(ids, order, axis=1),
+            np.take_along_axis(shrunk, order, axis=1).astype(np.float32))
+
+
 def fit_artifact(inter: Interactions, ref_ts: float, params: ALSParams, top_k: int,
                  consumable: dict[str, bool]) -> ModelArtifact:
     started = time.perf_counter()
     _, item_factors = fit_als(inter, params)
     fit_s = time.perf_counter() - started
-    sim_ids, sim_scores = similar_items(item_factors, top_k)
+    sim_ids, sim_scores = shrunk_similar_items(item_factors, inter, top_k)
     return ModelArtifact(
         version=new_version(), created_at=time.time(), ref_ts=ref_ts,
         params=vars(params).copy(), item_ids=list(inter.item_ids), item_factors=item_factors,

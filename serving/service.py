@@ -53,7 +53,10 @@ class Candidates:
     scores: dict[str, float] = field(default_factory=dict)
     best: dict[str, tuple[float, str]] = field(default_factory=dict)
 
-    def add(self, source: dict[str, float], weight: float, reason: Reason) -> None:
+    def add(self, source: dict[str, float], weight: float, reason: Reason,
+            specificity: float = 1.0) -> None:
+        """Add a source; ``specificity`` favours its reason when sources tie (a concrete
+        "bought together in 12 orders" explains more than "similar shoppers")."""
         if not source or weight <= 0:
             return
         top = max(source.values())
@@ -62,8 +65,8 @@ class Candidates:
         for item, raw in source.items():
             part = weight * raw / top
             self.scores[item] = self.scores.get(item, 0.0) + part
-            if part > self.best.get(item, (0.0, ""))[0]:
-                self.best[item] = (part, reason(item))
+            if part * specificity > self.best.get(item, (0.0, ""))[0]:
+                self.best[item] = (part * specificity, reason(item))
 
     def ranked(self) -> list[tuple[str, float, str]]:
         order = sorted(self.scores.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -118,9 +121,10 @@ class RecommendationService:
         anchor = self._title(item_id)
         cands.add(buy, weight * s.blend_copurchase,
                   reason or (lambda i: f"bought together with {anchor} in "
-                             f"{int(buy[i])} order{'s' if buy[i] != 1 else ''}"))
+                             f"{int(buy[i])} order{'s' if buy[i] != 1 else ''}"),
+                  specificity=2.0)
         cands.add(view, weight * s.blend_coview,
-                  reason or (lambda i: f"viewed together with {anchor}"))
+                  reason or (lambda i: f"viewed together with {anchor}"), specificity=1.5)
         if art is not None and (j := art.item_index.get(item_id)) is not None:
             sims = {art.item_ids[int(k)]: float(v)
                     for k, v in zip(art.similar_ids[j], art.similar_scores[j], strict=True)
@@ -169,7 +173,7 @@ class RecommendationService:
                                 exclude | {x.item_id for x in items}, keep, bool(flags))
             items += more[: limit - len(items)]
         if art is not None and vec is not None:
-            self._explain_picks(items, art, state)
+            await self._explain_picks(items, art, state, flags)
         return Answer(items, art.version if art else None, strategy, bool(flags))
 
     def _vector(self, art: ModelArtifact | None, state: UserState) -> np.ndarray | None:
@@ -190,9 +194,7 @@ class RecommendationService:
         def keep(info: ItemInfo) -> bool:
             if disliked and info.tags & disliked:
                 return False
-            if info.item_id in state.bought and not self._consumable(info, art):
-                return False
-            return True
+            return info.item_id not in state.bought or self._consumable(info, art)
 
         return keep
 
@@ -204,7 +206,8 @@ class RecommendationService:
             return bool(art.consumable[j])
         return False
 
-    def _explain_picks(self, items: list[Scored], art: ModelArtifact, state: UserState) -> None:
+    async def _explain_picks(self, items: list[Scored], art: ModelArtifact, state: UserState,
+                             flags: list[str]) -> None:
         """Name the customer's own item closest to each ALS pick ("because you bought …")."""
         history = [(m.decode() if isinstance(m, bytes) else m, w) for m, w in state.interactions]
         hist = [(i, art.item_index[i]) for i, _ in sorted(history, key=lambda x: -x[1])[:50]
@@ -213,14 +216,16 @@ class RecommendationService:
             return
         hist_f = art.item_factors[[j for _, j in hist]]
         norms = np.linalg.norm(hist_f, axis=1) + 1e-9
-        for scored in items:
+        closest: dict[int, str] = {}
+        for n, scored in enumerate(items):
             j = art.item_index.get(scored.item_id)
-            if scored.reason != "picked for you" or j is None:
-                continue
-            sims = hist_f @ art.item_factors[j] / norms
-            best = hist[int(np.argmax(sims))][0]
+            if scored.reason == "picked for you" and j is not None:
+                sims = hist_f @ art.item_factors[j] / norms
+                closest[n] = hist[int(np.argmax(sims))][0]
+        await self._infos(list(closest.values()), flags)
+        for n, best in closest.items():
             verb = "bought" if best in state.bought else "viewed"
-            scored.reason = f"because you {verb} {self._title(best)}"
+            items[n].reason = f"because you {verb} {self._title(best)}"
 
     # ------------------------------------------------------------ shared
     async def _popular(self, flags: list[str], category: str | None) -> Candidates:

@@ -12,12 +12,29 @@ from aisle.settings import Settings
 
 
 async def end_offsets(settings: Settings, topics: list[str]) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+    """The high watermark of every partition, as a fetch reports it.
+
+    Tansu answers ListOffsets(latest) with the base offset of the last record batch, not
+    the end, so we seek there and read the high watermark from a fetch response, which is
+    right on Tansu and on Kafka alike.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers,
+                                enable_auto_commit=False, max_partition_fetch_bytes=1024)
     await consumer.start()
     try:
         tps = [TopicPartition(t, p) for t in topics
                for p in (consumer.partitions_for_topic(t) or await _partitions(consumer, t))]
-        return dict(await consumer.end_offsets(tps))
+        listed = await consumer.end_offsets(tps)
+        consumer.assign(tps)
+        for tp, off in listed.items():
+            consumer.seek(tp, max(0, off - 1))
+        ends: dict[TopicPartition, int] = {}
+        for _ in range(50):
+            await consumer.getmany(*tps, timeout_ms=100, max_records=1)
+            ends = {tp: hw for tp in tps if (hw := consumer.highwater(tp)) is not None}
+            if len(ends) == len(tps):
+                return ends
+        return {tp: max(listed[tp], ends.get(tp, 0)) for tp in tps}
     finally:
         await consumer.stop()
 
@@ -33,7 +50,9 @@ async def group_lag(settings: Settings) -> dict[TopicPartition, int]:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     await admin.start()
     try:
-        committed = await admin.list_consumer_group_offsets(settings.worker.app_id)
+        # Explicit partitions: Tansu drops the connection on the "all partitions" form.
+        committed = await admin.list_consumer_group_offsets(settings.worker.app_id,
+                                                            partitions=list(ends))
     finally:
         await admin.close()
     lag = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -36,10 +37,8 @@ async def ensure_topics(settings: Settings) -> None:
         wanted = [NewTopic(name, t.partitions, 1) for name in (t.events, t.catalog, t.deadletter)
                   if name not in existing]
         if wanted:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # a concurrent creator won
                 await admin.create_topics(wanted)
-            except TopicAlreadyExistsError:
-                pass
     finally:
         await admin.close()
 

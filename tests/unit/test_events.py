@@ -24,7 +24,8 @@ def test_round_trip_every_type_keeps_its_class() -> None:
         "order.placed": {"order_id": "o1", "lines": [
             {"item_id": "a", "quantity": 2, "unit_price": 1.25, "currency": "GBP"}]},
         "preference.stated": {"dislikes": ["material:polyester"]},
-        "catalog.item_upserted": {"item_id": "a", "title": "Mug", "attributes": {"material": "clay"}},
+        "catalog.item_upserted": {"item_id": "a", "title": "Mug",
+                                  "attributes": {"material": "clay"}},
         "review.submitted": {"item_id": "a", "rating": 2, "tags": ["fit:small"]},
         "user.erased": {},
     }
