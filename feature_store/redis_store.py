@@ -65,27 +65,39 @@ class RedisStore:
 
     async def dump(self, include_derived: bool = False) -> dict[str, Any]:
         """Every key of this prefix in canonical form (model and control keys excluded)."""
-        out: dict[str, Any] = {}
         skip = (f"{{{self.keys.prefix}:m}}", f"{{{self.keys.prefix}:ctl}}")
+        names: list[str] = []
         async for raw in self.client.scan_iter(match=f"{{{self.keys.prefix}:*", count=1000):
             key = raw.decode() if isinstance(raw, bytes) else raw
-            if key.startswith(skip) or (key.endswith(":vec") and not include_derived):
-                continue
-            out[key] = canonical_value(key, await self._read(key))
+            if not key.startswith(skip) and (include_derived or not key.endswith(":vec")):
+                names.append(key)
+        out: dict[str, Any] = {}
+        for start in range(0, len(names), 500):
+            chunk = names[start:start + 500]
+            for key, value in zip(chunk, await self._read_many(chunk), strict=True):
+                out[key] = canonical_value(key, value)
         return dict(sorted(out.items()))
 
-    async def _read(self, key: str) -> Any:
-        kind = await self.client.type(key)
-        kind = kind.decode() if isinstance(kind, bytes) else kind
-        if kind == "zset":
-            return dict(await self.client.zrange(key, 0, -1, withscores=True))
-        if kind == "hash":
-            return await self.client.hgetall(key)
-        if kind == "list":
-            return await self.client.lrange(key, 0, -1)
-        if kind == "set":
-            return set(await self.client.smembers(key))
-        return await self.client.get(key)
+    async def _read_many(self, names: list[str]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for key in names:
+            pipe.type(key)
+        kinds = [k.decode() if isinstance(k, bytes) else k for k in await pipe.execute()]
+        pipe = self.client.pipeline(transaction=False)
+        for key, kind in zip(names, kinds, strict=True):
+            if kind == "zset":
+                pipe.zrange(key, 0, -1, withscores=True)
+            elif kind == "hash":
+                pipe.hgetall(key)
+            elif kind == "list":
+                pipe.lrange(key, 0, -1)
+            elif kind == "set":
+                pipe.smembers(key)
+            else:
+                pipe.get(key)
+        values = await pipe.execute()
+        return [dict(v) if kind == "zset" else set(v) if kind == "set" else v
+                for kind, v in zip(kinds, values, strict=True)]
 
     async def wipe(self) -> int:
         """Delete all derived state of this prefix (not the model, not control keys)."""

@@ -107,7 +107,7 @@ def fit_artifact(inter: Interactions, ref_ts: float, params: ALSParams, top_k: i
 
 
 async def train_once(settings: Settings, client: aioredis.Redis | None = None,
-                     ) -> ModelArtifact:
+                     events_applied: int | None = None) -> ModelArtifact:
     own = client is None
     client = client or aioredis.Redis.from_url(settings.redis_url or "", decode_responses=False)
     keys = Keys(settings.features.key_prefix, settings.features.shards)
@@ -128,6 +128,9 @@ async def train_once(settings: Settings, client: aioredis.Redis | None = None,
                            iterations=m.iterations, alpha=m.alpha, seed=m.seed)
         art = await asyncio.to_thread(fit_artifact, inter, ref_ts, params, m.top_k_similar,
                                       consumable)
+        if events_applied is None:
+            events_applied = int(await client.get(keys.control("applied")) or 0)
+        art.stats["events_applied"] = events_applied
         await publish_model(client, settings.features.key_prefix, art, keep=m.keep_versions)
         art.stats.update(read_s=round(read_s, 3),
                          total_s=round(time.perf_counter() - started, 3))

@@ -21,6 +21,7 @@ from feature_store.redis_store import RedisStore
 from feature_store.updates import Folder
 from models.online import ModelHolder, UserVectorUpdater
 from streams.pipeline import BatchProcessor, Record
+from streams.timers import retrain_if_due
 from streams.topics import EventProducer, ensure_topics
 
 log = logging.getLogger(__name__)
@@ -96,5 +97,14 @@ def build_app(settings: Settings) -> faust.App:
     @app.task
     async def create_topics() -> None:
         await ensure_topics(settings)
+
+    if w.retrain_interval_s > 0:
+        @app.timer(w.retrain_interval_s)
+        async def scheduled_retrain() -> None:
+            processor = await ctx.get()
+            try:
+                await retrain_if_due(settings, processor.store.client)
+            except Exception:  # a failed retrain must not stop the worker
+                log.exception("scheduled retrain failed; serving the previous model")
 
     return app

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from streams.events import DecodeError, decode_event
 from streams.topics import DeadLetter, EventProducer
 
 log = logging.getLogger(__name__)
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +107,13 @@ class BatchProcessor:
             await self._deadletter(letters)
         result = BatchResult(records=len(records), deadletters=len(letters))
         result.applied, result.duplicates, result.already_applied = await self._apply(batches)
+        if result.applied:
+            # Group-wide count of applied events (the retrain schedule reads it) and each
+            # worker's share (operators see who does the work).
+            pipe = self.store.client.pipeline(transaction=False)
+            pipe.incrby(self.keys.control("applied"), result.applied)
+            pipe.hincrby(self.keys.control("workers"), WORKER_ID, result.applied)
+            await pipe.execute()
         if self.vectors is not None and users:
             result.folded_users = await self.vectors.update(users)
         result.seconds = time.perf_counter() - started

@@ -30,6 +30,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
+from aisle.datasets.titles import category_of
 from streams.events import FUTURE_SLACK_S, MIN_TS, Id, OrderLine
 
 COLUMNS: Final = ("InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate",
@@ -142,12 +143,15 @@ def _checked(invoice: str, cancelled: bool, code: str, quantity: int, price: flo
     user_id = customer_id(customer)
     if not _is_id(invoice) or (user_id is not None and not _is_id(user_id)):
         return "invalid InvoiceNo or CustomerID"
+    title = " ".join(description.split())[:300] or code
     try:
+        # The category rides on the line so customers' category affinities need no
+        # catalog lookup in the fold (folds read nothing but the event).
         line = msgspec.convert({"item_id": code, "quantity": quantity, "unit_price": price,
-                                "currency": CURRENCY}, OrderLine)
+                                "currency": CURRENCY, "category": category_of(title)},
+                               OrderLine)
     except msgspec.ValidationError as exc:
         return f"invalid {_field_of(exc)}"
-    title = " ".join(description.split())[:300] or code
     return InvoiceLine(invoice, cancelled, user_id, when, when.timestamp(), line, title)
 
 

@@ -1,0 +1,39 @@
+"""Periodic work inside the workers: the scheduled full retrain.
+
+Every worker runs the timer; the training lock in Redis lets one of them train at a time,
+and a retrain only happens when enough new events were applied since the model in use
+(the count is kept in Redis by every worker, so it spans the whole consumer group).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis.asyncio as aioredis
+
+from aisle.settings import Settings
+from feature_store.keys import Keys
+from models.artifacts import load_current
+from models.train import TrainingBusy, train_once
+
+log = logging.getLogger(__name__)
+APPLIED = "applied"
+
+
+async def applied_events(client: aioredis.Redis, keys: Keys) -> int:
+    return int(await client.get(keys.control(APPLIED)) or 0)
+
+
+async def retrain_if_due(settings: Settings, client: aioredis.Redis) -> bool:
+    keys = Keys(settings.features.key_prefix, settings.features.shards)
+    applied = await applied_events(client, keys)
+    current = await load_current(client, settings.features.key_prefix)
+    since = applied - int(current.stats.get("events_applied", 0)) if current else applied
+    if since < settings.worker.retrain_min_new_events:
+        return False
+    try:
+        art = await train_once(settings, client, events_applied=applied)
+    except TrainingBusy:
+        return False
+    log.info("scheduled retrain published %s (%d new events)", art.version, since)
+    return True
