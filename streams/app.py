@@ -35,6 +35,7 @@ class WorkerContext:
         self._lock = asyncio.Lock()
         self.processor: BatchProcessor | None = None
         self.holder: ModelHolder | None = None
+        self._producer: EventProducer | None = None
 
     async def get(self) -> BatchProcessor:
         async with self._lock:
@@ -49,11 +50,19 @@ class WorkerContext:
         self.holder = ModelHolder(client, s.features.key_prefix)
         await self.holder.refresh()
         self.holder.start_polling(s.worker.model_poll_s)
-        producer = EventProducer(s)
+        producer = self._producer = EventProducer(s)
         await producer.__aenter__()
         vectors = UserVectorUpdater(client, keys, self.holder, s.model.half_life_d * 86400)
         return BatchProcessor(RedisStore(client, keys, s.features.dedupe_window_s),
                               Folder(keys, s.features, s.model), producer, vectors)
+
+    async def close(self) -> None:
+        if self.holder is not None:
+            await self.holder.stop()
+        if self._producer is not None:
+            await self._producer.__aexit__(None, None, None)
+        if self.processor is not None:
+            await self.processor.store.client.aclose()
 
 
 def build_app(settings: Settings) -> faust.App:
@@ -97,6 +106,10 @@ def build_app(settings: Settings) -> faust.App:
     @app.task
     async def create_topics() -> None:
         await ensure_topics(settings)
+
+    @app.on_before_shutdown.connect
+    async def close_clients(app: faust.App, **kwargs: Any) -> None:
+        await ctx.close()
 
     if w.retrain_interval_s > 0:
         @app.timer(w.retrain_interval_s)

@@ -1,0 +1,38 @@
+"""``make bench``: every benchmark, one after another, each side by side with its baseline.
+
+Each writes its JSON to benchmarks/results/; benchmarks/README.md summarises them.
+``--quick`` passes through to the ones that have a short mode.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+BENCHMARKS = [
+    ("benchmarks.bench_foldin", False),
+    ("benchmarks.bench_training", False),
+    ("benchmarks.bench_retrain", False),
+    ("benchmarks.bench_ingest", True),
+    ("benchmarks.bench_serving", True),
+]
+
+
+def main(argv: list[str]) -> int:
+    quick = "--quick" in argv
+    failed = []
+    for module, has_quick in BENCHMARKS:
+        args = [sys.executable, "-m", module] + (["--quick"] if quick and has_quick else [])
+        print(f"\n=== {module} ===", flush=True)
+        started = time.monotonic()
+        if subprocess.call(args) != 0:
+            failed.append(module)
+        print(f"({module}: {time.monotonic() - started:.0f} s)", flush=True)
+    if failed:
+        print(f"failed: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
