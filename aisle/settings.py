@@ -46,7 +46,9 @@ class FeatureSettings(BaseModel):
     recent_views_max: int = 50
     history_max: int = 200
     session_items_max: int = 20
-    basket_items_max: int = 50
+    # Co-purchase pairs grow as n²: wholesale invoices of hundreds of lines say little
+    # about "bought together" and cost most of the ingest time, so baskets are capped.
+    basket_items_max: int = 30
     dedupe_window_s: float = 3 * 86400.0
     trending_half_life_h: float = 72.0
     affinity_half_life_d: float = 30.0

@@ -20,6 +20,7 @@ per-shard partial sums and merged on read (``shards`` small reads, pipelined).
 
 from __future__ import annotations
 
+import functools
 import zlib
 from dataclasses import dataclass
 from typing import Final
@@ -44,6 +45,12 @@ USER_SUFFIXES: Final = (
 DERIVED_USER_SUFFIXES: Final = frozenset({"vec"})
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _shard(routing_key: str, shards: int) -> int:
+    # Cached: one event names the same customer a dozen times while it is folded.
+    return zlib.crc32(routing_key.encode()) % shards
+
+
 @dataclass(frozen=True, slots=True)
 class Keys:
     prefix: str = "a"
@@ -52,7 +59,7 @@ class Keys:
     def shard_of(self, routing_key: str) -> int:
         # crc32, not Kafka's partitioner: state placement must not depend on which
         # client produced the event.
-        return zlib.crc32(routing_key.encode()) % self.shards
+        return _shard(routing_key, self.shards)
 
     def tag(self, shard: int) -> str:
         return f"{{{self.prefix}:{shard}}}"

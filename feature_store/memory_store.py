@@ -164,6 +164,13 @@ class MemoryStore:
         items[item] = max(items.get(item, -math.inf), float(ts))
         self._op_ztrim(["ztrim", kitems, maxn])
 
+    def _op_basket(self, o: Op) -> None:
+        co, items = o[1], o[2:]
+        for a in items:
+            for b in items:
+                if a != b:
+                    self._op_zinc(["zinc", co + a, b, 1])
+
     def _op_cancel(self, o: Op) -> None:
         _, korders, krfm, order_id, amount = o
         if amount < 0:

@@ -86,6 +86,15 @@ OPS.session = function(o)
   redis.call('ZADD', kitems, 'GT', fmt(ts), item)
   redis.call('ZREMRANGEBYRANK', kitems, 0, -(maxn + 1))
 end
+OPS.basket = function(o)
+  local co = o[2]
+  for i = 3, #o do
+    local key = co .. o[i]
+    for j = 3, #o do
+      if i ~= j then redis.call('ZINCRBY', key, 1, o[j]) end
+    end
+  end
+end
 OPS.cancel = function(o)
   local korders, krfm, order_id, amount = o[2], o[3], o[4], o[5]
   if amount < 0 then

@@ -21,6 +21,8 @@ Opcodes
 ``buy k_bought item k_buyers k_rebuyers`` count the order in the customer's ``bought``;
                        the 1st order adds a buyer, the 2nd a re-buyer (per shard partial)
 ``session k_sess k_sitems sid item ts n co_prefix`` co-view with this session's items
+``basket co_prefix item...`` +1 co-purchase for every ordered pair of the items (the
+                       O(n²) pairs are made in the script, not shipped from Python)
 ``cancel k_orders k_rfm order_id amount`` subtract a cancellation (whole order if amount<0)
 ``del k...``           delete keys
 """
@@ -29,7 +31,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from itertools import combinations
 from typing import Any
 
 import msgspec
@@ -149,9 +150,8 @@ class Folder:
         ops: list[Op] = [self._trend(shard, item, self.model.weight_purchase, ts)
                          for item in amounts]
         basket = list(amounts)[: self.features.basket_items_max]
-        for a, b in combinations(basket, 2):
-            ops += [["zinc", self.keys.co("buy", shard, a), b, 1],
-                    ["zinc", self.keys.co("buy", shard, b), a, 1]]
+        if len(basket) > 1:
+            ops.append(["basket", self.keys.co_prefix("buy", shard), *basket])
         if event.user_id is None:  # guest: popularity and baskets only
             return ops
         total = round(sum(amounts.values()), 2)
