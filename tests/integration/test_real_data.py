@@ -43,19 +43,6 @@ def model_version(stack: Stack) -> str:
     return asyncio.run(train_once(stack.settings)).version
 
 
-@pytest.fixture(scope="module")
-def api(stack: Stack) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=stack.api_url or "", timeout=10) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def store(stack: Stack) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(stack.settings.redis_url or "")
-    yield client
-    client.close()
-
-
 def keys_of(stack: Stack) -> Keys:
     return Keys(stack.settings.features.key_prefix, stack.settings.features.shards)
 
