@@ -40,6 +40,11 @@ USER_SUFFIXES: Final = (
     "neg",       # hash item -> json reason (complaint, low rating)
     "sess",      # hash id -> current session id
     "sitems",    # zset item -> ts, items of the current session (co-view)
+    "spend",     # hash YYYY-MM -> spend that month (member tiers)
+    "src",       # hash source/channel -> events
+    "offers",    # hash offer_id -> JSON of the issued offer
+    "ostate",    # hash offer_id -> redeemed | expired (first terminal state wins)
+    "life",      # list of JSON [stage, ts], newest first (lifecycle transitions)
     "vec",       # string: model version + float32 fold-in vector (derived, not dumped)
 )
 DERIVED_USER_SUFFIXES: Final = frozenset({"vec"})

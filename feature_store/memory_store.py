@@ -172,12 +172,16 @@ class MemoryStore:
                     self._op_zinc(["zinc", co + a, b, 1])
 
     def _op_cancel(self, o: Op) -> None:
-        _, korders, krfm, order_id, amount = o
+        _, korders, krfm, order_id, amount, kspend, month = o
         if amount < 0:
             amount = float(self._hash(korders).pop(order_id, 0.0))
         rfm = self._hash(krfm)
         rfm["monetary"] = float(rfm.get("monetary", 0.0)) - amount
         rfm["cancels"] = int(rfm.get("cancels", 0)) + 1
+        self._op_hinc(["hinc", kspend, month, -amount])
+
+    def _op_hsetnx(self, o: Op) -> None:
+        self._hash(o[1]).setdefault(o[2], o[3])
 
     def _op_del(self, o: Op) -> None:
         for key in o[1:]:

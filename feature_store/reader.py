@@ -15,6 +15,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from feature_store.keys import Keys
+from models.customer_types import CustomerFacts, Purchase
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +157,52 @@ class FeatureReader:
         return self._trending[2] if self._trending else []
 
     # ------------------------------------------------------------ customers
+    async def facts(self, user_id: str) -> CustomerFacts:
+        """Everything customer intelligence needs about one customer, one round trip."""
+        k = lambda s: self.keys.user(user_id, s)  # noqa: E731
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(k("rfm"))
+        pipe.lrange(k("hist"), 0, -1)
+        pipe.hgetall(k("spend"))
+        pipe.hgetall(k("src"))
+        pipe.zrange(k("fav"), 0, 49, desc=True)
+        pipe.zrange(k("cat"), 0, 9, desc=True, withscores=True)
+        rfm, hist, spend, src, fav, cat = await pipe.execute()
+        r = _floats(rfm)
+        items = list({msgspec.json.decode(h)[1] for h in hist})
+        infos = await self.items(items) if items else {}
+        categories = {i: info.category for i, info in infos.items()}
+        affinity = {_s(c): s for c, s in cat}
+        if not affinity:  # no category hints in the events: derive from what they bought
+            for p in _purchases(hist, categories):
+                if p.category and p.category != "unknown":
+                    affinity[p.category] = affinity.get(p.category, 0.0) + p.amount
+        return CustomerFacts(
+            user_id=user_id, first_seen_ts=r.get("first_seen"), last_seen_ts=r.get("last_seen"),
+            first_order_ts=r.get("first_ts"), last_order_ts=r.get("last_ts"),
+            orders=int(r.get("orders", 0)), monetary=r.get("monetary", 0.0),
+            purchases=_purchases(hist, categories), promo_orders=int(r.get("promo_orders", 0)),
+            sources={_s(a): int(float(b)) for a, b in src.items()},
+            spend_by_month=_floats(spend), favorites=tuple(_s(f) for f in fav),
+            categories=affinity,
+        )
+
+    async def offers(self, user_id: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        """The customer's issued offers (JSON documents) and their terminal states."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(self.keys.user(user_id, "offers"))
+        pipe.hgetall(self.keys.user(user_id, "ostate"))
+        offers, states = await pipe.execute()
+        return ([msgspec.json.decode(v) for v in offers.values()],
+                {_s(a): _s(b) for a, b in states.items()})
+
+    async def clock(self) -> float:
+        """Now, on the log's clock: the newest event time any shard applied."""
+        pipe = self.client.pipeline(transaction=False)
+        for shard in range(self.keys.shards):
+            pipe.hget(self.keys.meta(shard), "maxts")
+        return max([float(v) for v in await pipe.execute() if v] or [0.0])
+
     async def user(self, user_id: str, views: int = 20) -> UserState:
         k = lambda s: self.keys.user(user_id, s)  # noqa: E731
         pipe = self.client.pipeline(transaction=False)
@@ -179,6 +226,19 @@ class FeatureReader:
             interactions=ia, vector=vec,
             rfm={_s(a): float(b) for a, b in rfm.items()},
         )
+
+
+def _purchases(hist: list[bytes], categories: dict[str, str]) -> tuple[Purchase, ...]:
+    out = []
+    for raw in hist:
+        order_id, item, ts, qty, amount = msgspec.json.decode(raw)
+        out.append(Purchase(str(order_id), str(item), float(ts), int(qty), float(amount),
+                            categories.get(str(item))))
+    return tuple(out)
+
+
+def _floats(h: dict[bytes, bytes]) -> dict[str, float]:
+    return {_s(k): float(v) for k, v in h.items()}
 
 
 def _logaddexp(a: float, b: float) -> float:

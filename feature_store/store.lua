@@ -96,14 +96,16 @@ OPS.basket = function(o)
   end
 end
 OPS.cancel = function(o)
-  local korders, krfm, order_id, amount = o[2], o[3], o[4], o[5]
+  local korders, krfm, order_id, amount, kspend, month = o[2], o[3], o[4], o[5], o[6], o[7]
   if amount < 0 then
     amount = num(redis.call('HGET', korders, order_id), 0)
     redis.call('HDEL', korders, order_id)
   end
   redis.call('HINCRBYFLOAT', krfm, 'monetary', fmt(-amount))
   redis.call('HINCRBY', krfm, 'cancels', 1)
+  redis.call('HINCRBYFLOAT', kspend, month, fmt(-amount))
 end
+OPS.hsetnx = function(o) redis.call('HSETNX', o[2], o[3], o[4]) end
 OPS.del = function(o)
   for i = 2, #o do redis.call('DEL', o[i]) end
 end

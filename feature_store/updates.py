@@ -23,7 +23,9 @@ Opcodes
 ``session k_sess k_sitems sid item ts n co_prefix`` co-view with this session's items
 ``basket co_prefix item...`` +1 co-purchase for every ordered pair of the items (the
                        O(n²) pairs are made in the script, not shipped from Python)
-``cancel k_orders k_rfm order_id amount`` subtract a cancellation (whole order if amount<0)
+``cancel k_orders k_rfm order_id amount k_spend month`` subtract a cancellation (whole
+                       order if amount<0) from the totals and that month's spend
+``hsetnx k f v``       set the field only if absent
 ``del k...``           delete keys
 """
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -72,6 +75,14 @@ class Folder:
         """Ops for ``event``, all in ``self.shard(event)``. Reads nothing: the fold of an
         event depends on the event alone, so replaying the log rebuilds the same state
         whatever order the two topics interleave in."""
+        ops = self._fold(event)
+        if event.user_id is not None and not isinstance(event, ev.UserErased):
+            rfm = self._u(event, "rfm")
+            ops += [["hmin", rfm, "first_seen", event.ts], ["hmax", rfm, "last_seen", event.ts],
+                    ["hinc", self._u(event, "src"), event.source, 1]]
+        return ops
+
+    def _fold(self, event: ev.AnyEvent) -> list[Op]:
         match event:
             case ev.ProductViewed() | ev.ProductFavorited() | ev.CartItemAdded():
                 return self._interest(event)
@@ -96,6 +107,19 @@ class Folder:
                 uid = _uid(event)
                 return [["del", *self.keys.user_keys(uid)],
                         ["srem", self.keys.users(self.shard(event)), uid]]
+            case ev.OfferIssued():
+                p = event.payload
+                doc = {**msgspec.to_builtins(p), "issued_at": event.ts,
+                       "expires_ts": p.expires_at.timestamp()}
+                return [["hset", self._u(event, "offers"), p.offer_id, _json(doc)]]
+            case ev.OfferRedeemed():
+                return [["hsetnx", self._u(event, "ostate"), event.payload.offer_id, "redeemed"]]
+            case ev.OfferExpired():
+                return [["hsetnx", self._u(event, "ostate"), event.payload.offer_id, "expired"]]
+            case ev.LifecycleChanged():
+                stage = event.payload.stage
+                return [["lpush", self._u(event, "life"), _json([stage, event.ts]), 50],
+                        ["hset", self._u(event, "rfm"), "stage", stage]]
         raise TypeError(f"no fold for {type(event).__name__}")  # pragma: no cover
 
     # ------------------------------------------------------------ helpers
@@ -159,7 +183,11 @@ class Folder:
         ops += [["sadd", self.keys.users(shard), event.user_id],
                 ["hmin", rfm, "first_ts", ts], ["hmax", rfm, "last_ts", ts],
                 ["hinc", rfm, "orders", 1], ["hinc", rfm, "monetary", total],
-                ["hset", self._u(event, "orders"), order_id, total]]
+                ["hset", self._u(event, "orders"), order_id, total],
+                ["hinc", self._u(event, "spend"), month_of(ts), total]]
+        if event.payload.offer_id:
+            ops += [["hinc", rfm, "promo_orders", 1],
+                    ["hsetnx", self._u(event, "ostate"), event.payload.offer_id, "redeemed"]]
         hist = self._u(event, "hist")
         for item, amount in amounts.items():
             line = _json([order_id, item, ts, quantities[item], round(amount, 2)])
@@ -177,7 +205,7 @@ class Folder:
         lines = event.payload.lines
         amount = round(sum(li.quantity * li.unit_price for li in lines), 2) if lines else -1.0
         return [["cancel", self._u(event, "orders"), self._u(event, "rfm"),
-                 event.payload.order_id, amount]]
+                 event.payload.order_id, amount, self._u(event, "spend"), month_of(event.ts)]]
 
     def _review(self, event: ev.ReviewSubmitted) -> list[Op]:
         p = event.payload
@@ -219,6 +247,15 @@ class Folder:
         shard = self.shard(event)
         return [["hnewer", self.keys.item(p.item_id), event.ts, *fields],
                 ["sadd", self.keys.items(shard), p.item_id]]
+
+
+def month_of(ts: float) -> str:
+    """The UTC calendar month of an event time, the granularity of member-tier windows.
+
+    >>> month_of(1322733600.0)
+    '2011-12'
+    """
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m")
 
 
 def _uid(event: ev.Event) -> str:

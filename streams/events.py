@@ -126,6 +126,28 @@ class Empty(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     pass
 
 
+class OfferIssue(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    offer_id: Id
+    rule_id: Short
+    policy_version: Short
+    kind: Short
+    discount_pct: Annotated[float, Meta(ge=0, le=100)]
+    items: Annotated[list[Id], Meta(max_length=50)]
+    expires_at: When
+    reason: Text
+    trigger: Short
+
+
+class OfferRef(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    offer_id: Id
+    order_id: Id | None = None
+
+
+class LifecycleChange(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    stage: Annotated[str, Meta(pattern=r"^[a-z_]{1,40}$")]
+    previous: Annotated[str, Meta(pattern=r"^[a-z_]{1,40}$")] | None = None
+
+
 # ---------------------------------------------------------------- envelope
 
 class Event(msgspec.Struct, kw_only=True, frozen=True, tag_field="type",
@@ -212,10 +234,31 @@ class UserErased(Event, tag="user.erased"):
     payload: Empty = Empty()
 
 
+class OfferIssued(Event, tag="offer.issued"):
+    """Aisle issued a limited-time offer (the API writes it; replay restores it)."""
+
+    payload: OfferIssue
+
+
+class OfferRedeemed(Event, tag="offer.redeemed"):
+    payload: OfferRef
+
+
+class OfferExpired(Event, tag="offer.expired"):
+    payload: OfferRef
+
+
+class LifecycleChanged(Event, tag="lifecycle.changed"):
+    """A customer entered a lifecycle stage; ``occurred_at`` is when the stage began."""
+
+    payload: LifecycleChange
+
+
 AnyEvent: TypeAlias = (
     ProductViewed | CartItemAdded | CartItemRemoved | ProductFavorited | OrderPlaced
     | OrderCancelled | ReviewSubmitted | ComplaintFiled | PreferenceStated
     | CatalogItemUpserted | CatalogItemRemoved | UserErased
+    | OfferIssued | OfferRedeemed | OfferExpired | LifecycleChanged
 )
 EVENT_TYPES: Final = {cls.__struct_config__.tag: cls for cls in AnyEvent.__args__}  # type: ignore[attr-defined]
 CATALOG_TYPES: Final = frozenset({"catalog.item_upserted", "catalog.item_removed"})

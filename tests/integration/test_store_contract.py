@@ -28,9 +28,11 @@ def random_events(n: int, seed: int) -> list[ev.AnyEvent]:
     for i in range(n):
         user, item, t = f"u{rng.randrange(30)}", f"i{rng.randrange(40)}", T0 + timedelta(minutes=i)
         common = {"event_id": f"e{i}", "occurred_at": t, "user_id": user,
-                  "session_id": f"s{user}-{i // 50}"}
+                  "session_id": f"s{user}-{i // 50}", "source": rng.choice(["web", "app"])}
         k = rng.random()
-        if k < 0.45:
+        if k < 0.06:
+            out.append(_crm_event(rng, i, common))
+        elif k < 0.45:
             out.append(ev.ProductViewed(payload=ev.ItemRef(item_id=item, category="c" + item[-1]),
                                         **common))
         elif k < 0.55:
@@ -65,6 +67,26 @@ def random_events(n: int, seed: int) -> list[ev.AnyEvent]:
         else:
             out.append(ev.UserErased(**common))
     return out
+
+
+def _crm_event(rng: random.Random, i: int, common: dict) -> ev.AnyEvent:
+    offer = f"of{i % 7}"
+    k = rng.random()
+    if k < 0.3:
+        return ev.OfferIssued(payload=ev.OfferIssue(
+            offer_id=offer, rule_id="winback", policy_version="v1", kind="winback_coupon",
+            discount_pct=10, items=["i1"], expires_at=common["occurred_at"] + timedelta(hours=24),
+            reason="we miss you", trigger="dormant"), **common)
+    if k < 0.5:
+        return ev.OfferRedeemed(payload=ev.OfferRef(offer_id=offer), **common)
+    if k < 0.6:
+        return ev.OfferExpired(payload=ev.OfferRef(offer_id=offer), **common)
+    if k < 0.8:
+        lines = [ev.OrderLine(item_id="i1", quantity=1, unit_price=5.0)]
+        return ev.OrderPlaced(payload=ev.Order(order_id=f"po{i}", lines=lines, offer_id=offer),
+                              **common)
+    return ev.LifecycleChanged(payload=ev.LifecycleChange(stage=rng.choice(["growing", "at_risk"])),
+                               **common)
 
 
 async def _run_both(redis_url: str, events: list[ev.AnyEvent]) -> tuple[dict, dict]:
