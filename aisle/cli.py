@@ -123,6 +123,28 @@ def train() -> None:
 
 
 @app.command()
+def stats() -> None:
+    """Recompute customer population stats now; record lifecycle transitions."""
+    from streams.timers import refresh_population
+    from streams.topics import EventProducer
+
+    settings = _resolved()
+    _logging(settings)
+
+    async def run() -> int:
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(settings.redis_url or "")
+        try:
+            async with EventProducer(settings) as producer:
+                return await refresh_population(settings, client, producer)
+        finally:
+            await client.aclose()
+
+    console.print(f"population stats published; {asyncio.run(run())} lifecycle transitions")
+
+
+@app.command()
 def rebuild() -> None:
     """Wipe derived state and rebuild it from the log (workers pause meanwhile)."""
     from streams.rebuild import rebuild_from_log

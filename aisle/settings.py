@@ -34,6 +34,9 @@ class WorkerSettings(BaseModel):
     rebalance_timeout_s: float = 6.0
     retrain_interval_s: float = Field(3600.0, ge=0, description="0 disables the schedule")
     retrain_min_new_events: int = 1000
+    # Population stats (RFM quintiles, churn rhythm, repurchase cycles) and the lifecycle
+    # sweep; 0 disables the schedule (run `aisle stats` instead).
+    population_interval_s: float = Field(300.0, ge=0)
     model_poll_s: float = 2.0
 
 

@@ -224,7 +224,7 @@ class FeatureReader:
             dislikes={_s(a): dec(b) for a, b in dislikes.items()},
             negatives={_s(a): dec(b) for a, b in neg.items()},
             interactions=ia, vector=vec,
-            rfm={_s(a): float(b) for a, b in rfm.items()},
+            rfm=_floats(rfm),
         )
 
 

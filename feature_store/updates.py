@@ -118,8 +118,7 @@ class Folder:
                 return [["hsetnx", self._u(event, "ostate"), event.payload.offer_id, "expired"]]
             case ev.LifecycleChanged():
                 stage = event.payload.stage
-                return [["lpush", self._u(event, "life"), _json([stage, event.ts]), 50],
-                        ["hset", self._u(event, "rfm"), "stage", stage]]
+                return [["lpush", self._u(event, "life"), _json([stage, event.ts]), 50]]
         raise TypeError(f"no fold for {type(event).__name__}")  # pragma: no cover
 
     # ------------------------------------------------------------ helpers

@@ -21,6 +21,7 @@ from feature_store.keys import Keys
 from feature_store.reader import FeatureReader
 from models.online import ModelHolder
 from serving import routes
+from serving.crm import CustomerService, PopulationHolder
 from serving.errors import AisleError, BrokerUnavailable
 from serving.schemas import ErrorBody
 from serving.service import RecommendationService
@@ -71,6 +72,8 @@ class AppState:
     holder: ModelHolder
     service: RecommendationService
     producer: Producer
+    population: PopulationHolder
+    customers: CustomerService
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -87,13 +90,20 @@ def create_app(settings: Settings | None = None) -> Starlette:
         with contextlib.suppress(Exception):
             await holder.refresh()
         holder.start_polling(settings.worker.model_poll_s)
+        population = PopulationHolder(client, keys)
+        with contextlib.suppress(Exception):
+            await population.refresh()
+        population.start_polling(max(settings.worker.model_poll_s, 1.0))
+        customers = CustomerService(reader, keys, population)
         state = AppState(settings, client, reader, holder,
-                         RecommendationService(settings, reader, holder), Producer(settings))
+                         RecommendationService(settings, reader, holder, customers),
+                         Producer(settings), population, customers)
         app.state.aisle = state
         try:
             yield
         finally:
             await holder.stop()
+            await population.stop()
             await state.producer.close()
             await client.aclose()
 

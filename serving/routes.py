@@ -15,14 +15,30 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from feature_store.reader import ItemInfo
+from serving.crm import iso, lifecycle_history, offer_seconds_left, still_fit
 from serving.errors import (
     BrokerUnavailable,
     InvalidInput,
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from serving.offers import Decision, Offer
 from serving.openapi import DOCS_HTML, openapi_document
-from serving.schemas import Accepted, Health, ItemsAnswer, RecommendedItem
+from serving.schemas import (
+    Accepted,
+    Health,
+    ItemsAnswer,
+    OfferItem,
+    OfferOut,
+    OffersAnswer,
+    ProfileAnswer,
+    PurchaseOut,
+    RecommendedItem,
+    ReplenishmentOut,
+    RFMOut,
+    TierOut,
+)
 from serving.service import Answer
 from streams.events import DecodeError, decode_event, decode_events
 
@@ -87,7 +103,10 @@ def _answer(request: Request, answer: Answer, route: str, **ids: str) -> Respons
 async def related(request: Request) -> Response:
     started = time.perf_counter()
     item_id, limit = _id(request, "item_id"), _limit(request)
-    answer = await _state(request).service.related(item_id, limit)
+    user_id = request.query_params.get("user_id")
+    if user_id is not None and not ID_RE.match(user_id):
+        raise InvalidInput("user_id must be 1-128 characters of A-Z a-z 0-9 _ . : @ / + -")
+    answer = await _state(request).service.related(item_id, limit, user_id)
     response = _answer(request, answer, "related", item_id=item_id)
     LATENCY.labels("related").observe(time.perf_counter() - started)
     return response
@@ -103,6 +122,78 @@ async def recommendations(request: Request) -> Response:
     response = _answer(request, answer, "recommendations", user_id=user_id)
     LATENCY.labels("recommendations").observe(time.perf_counter() - started)
     return response
+
+
+def _offer_out(offer: Offer, infos: dict[str, ItemInfo], clock: float) -> OfferOut:
+    items = [OfferItem(i, infos[i].title if i in infos else None,
+                       infos[i].price if i in infos else None) for i in offer.items]
+    return OfferOut(offer.offer_id, offer.kind, offer.discount_pct, items, iso(offer.issued_at),
+                    iso(offer.expires_at), offer_seconds_left(offer, clock), offer.reason,
+                    offer.trigger, offer.rule_id, offer.policy_version)
+
+
+async def offers(request: Request) -> Response:
+    """Active offers; issues one (recorded as an event first) when the policy says so."""
+    started = time.perf_counter()
+    user_id = _id(request, "user_id")
+    state = _state(request)
+    customers = state.customers
+    view = await customers.view(user_id)
+    decision = await customers.decide(view)
+    issued = None
+    if decision.issue is not None:
+        try:
+            producer = await state.producer.get()
+            async with asyncio.timeout(3):
+                await customers.record_issue(decision.issue, producer.send_events)
+            issued = decision.issue.offer_id
+        except (BrokerUnavailable, KafkaError, TimeoutError):
+            # Never promise an offer the log does not hold: show only what is on record.
+            decision = Decision(customers.active(view), None)
+    infos = await state.reader.items([i for o in decision.show for i in o.items])
+    shown = still_fit(decision.show, infos, view.state)
+    body = OffersAnswer(request_id(request), user_id, iso(view.clock),
+                        [_offer_out(o, infos, view.clock) for o in shown], issued)
+    LATENCY.labels("offers").observe(time.perf_counter() - started)
+    return json(body)
+
+
+async def profile(request: Request) -> Response:
+    started = time.perf_counter()
+    user_id = _id(request, "user_id")
+    state = _state(request)
+    view = await state.customers.view(user_id)
+    p, facts = view.profile, view.facts
+    life = await state.redis.lrange(state.customers.keys.user(user_id, "life"), 0, -1)
+    recent = list(facts.purchases[:10])
+    due = list(p.replenishments_due)
+    active = state.customers.active(view)
+    infos = await state.reader.items([x.item_id for x in recent] + [r.item_id for r in due]
+                                     + [i for o in active for i in o.items])
+    active = still_fit(active, infos, view.state)
+    title = lambda i: infos[i].title if i in infos else None  # noqa: E731
+    rfm = p.rfm
+    body = ProfileAnswer(
+        request_id=request_id(request), user_id=user_id, clock=iso(view.clock),
+        known=facts.first_seen_ts is not None, segment=p.segment,
+        segment_reason=p.segment_reason, lifecycle=p.lifecycle,
+        lifecycle_history=lifecycle_history(life),
+        rfm=RFMOut(rfm.recency_days, rfm.frequency, rfm.monetary, rfm.r, rfm.f, rfm.m,
+                   rfm.code) if rfm else None,
+        p_alive=p.p_alive, churn_risk=p.churn_risk,
+        tier=TierOut(p.tier.tier, p.tier.window_spend, p.tier.next_tier, p.tier.gap),
+        top_categories=list(p.top_categories), preferred_source=p.preferred_source,
+        price_band=p.price_band, promotion_sensitivity=p.promotion_sensitivity,
+        dislikes={tag: str(reason.get("why", "")) for tag, reason in view.state.dislikes.items()},
+        recent_purchases=[PurchaseOut(x.order_id, x.item_id, title(x.item_id), iso(x.ts),
+                                      x.quantity, x.amount) for x in recent],
+        replenishments_due=[ReplenishmentOut(r.item_id, title(r.item_id), r.interval_days,
+                                             iso(r.last_purchase_ts), iso(r.runout_ts), r.basis)
+                            for r in due],
+        active_offers=[_offer_out(o, infos, view.clock) for o in active],
+    )
+    LATENCY.labels("profile").observe(time.perf_counter() - started)
+    return json(body)
 
 
 async def post_events(request: Request) -> Response:
@@ -187,6 +278,8 @@ async def static_ok(request: Request) -> Response:
 ROUTES = [
     Route("/v1/items/{item_id}/related", related, methods=["GET"]),
     Route("/v1/users/{user_id}/recommendations", recommendations, methods=["GET"]),
+    Route("/v1/users/{user_id}/offers", offers, methods=["GET"]),
+    Route("/v1/users/{user_id}/profile", profile, methods=["GET"]),
     Route("/v1/events", post_events, methods=["POST"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),

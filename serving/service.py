@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from redis.exceptions import RedisError
@@ -24,8 +24,12 @@ from feature_store.reader import FeatureReader, ItemInfo, UserState
 from models.artifacts import ModelArtifact
 from models.online import ModelHolder, decode_vector, user_vector
 
+if TYPE_CHECKING:
+    from serving.crm import CustomerService
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+WINBACK_SEGMENTS = frozenset({"dormant", "lost", "at_risk"})
 Reason = Callable[[str], str]
 ALS_POOL = 200
 
@@ -75,8 +79,10 @@ class Candidates:
 
 class RecommendationService:
     def __init__(self, settings: Settings, reader: FeatureReader, holder: ModelHolder,
-                 store_timeout_s: float = 0.25) -> None:
+                 customers: CustomerService | None = None, store_timeout_s: float = 0.25,
+                 ) -> None:
         self.settings = settings
+        self.customers = customers
         self.reader = reader
         self.holder = holder
         self.timeout = store_timeout_s
@@ -91,21 +97,29 @@ class RecommendationService:
             return default
 
     # ------------------------------------------------------------ related
-    async def related(self, item_id: str, limit: int) -> Answer:
+    async def related(self, item_id: str, limit: int, user_id: str | None = None) -> Answer:
+        """Related items; with ``user_id``, that customer's dislikes and complaints apply."""
         flags: list[str] = []
         art = self.holder.current
+        keep: Callable[[ItemInfo], bool] = lambda info: True  # noqa: E731
+        exclude = {item_id}
+        if user_id is not None:
+            empty = UserState(user_id, [], {}, {}, {}, {}, [], None, {})
+            state = await self._safe(self.reader.user(user_id), empty, flags)
+            keep = self._keeper(state, None, allow=set(state.bought))
+            exclude |= set(state.negatives)
         await self._infos([item_id], flags)  # the anchor's title, for the reasons
         cands = await self._related_candidates(item_id, art, flags, weight=1.0)
         infos = await self._infos([item_id, *list(cands.scores)[: 4 * ALS_POOL]], flags)
-        items = self._select(cands, infos, limit, exclude={item_id},
-                             keep=lambda info: True, degraded=bool(flags))
+        items = self._select(cands, infos, limit, exclude=exclude, keep=keep,
+                             degraded=bool(flags))
         strategy = "related"
         if len(items) < limit:
             anchor = infos.get(item_id)
             fill = await self._popular(flags, anchor.category if anchor else None)
             more = self._select(fill, await self._infos(list(fill.scores), flags), limit,
-                                exclude={item_id, *(s.item_id for s in items)},
-                                keep=lambda info: True, degraded=bool(flags))
+                                exclude=exclude | {s.item_id for s in items},
+                                keep=keep, degraded=bool(flags))
             items += more[: limit - len(items)]
             strategy = "related+popular" if cands.scores else "popular"
         return Answer(items, art.version if art else None, strategy, bool(flags))
@@ -162,9 +176,10 @@ class RecommendationService:
             _merge(cands, await self._related_candidates(
                 context_item, art, flags, weight=s.blend_session,
                 reason=lambda i: f"goes with {title}"))
+        allow = await self._crm_candidates(user_id, state, cands, flags)
         exclude = {context_item or "", *state.cart, *state.negatives}
         infos = await self._infos(list(cands.scores)[: 4 * ALS_POOL], flags)
-        keep = self._keeper(state, art)
+        keep = self._keeper(state, art, allow)
         items = self._select(cands, infos, limit, exclude, keep, degraded=bool(flags))
         strategy = "personal" if cands.scores else "popular"
         if len(items) < limit:
@@ -188,13 +203,41 @@ class RecommendationService:
         # Stored vector missing or from an older model: fold in now (tens of µs).
         return user_vector(art, state.interactions, art.ref_ts, self.half_life_s)
 
-    def _keeper(self, state: UserState, art: ModelArtifact | None) -> Callable[[ItemInfo], bool]:
+    async def _crm_candidates(self, user_id: str, state: UserState, cands: Candidates,
+                              flags: list[str]) -> set[str]:
+        """Customer intelligence in the ranking: items due for replenishment ("buy it
+        again"), and for customers going quiet the items they saved or kept buying.
+        Returns the bought items that may be shown again."""
+        if self.customers is None or not state.known:
+            return set()
+        view = await self._safe(self.customers.view(user_id), None, flags)
+        if view is None:
+            return set()
+        s = self.settings.serving
+        due = {r.item_id: r.interval_days for r in view.profile.replenishments_due}
+        cands.add({i: 1.0 for i in due}, s.blend_als + s.blend_session,
+                  lambda i: f"time to restock: you buy this about every {due[i]:.0f} days",
+                  specificity=3.0)
+        allow = set(due)
+        if view.profile.segment in WINBACK_SEGMENTS:
+            saved = {i: 1.0 for i in view.facts.favorites[:10]}
+            again = {i: float(n) for i, n in state.bought.items() if n >= 2}
+            cands.add(saved, s.blend_session, lambda i: "you saved this", specificity=2.5)
+            cands.add(again, s.blend_session, lambda i: "you used to buy this",
+                      specificity=2.5)
+            allow |= set(again)
+        return allow
+
+    def _keeper(self, state: UserState, art: ModelArtifact | None,
+                allow: set[str] | None = None) -> Callable[[ItemInfo], bool]:
         disliked = {tag.lower() for tag in state.dislikes}
+        allow = allow or set()
 
         def keep(info: ItemInfo) -> bool:
             if disliked and info.tags & disliked:
                 return False
-            return info.item_id not in state.bought or self._consumable(info, art)
+            return (info.item_id not in state.bought or info.item_id in allow
+                    or self._consumable(info, art))
 
         return keep
 

@@ -21,7 +21,7 @@ from feature_store.redis_store import RedisStore
 from feature_store.updates import Folder
 from models.online import ModelHolder, UserVectorUpdater
 from streams.pipeline import BatchProcessor, Record
-from streams.timers import retrain_if_due
+from streams.timers import refresh_population, retrain_if_due
 from streams.topics import EventProducer, ensure_topics
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,15 @@ def build_app(settings: Settings) -> faust.App:
     @app.on_before_shutdown.connect
     async def close_clients(app: faust.App, **kwargs: Any) -> None:
         await ctx.close()
+
+    if w.population_interval_s > 0:
+        @app.timer(w.population_interval_s)
+        async def scheduled_population() -> None:
+            processor = await ctx.get()
+            try:
+                await refresh_population(settings, processor.store.client, processor.producer)
+            except Exception:  # stale stats are better than a stopped worker
+                log.exception("population refresh failed; keeping the previous stats")
 
     if w.retrain_interval_s > 0:
         @app.timer(w.retrain_interval_s)

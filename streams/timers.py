@@ -14,10 +14,30 @@ import redis.asyncio as aioredis
 from aisle.settings import Settings
 from feature_store.keys import Keys
 from models.artifacts import load_current
+from models.customer import load_segment_rules
+from models.population import refresh
 from models.train import TrainingBusy, train_once
+from streams.topics import EventProducer
 
 log = logging.getLogger(__name__)
 APPLIED = "applied"
+
+
+async def refresh_population(settings: Settings, client: aioredis.Redis,
+                             producer: EventProducer | None) -> int:
+    """Recompute population stats; record new lifecycle transitions as events."""
+    keys = Keys(settings.features.key_prefix, settings.features.shards)
+    lock = keys.control("population-lock")
+    if not await client.set(lock, b"1", nx=True, ex=600):
+        return 0
+    try:
+        _, events = await refresh(client, keys, load_segment_rules())
+        if producer is not None and events:
+            for start in range(0, len(events), 1000):
+                await producer.send_events(events[start:start + 1000])
+        return len(events)
+    finally:
+        await client.delete(lock)
 
 
 async def applied_events(client: aioredis.Redis, keys: Keys) -> int:

@@ -1,0 +1,123 @@
+"""Population statistics for customer intelligence, refreshed periodically by the workers.
+
+RFM quintile edges, the BG/NBD rhythm parameters and item/category repurchase cycles are
+properties of the whole customer base, not of one event, so they are recomputed from
+every customer's stored facts (on the log's clock) and published as one document that
+the API and workers read. The same sweep records lifecycle transitions as
+``lifecycle.changed`` events, with deterministic ids, so the log keeps when each customer
+entered each stage and a repeated sweep adds nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import msgspec
+import numpy as np
+import redis.asyncio as aioredis
+
+from feature_store.keys import Keys
+from feature_store.reader import FeatureReader
+from models.customer import (
+    SegmentRules,
+    customer_rhythm,
+    fit_bgnbd,
+    lifecycle_transitions,
+    population_cycles,
+    rfm_thresholds,
+)
+from models.customer_types import CustomerFacts, PopulationStats
+from streams.events import LifecycleChange, LifecycleChanged
+
+log = logging.getLogger(__name__)
+KEY = "population"
+CHUNK = 50  # concurrent reads; stays under the client pool size
+
+
+async def all_customers(client: aioredis.Redis, keys: Keys) -> list[str]:
+    pipe = client.pipeline(transaction=False)
+    for shard in range(keys.shards):
+        pipe.smembers(keys.users(shard))
+    return sorted(u.decode() for members in await pipe.execute() for u in members)
+
+
+async def read_all_facts(reader: FeatureReader, users: Sequence[str]) -> list[CustomerFacts]:
+    out: list[CustomerFacts] = []
+    for start in range(0, len(users), CHUNK):
+        out += await asyncio.gather(*(reader.facts(u) for u in users[start:start + CHUNK]))
+    return out
+
+
+def compute_stats(facts: Sequence[CustomerFacts], clock: float, unit_days: float = 7.0,
+                  ) -> PopulationStats:
+    buyers = [f for f in facts if f.orders > 0 and f.last_order_ts is not None]
+    recency = np.array([(clock - (f.last_order_ts or clock)) / 86400 for f in buyers])
+    frequency = np.array([f.orders for f in buyers], dtype=float)
+    monetary = np.array([f.monetary for f in buyers])
+    thresholds = rfm_thresholds(recency, frequency, monetary, as_of=clock)
+    churn = None
+    if len(buyers) >= 20:
+        rhythm = np.array([customer_rhythm(f, clock, unit_days) for f in buyers])
+        try:
+            churn = fit_bgnbd(rhythm[:, 0], rhythm[:, 1], rhythm[:, 2], time_unit_days=unit_days)
+        except (ValueError, FloatingPointError) as exc:  # keep the previous behaviour: no model
+            log.warning("BG/NBD fit failed: %s", exc)
+    item_cycles, category_cycles = population_cycles([f.purchases for f in buyers])
+    return PopulationStats(rfm=thresholds, churn=churn, item_cycle_days=item_cycles,
+                           category_cycle_days=category_cycles, as_of=clock)
+
+
+def lifecycle_events(facts: CustomerFacts, recorded: set[tuple[str, int]], clock: float,
+                     rules: SegmentRules) -> list[LifecycleChanged]:
+    """Transitions the log does not hold yet, as events with deterministic ids."""
+    events = []
+    previous: str | None = None
+    for stage, ts in lifecycle_transitions(facts, clock, rules.lifecycle):
+        if (stage, int(ts)) not in recorded:
+            events.append(LifecycleChanged(
+                event_id=f"lc-{facts.user_id}-{stage}-{int(ts)}",
+                occurred_at=datetime.fromtimestamp(ts, UTC), user_id=facts.user_id,
+                source="aisle:lifecycle", payload=LifecycleChange(stage=stage, previous=previous)))
+        previous = stage
+    return events
+
+
+async def recorded_transitions(client: aioredis.Redis, keys: Keys, users: Sequence[str],
+                               ) -> dict[str, set[tuple[str, int]]]:
+    pipe = client.pipeline(transaction=False)
+    for uid in users:
+        pipe.lrange(keys.user(uid, "life"), 0, -1)
+    out = {}
+    for uid, rows in zip(users, await pipe.execute(), strict=True):
+        out[uid] = {(str(s), int(t)) for s, t in (msgspec.json.decode(r) for r in rows)}
+    return out
+
+
+async def publish_stats(client: aioredis.Redis, keys: Keys, stats: PopulationStats) -> None:
+    await client.set(keys.control(KEY), msgspec.json.encode(stats))
+
+
+async def load_stats(client: aioredis.Redis, keys: Keys) -> PopulationStats | None:
+    raw = await client.get(keys.control(KEY))
+    return msgspec.json.decode(raw, type=PopulationStats) if raw else None
+
+
+async def refresh(client: aioredis.Redis, keys: Keys, rules: SegmentRules,
+                  ) -> tuple[PopulationStats, list[LifecycleChanged]]:
+    """Recompute and publish the population stats; return lifecycle events to produce."""
+    started = time.perf_counter()
+    reader = FeatureReader(client, keys, ttl=600.0)
+    clock = await reader.clock()
+    users = await all_customers(client, keys)
+    facts = await read_all_facts(reader, users)
+    stats = await asyncio.to_thread(compute_stats, facts, clock)
+    await publish_stats(client, keys, stats)
+    recorded = await recorded_transitions(client, keys, users)
+    events = [e for f in facts for e in lifecycle_events(f, recorded[f.user_id], clock, rules)]
+    log.info("population: %d customers, %d lifecycle transitions, %.1fs", len(users),
+             len(events), time.perf_counter() - started)
+    return stats, events

@@ -1,0 +1,200 @@
+"""Customer profile and limited-time offers for the API: reads the customer's facts,
+applies customer intelligence (models/customer.py) and the offer policy
+(serving/offers.py), and records newly issued offers as events.
+
+An offer is only promised once Kafka has its ``offer.issued`` event; if the broker is
+away the customer sees the offers already on record and no new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+import msgspec
+import redis.asyncio as aioredis
+
+from feature_store.keys import Keys
+from feature_store.reader import FeatureReader, ItemInfo, UserState
+from models.customer import SegmentRules, build_profile, load_segment_rules
+from models.customer_types import (
+    CustomerFacts,
+    CustomerProfile,
+    PopulationStats,
+    RFMThresholds,
+)
+from models.population import load_stats
+from serving.offers import (
+    Decision,
+    Offer,
+    OfferCandidates,
+    OfferPolicy,
+    decide,
+    issued_event,
+    load_policy,
+    offer_from_doc,
+    remaining_budget,
+)
+
+log = logging.getLogger(__name__)
+PENDING_S = 60.0
+EMPTY_STATS = PopulationStats(
+    rfm=RFMThresholds((), (), (), as_of=0.0, customers=0), churn=None,
+    item_cycle_days={}, category_cycle_days={}, as_of=0.0)
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+class PopulationHolder:
+    """The published population stats, polled like the model."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+        self.client, self.keys = client, keys
+        self.current: PopulationStats | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def stats(self) -> PopulationStats:
+        return self.current or EMPTY_STATS
+
+    async def refresh(self) -> None:
+        stats = await load_stats(self.client, self.keys)
+        if stats is not None:
+            self.current = stats
+
+    def start_polling(self, every_s: float) -> None:
+        async def loop() -> None:
+            while True:
+                with contextlib.suppress(Exception):
+                    await self.refresh()
+                await asyncio.sleep(every_s)
+
+        self._task = asyncio.create_task(loop(), name="population-poll")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+@dataclass
+class CustomerView:
+    facts: CustomerFacts
+    state: UserState
+    profile: CustomerProfile
+    clock: float
+    offers: list[Offer]
+    terminal: dict[str, str]
+
+
+class CustomerService:
+    def __init__(self, reader: FeatureReader, keys: Keys, population: PopulationHolder,
+                 rules: SegmentRules | None = None, policy: OfferPolicy | None = None) -> None:
+        self.reader, self.keys, self.population = reader, keys, population
+        self.rules = rules or load_segment_rules()
+        self.policy = policy or load_policy()
+        # Offers this process issued whose events the workers may not have folded yet;
+        # without it a quick second page view would issue (the same) offer again.
+        self._issued: dict[str, tuple[float, Offer]] = {}
+
+    async def view(self, user_id: str) -> CustomerView:
+        facts, state, clock, (docs, terminal) = await asyncio.gather(
+            self.reader.facts(user_id), self.reader.user(user_id), self.reader.clock(),
+            self.reader.offers(user_id))
+        repeat = {i for i, n in state.bought.items() if n >= 2}
+        profile = build_profile(facts, self.population.stats, clock, self.rules, repeat)
+        stored = [offer_from_doc(user_id, d) for d in docs]
+        pending = self._issued.get(user_id)
+        if pending and time.monotonic() - pending[0] < PENDING_S and \
+                pending[1].offer_id not in {o.offer_id for o in stored}:
+            stored.append(pending[1])
+        offers = sorted(stored, key=lambda o: o.issued_at)
+        return CustomerView(facts, state, profile, clock, offers, terminal)
+
+    def active(self, view: CustomerView) -> list[Offer]:
+        return [o for o in view.offers
+                if o.offer_id not in view.terminal and o.expires_at > view.clock]
+
+    async def decide(self, view: CustomerView) -> Decision:
+        clock = view.clock
+        longest_cap = max((r.cap_days for r in self.policy.rules), default=0) * 86400
+        recent = [o for o in view.offers if o.issued_at >= clock - longest_cap]
+        active = [o for o in recent if o.offer_id not in view.terminal]
+        candidates = await self._candidates(view)
+        used = await self._budget_used(clock)
+        return decide(view.profile, clock, self.policy, active, recent, candidates,
+                      remaining_budget(self.policy, used))
+
+    async def record_issue(self, offer: Offer, send: object) -> None:
+        """Count the offer against today's budget once Kafka has its event."""
+        await send([issued_event(offer)])  # type: ignore[operator]
+        self._issued[offer.user_id] = (time.monotonic(), offer)
+        if len(self._issued) > 100_000:
+            self._issued.clear()
+        day = datetime.fromtimestamp(offer.issued_at, UTC).strftime("%Y-%m-%d")
+        key = self.keys.control(f"budget:{offer.kind}:{day}")
+        pipe = self.reader.client.pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, 3 * 86400)
+        await pipe.execute()
+
+    async def _budget_used(self, clock: float) -> dict[str, int]:
+        day = datetime.fromtimestamp(clock, UTC).strftime("%Y-%m-%d")
+        kinds = sorted(self.policy.budgets)
+        values = await self.reader.client.mget(
+            [self.keys.control(f"budget:{k}:{day}") for k in kinds]) if kinds else []
+        return {k: int(v or 0) for k, v in zip(kinds, values, strict=True)}
+
+    async def _candidates(self, view: CustomerView) -> OfferCandidates:
+        facts, state = view.facts, view.state
+        bought = list(dict.fromkeys(p.item_id for p in facts.purchases))
+        due = [r.item_id for r in view.profile.replenishments_due]
+        trending = [i for i, _ in await self.reader.trending(100)]
+        infos = await self.reader.items([*facts.favorites, *bought, *due, *trending])
+        ok = _fit_for(state)
+        keep = lambda ids: [i for i in ids if i in infos and ok(infos[i])]  # noqa: E731
+        priced = sorted(((i, infos[i].price) for i in keep(trending) if infos[i].price > 0),
+                        key=lambda kv: kv[1])
+        return OfferCandidates(
+            currency=self.rules.tiers.currency, favorites=keep(facts.favorites),
+            bought=keep(bought), replenishment=keep(due), priced_items=priced,
+            bestsellers=keep(trending)[:20])
+
+
+def _fit_for(state: UserState):  # type: ignore[no-untyped-def]
+    disliked = {t.lower() for t in state.dislikes}
+
+    def ok(info: ItemInfo) -> bool:
+        return (info.available and info.item_id not in state.negatives
+                and not (disliked and info.tags & disliked))
+
+    return ok
+
+
+def still_fit(offers: list[Offer], infos: dict[str, ItemInfo], state: UserState) -> list[Offer]:
+    """Offers as they may be shown now: items that went out of stock, left the catalog or
+    became disliked since the offer was issued are dropped, and an offer left with no
+    item is not shown."""
+    ok = _fit_for(state)
+    out = []
+    for offer in offers:
+        items = tuple(i for i in offer.items if i in infos and ok(infos[i]))
+        if items:
+            out.append(replace(offer, items=items))
+    return out
+
+
+def offer_seconds_left(offer: Offer, clock: float) -> int:
+    return max(0, int(offer.expires_at - clock))
+
+
+def lifecycle_history(raw: list[bytes]) -> list[tuple[str, str]]:
+    rows = [msgspec.json.decode(r) for r in raw]
+    return [(str(stage), iso(float(ts))) for stage, ts in sorted(rows, key=lambda r: r[1])]

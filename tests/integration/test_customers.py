@@ -1,0 +1,161 @@
+"""Customer intelligence and limited-time offers on an Online Retail slice, through the
+real broker, worker and API."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from aisle.replay import replay_file
+from aisle.stack import Stack
+from feature_store.keys import Keys
+from streams.lag import wait_caught_up
+from streams.timers import refresh_population
+from streams.topics import EventProducer
+from tests.conftest import ONLINE_RETAIL
+from tests.integration.conftest import isolated_settings
+from tests.integration.util import eventually, uid
+
+pytestmark = pytest.mark.integration
+SEGMENTS = {"prospect", "new", "lost", "dormant", "at_risk", "high_value_loyal", "potential",
+            "regular"}
+
+
+@pytest.fixture(scope="module")
+def stack(servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    settings = isolated_settings(servers, tmp_path_factory.mktemp("crm"))
+    s = Stack.start(settings, workers=1, api=True)
+    try:
+        asyncio.run(replay_file(s.settings, ONLINE_RETAIL, limit_rows=150_000))
+        asyncio.run(wait_caught_up(s.settings, timeout=180))
+        asyncio.run(_refresh(s))
+        asyncio.run(wait_caught_up(s.settings, timeout=60))  # the lifecycle events
+        yield s
+    finally:
+        s.stop()
+
+
+async def _refresh(stack: Stack) -> int:
+    client = aioredis.Redis.from_url(stack.settings.redis_url or "")
+    try:
+        async with EventProducer(stack.settings) as producer:
+            return await refresh_population(stack.settings, client, producer)
+    finally:
+        await client.aclose()
+
+
+def clock_of(api: httpx.Client) -> datetime:
+    body = api.get(f"/v1/users/{uid()}/profile").json()
+    return datetime.fromisoformat(body["clock"].replace("Z", "+00:00"))
+
+
+def at(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat()
+
+
+def post(api: httpx.Client, docs: list[dict]) -> None:
+    assert api.post("/v1/events", json=docs).status_code == 202
+
+
+def test_profiles_of_real_customers(api: httpx.Client) -> None:
+    segments, lifecycles = set(), set()
+    for user in ["17850", "13047", "12583", "14688", "15311", "16098", "18074", "13748"]:
+        body = api.get(f"/v1/users/{user}/profile").json()
+        assert body["known"], user
+        assert body["segment"] in SEGMENTS
+        assert body["segment_reason"]
+        rfm = body["rfm"]
+        assert all(1 <= rfm[k] <= 5 for k in "rfm")
+        assert rfm["frequency"] >= 1 and rfm["monetary"] != 0
+        assert body["tier"]["tier"] is not None
+        assert body["recent_purchases"] and body["recent_purchases"][0]["title"]
+        assert body["lifecycle_history"], "the sweep recorded lifecycle events"
+        assert body["lifecycle_history"][-1][0] in {"first_purchase", "growing", "mature",
+                                                    "at_risk", "churned", "reactivated"}
+        segments.add(body["segment"])
+        lifecycles.add(body["lifecycle"])
+    assert len(segments) >= 2  # real customers do not all fall in one bucket
+
+
+def test_a_dormant_customer_gets_one_winback_offer_that_expires(api, stack) -> None:
+    now = clock_of(api)
+    user, item = uid("sleepy"), "85123A"
+    old = now - timedelta(days=200)
+    post(api, [
+        {"type": "product.favorited", "event_id": uid("e"), "user_id": user,
+         "occurred_at": at(old - timedelta(days=1)), "payload": {"item_id": item}},
+        {"type": "order.placed", "event_id": uid("e"), "user_id": user, "occurred_at": at(old),
+         "payload": {"order_id": uid("o"), "lines": [
+             {"item_id": "22423", "quantity": 1, "unit_price": 12.75}]}},
+    ])
+    rfm = Keys(stack.settings.features.key_prefix, stack.settings.features.shards).user(user,
+                                                                                         "rfm")
+    import redis
+
+    store = redis.Redis.from_url(stack.settings.redis_url or "")
+    eventually(lambda: store.hget(rfm, "orders"))
+    profile = api.get(f"/v1/users/{user}/profile").json()
+    assert profile["segment"] in {"dormant", "lost"}
+    first = api.get(f"/v1/users/{user}/offers").json()
+    assert first["issued"]
+    offer = first["offers"][0]
+    assert offer["kind"] == "winback_coupon"
+    assert offer["discount_pct"] > 0
+    assert [i["item_id"] for i in offer["items"]][0] == item  # the saved item first
+    assert 0 < offer["seconds_left"] <= 48 * 3600
+    assert offer["reason"]
+    again = api.get(f"/v1/users/{user}/offers").json()
+    assert again["issued"] is None  # no new coupon per page view
+    assert [o["offer_id"] for o in again["offers"]] == [offer["offer_id"]]
+    # Once folded from its event, the profile shows it too.
+    eventually(lambda: api.get(f"/v1/users/{user}/profile").json()["active_offers"])
+    # The customer's recommendations bring back what they saved.
+    recs = api.get(f"/v1/users/{user}/recommendations").json()["items"]
+    assert any(r["item_id"] == item and r["reason"] == "you saved this" for r in recs)
+    # Expired: an explicit offer.expired ends it; within its cap no new one comes.
+    post(api, [{"type": "offer.expired", "event_id": uid("e"), "user_id": user,
+                "occurred_at": at(now), "payload": {"offer_id": offer["offer_id"]}}])
+    eventually(lambda: not api.get(f"/v1/users/{user}/profile").json()["active_offers"])
+    after = api.get(f"/v1/users/{user}/offers").json()
+    assert offer["offer_id"] not in [o["offer_id"] for o in after["offers"]]
+    assert all(o["kind"] != "winback_coupon" for o in after["offers"])
+    store.close()
+
+
+def test_dislikes_filter_offers_recommendations_and_related(api, stack) -> None:
+    now = clock_of(api)
+    user = uid("allergic")
+    before = api.get("/v1/items/84879/related", params={"limit": 10}).json()["items"]
+    polyester = [i["item_id"] for i in before[:3]]
+    assert len(polyester) == 3
+    docs = [{"type": "catalog.item_upserted", "event_id": uid("c"),
+             "occurred_at": at(now + timedelta(seconds=1)),
+             "payload": {"item_id": i, "title": f"POLYESTER THING {i}",
+                         "attributes": {"material": "polyester"}}} for i in polyester]
+    docs.append({"type": "preference.stated", "event_id": uid("p"), "user_id": user,
+                 "occurred_at": at(now), "payload": {"dislikes": ["material:polyester"]}})
+    docs.append({"type": "product.viewed", "event_id": uid("v"), "user_id": user,
+                 "session_id": "s", "occurred_at": at(now), "payload": {"item_id": "84879"}})
+    post(api, docs)
+
+    def served() -> set[str]:
+        recs = api.get(f"/v1/users/{user}/recommendations", params={"limit": 50}).json()
+        rel = api.get("/v1/items/84879/related",
+                      params={"limit": 50, "user_id": user}).json()
+        offers = api.get(f"/v1/users/{user}/offers").json()["offers"]
+        return ({i["item_id"] for i in recs["items"]} | {i["item_id"] for i in rel["items"]}
+                | {i["item_id"] for o in offers for i in o["items"]})
+
+    eventually(lambda: api.get(f"/v1/users/{user}/profile").json()["dislikes"])
+    # The catalog change reaches the API's item cache within its TTL (2 s).
+    eventually(lambda: not served() & set(polyester), timeout=15)
+    for _ in range(3):  # and stays filtered
+        assert not served() & set(polyester)
+    # Without the customer, related items may include them: the filter is personal.
+    plain = api.get("/v1/items/84879/related", params={"limit": 50}).json()
+    assert {i["item_id"] for i in plain["items"]} & set(polyester)
