@@ -73,11 +73,17 @@ def compute_stats(facts: Sequence[CustomerFacts], clock: float, unit_days: float
 
 def lifecycle_events(facts: CustomerFacts, recorded: set[tuple[str, int]], clock: float,
                      rules: SegmentRules) -> list[LifecycleChanged]:
-    """Transitions the log does not hold yet, as events with deterministic ids."""
+    """Transitions the log does not hold yet, as events with deterministic ids.
+
+    Only transitions after the newest recorded one are added: the purchase history is
+    bounded, so stages derived from long-gone orders may shift, and the log already says
+    what happened then.
+    """
     events = []
     previous: str | None = None
+    latest = max((t for _, t in recorded), default=None)
     for stage, ts in lifecycle_transitions(facts, clock, rules.lifecycle):
-        if (stage, int(ts)) not in recorded:
+        if (stage, int(ts)) not in recorded and (latest is None or int(ts) > latest):
             events.append(LifecycleChanged(
                 event_id=f"lc-{facts.user_id}-{stage}-{int(ts)}",
                 occurred_at=datetime.fromtimestamp(ts, UTC), user_id=facts.user_id,
