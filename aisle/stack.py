@@ -19,6 +19,7 @@ from aisle.runtime import (
     EmbeddedRuntime,
     ManagedProcess,
     free_port,
+    port_free,
     spawn,
     start_embedded,
     wait_for_port,
@@ -90,12 +91,18 @@ class Stack:
 
     def start_api(self, port: int | None = None, extra_env: dict[str, str] | None = None,
                   ) -> str:
+        if port and not port_free(port):
+            raise RuntimeError(f"port {port} is taken: pass another with --port")
         port = port or self.settings.serving.port or free_port()
+        if not port_free(port):  # the default port is taken (another stack?): any free one
+            port = free_port()
         self.api = spawn("api", aisle_argv("api", "--port", str(port)), self.log_dir,
                          {**child_env(self.settings), **(extra_env or {})})
         wait_for_port(port, 60, self.api.proc)
         self.api_url = f"http://127.0.0.1:{port}"
         _wait_ready(self.api_url, 60)
+        if self.api.proc.poll() is not None:
+            raise RuntimeError(f"the API exited; see {self.api.log_path}")
         return self.api_url
 
     def record(self) -> Path:
