@@ -6,8 +6,10 @@ Pure functions over :mod:`models.customer_types`; rules come from a TOML file
 
 RFM refresh rule. Quintile edges are a property of the population, not of one customer:
 the workers recompute :func:`rfm_thresholds` from every customer with an order and store
-them in :class:`PopulationStats` when :func:`thresholds_stale` says so — one day of event
-time since ``as_of``, or the number of customers with orders changed by more than 5%.
+them in :class:`PopulationStats` every ``AISLE_WORKER__POPULATION_INTERVAL_S`` (default
+300 s; :mod:`models.population`) and on ``aisle stats``; :func:`thresholds_stale` says
+when a stored set no longer describes the population (one day of event time since
+``as_of``, or 5% more or fewer customers with orders).
 Between refreshes a customer is scored against the stored edges with recency measured at
 the scoring clock, so a quiet customer's R score still falls day by day. Recency edges are
 in days since the last order, which makes them comparable across clocks.
