@@ -26,6 +26,7 @@ unit: install
 	$(BIN)/pytest tests/unit $(ARGS)
 
 bench: install
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m benchmarks.run_all $(ARGS)
 
 lint: install
