@@ -92,7 +92,10 @@ class ServingSettings(BaseModel):
     blend_coview: float = 0.3
     blend_session: float = 0.5
     cache_ttl_s: float = 2.0
+    # Admin operations (erasure, ...) need this key; unset, they are switched off.
     admin_api_key: SecretStr | None = None
+    # Origins allowed to call the API from a browser (the widget); none by default.
+    cors_origins: list[str] = []
 
 
 class Settings(BaseSettings):

@@ -5,6 +5,7 @@ Faust workers and the API. ``aisle up`` and ``aisle demo`` use it; so do the tes
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import time
@@ -43,7 +44,12 @@ def child_env(settings: Settings) -> dict[str, str]:
             return
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
-        env[key] = str(value.resolve()) if isinstance(value, Path) else str(value)
+        if isinstance(value, list | dict):
+            env[key] = json.dumps(value)  # complex values are JSON to pydantic-settings
+        elif isinstance(value, Path):
+            env[key] = str(value.resolve())
+        else:
+            env[key] = str(value)
 
     flatten("AISLE_", settings)
     return env

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from aiokafka.errors import KafkaError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -107,7 +109,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await state.producer.close()
             await client.aclose()
 
-    app = Starlette(routes=routes.ROUTES, lifespan=lifespan,
+    middleware = []
+    if settings.serving.cors_origins:
+        middleware.append(Middleware(CORSMiddleware, allow_origins=settings.serving.cors_origins,
+                                     allow_methods=["GET", "POST"], allow_headers=["*"],
+                                     expose_headers=["X-Request-ID"], max_age=600))
+    app = Starlette(routes=routes.ROUTES, lifespan=lifespan, middleware=middleware,
                     exception_handlers={AisleError: _aisle_error})  # type: ignore[dict-item]
     return app
 

@@ -38,6 +38,11 @@ class Unauthorized(AisleError):
     error = "unauthorized"
 
 
+class Forbidden(AisleError):
+    status = 403
+    error = "forbidden"
+
+
 class BrokerUnavailable(AisleError):
     status = 503
     error = "broker_unavailable"

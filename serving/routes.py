@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import re
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -19,8 +21,10 @@ from feature_store.reader import ItemInfo
 from serving.crm import iso, lifecycle_history, offer_seconds_left, still_fit
 from serving.errors import (
     BrokerUnavailable,
+    Forbidden,
     InvalidInput,
     PayloadTooLarge,
+    Unauthorized,
     UnsupportedMediaType,
 )
 from serving.offers import Decision, Offer
@@ -40,7 +44,7 @@ from serving.schemas import (
     TierOut,
 )
 from serving.service import Answer
-from streams.events import DecodeError, decode_event, decode_events
+from streams.events import DecodeError, UserErased, decode_event, decode_events
 
 ID_RE = re.compile(r"^[A-Za-z0-9_.:@/+\-]{1,128}$")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
@@ -238,6 +242,32 @@ async def _read_body(request: Request, cap: int) -> bytes:
     return b"".join(chunks)
 
 
+def require_admin(request: Request) -> None:
+    """Admin calls carry ``Authorization: Bearer <AISLE_SERVING__ADMIN_API_KEY>``."""
+    key = _state(request).settings.serving.admin_api_key
+    if key is None:
+        raise Forbidden("admin operations are off: set AISLE_SERVING__ADMIN_API_KEY")
+    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(given.encode(), key.get_secret_value().encode()):
+        raise Unauthorized("missing or wrong admin API key")
+
+
+async def erase_user(request: Request) -> Response:
+    """The right to be forgotten: a ``user.erased`` event removes the customer from every
+    key, the fold-in vector, offers and future retrains (see docs/privacy.md)."""
+    require_admin(request)
+    user_id = _id(request, "user_id")
+    erased = UserErased(event_id=f"erase-{uuid.uuid4().hex}", occurred_at=datetime.now(UTC),
+                        user_id=user_id, source="aisle.admin")
+    producer = await _state(request).producer.get()
+    try:
+        async with asyncio.timeout(5):
+            await producer.send_events([erased])
+    except (KafkaError, TimeoutError) as exc:
+        raise BrokerUnavailable(f"erasure not recorded, broker error: {exc!r}") from None
+    return json(Accepted(request_id(request), 1, [erased.event_id]), 202)
+
+
 async def healthz(request: Request) -> Response:
     return json(Health("ok", {}))
 
@@ -281,6 +311,7 @@ ROUTES = [
     Route("/v1/users/{user_id}/offers", offers, methods=["GET"]),
     Route("/v1/users/{user_id}/profile", profile, methods=["GET"]),
     Route("/v1/events", post_events, methods=["POST"]),
+    Route("/v1/users/{user_id}", erase_user, methods=["DELETE"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),

@@ -16,6 +16,7 @@ from aisle.settings import Settings
 from aisle.stack import Stack
 
 pytestmark = pytest.mark.integration
+ADMIN_KEY = "test-admin-key-0123456789"
 
 
 def isolated_settings(servers: dict[str, str], data_dir: Path, **worker: object) -> Settings:
@@ -28,7 +29,7 @@ def isolated_settings(servers: dict[str, str], data_dir: Path, **worker: object)
                 **worker},
         features={"key_prefix": f"k{tag}", "shards": 4},
         model={"factors": 16, "iterations": 8},
-        serving={"port": 0},
+        serving={"port": 0, "admin_api_key": ADMIN_KEY, "cors_origins": ["https://shop.example"]},
     )
 
 

@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaConsumer
 from aisle.stack import Stack
 from feature_store.keys import Keys
 from streams.topics import DeadLetter, EventProducer
+from tests.integration.conftest import ADMIN_KEY
 from tests.integration.util import catalog, event, eventually, uid
 
 pytestmark = pytest.mark.integration
@@ -157,3 +158,23 @@ def _related_with(api: httpx.Client, item: str, expected: str) -> dict | None:
     body = api.get(f"/v1/items/{item}/related", params={"limit": 5}).json()
     return body if expected in [it["item_id"] for it in body["items"]] else None
 
+
+
+def test_erasure_needs_the_admin_key_and_removes_the_customer(api, stack, store) -> None:
+    user = uid()
+    assert post(api, event("product.viewed", {"item_id": "x1"}, user)).status_code == 202
+    views = keys_of(stack).user(user, "views")
+    eventually(lambda: store.exists(views))
+    assert api.delete(f"/v1/users/{user}").status_code == 401
+    assert api.delete(f"/v1/users/{user}", headers={"authorization": "Bearer nope"}
+                      ).status_code == 401
+    resp = api.delete(f"/v1/users/{user}", headers={"authorization": f"Bearer {ADMIN_KEY}"})
+    assert resp.status_code == 202
+    eventually(lambda: not list(store.scan_iter(match=f"*:u:{user}:*")))
+
+
+def test_cors_only_for_configured_origins(api) -> None:
+    ok = api.get("/v1/users/u1/recommendations", headers={"origin": "https://shop.example"})
+    assert ok.headers.get("access-control-allow-origin") == "https://shop.example"
+    other = api.get("/v1/users/u1/recommendations", headers={"origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in other.headers
