@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 WINBACK_SEGMENTS = frozenset({"dormant", "lost", "at_risk"})
+RESTOCK_SLOTS = 3
 Reason = Callable[[str], str]
 ALS_POOL = 200
 
@@ -214,8 +215,10 @@ class RecommendationService:
         if view is None:
             return set()
         s = self.settings.serving
-        due = {r.item_id: r.interval_days for r in view.profile.replenishments_due}
-        cands.add({i: 1.0 for i in due}, s.blend_als + s.blend_session,
+        # The few soonest to run out: "buy it again" joins the list, it does not take it over.
+        due = {r.item_id: r.interval_days
+               for r in view.profile.replenishments_due[:RESTOCK_SLOTS]}
+        cands.add({i: 1.0 for i in due}, s.blend_als * 0.8,
                   lambda i: f"time to restock: you buy this about every {due[i]:.0f} days",
                   specificity=3.0)
         allow = set(due)
