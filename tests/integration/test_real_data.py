@@ -92,8 +92,10 @@ def test_recommendations_for_real_customers_skip_what_they_cannot_want(
         assert len(ids) == len(set(ids)) == 10
         bought = {b.decode() for b in store.hkeys(k.user(user, "bought"))}
         for it in body["items"]:
-            if it["item_id"] in bought:  # only what customers buy again may come back
-                assert art.consumable[art.item_index[it["item_id"]]], it
+            if it["item_id"] in bought:  # only what customers buy again may come back:
+                rebuys = int(store.hget(k.user(user, "bought"), it["item_id"]))
+                assert (art.consumable[art.item_index[it["item_id"]]]  # everyone rebuys it
+                        or rebuys >= 2), it  # or this customer does
                 repeats += 1
         checked += 1
     assert checked >= 10
@@ -154,7 +156,7 @@ def test_erasure_leaves_no_key_of_the_customer(api, stack, store) -> None:
     assert api.post("/v1/events", json=event("user.erased", {}, user, minutes=10**6)
                     ).status_code == 202
     pattern = f"*:u:{user}:*"
-    eventually(lambda: not list(store.scan_iter(match=pattern)))
+    eventually(lambda: not list(store.scan_iter(match=pattern)), timeout=90)
     shard = keys_of(stack).shard_of(user)
     assert not store.sismember(keys_of(stack).users(shard), user)
 
