@@ -29,7 +29,7 @@ from typing import Final
 USER_SUFFIXES: Final = (
     "views",     # zset item -> last view ts (bounded recent views)
     "cart",      # hash item -> quantity
-    "hist",      # list of JSON lines [order, item, ts, qty, amount], newest first (bounded)
+    "hist",      # list of JSON [order, item, ts, qty, amount, category], newest first (bounded)
     "bought",    # hash item -> number of orders that contained it
     "orders",    # hash order_id -> amount (for whole-order cancellations)
     "rfm",       # hash first_ts, last_ts, orders, monetary, cancels

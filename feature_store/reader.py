@@ -89,6 +89,9 @@ class FeatureReader:
         self.ttl = ttl
         self._items: dict[str, tuple[float, ItemInfo | None]] = {}
         self._trending: tuple[float, int, list[tuple[str, float]]] | None = None
+        self._co: dict[tuple[str, str, int], tuple[float, dict[str, float]]] = {}
+        self._clock: tuple[float, float] | None = None
+        self.hits = self.misses = 0  # aggregate-cache hit rate (exposed as a metric)
 
     async def ping(self) -> bool:
         return bool(await self.client.ping())
@@ -123,7 +126,22 @@ class FeatureReader:
 
     # ------------------------------------------------------------ aggregates
     async def co_counts(self, kind: str, item_id: str, n: int = 50) -> dict[str, float]:
-        """Co-view / co-purchase counts of ``item_id``, summed over the shard partials."""
+        """Co-view / co-purchase counts of ``item_id``, summed over the shard partials.
+
+        Cached for ``ttl`` seconds: counts move slowly, and product pages repeat."""
+        now = time.monotonic()
+        hit = self._co.get((kind, item_id, n))
+        if hit is not None and now - hit[0] < self.ttl:
+            self.hits += 1
+            return hit[1]
+        self.misses += 1
+        merged = await self._co_counts(kind, item_id, n)
+        if len(self._co) > 100_000:
+            self._co.clear()
+        self._co[(kind, item_id, n)] = (now, merged)
+        return merged
+
+    async def _co_counts(self, kind: str, item_id: str, n: int) -> dict[str, float]:
         pipe = self.client.pipeline(transaction=False)
         for shard in range(self.keys.shards):
             pipe.zrange(self.keys.co(kind, shard, item_id), 0, n - 1, desc=True,
@@ -169,19 +187,22 @@ class FeatureReader:
         pipe.zrange(k("cat"), 0, 9, desc=True, withscores=True)
         rfm, hist, spend, src, fav, cat = await pipe.execute()
         r = _floats(rfm)
-        items = list({msgspec.json.decode(h)[1] for h in hist})
-        infos = await self.items(items) if items else {}
+        lines = [msgspec.json.decode(h) for h in hist]
+        # Only lines whose event named no category need the catalog.
+        unknown = list({str(li[1]) for li in lines if len(li) < 6 or not li[5]})
+        infos = await self.items(unknown) if unknown else {}
         categories = {i: info.category for i, info in infos.items()}
+        purchases = _purchases(lines, categories)
         affinity = {_s(c): s for c, s in cat}
         if not affinity:  # no category hints in the events: derive from what they bought
-            for p in _purchases(hist, categories):
+            for p in purchases:
                 if p.category and p.category != "unknown":
                     affinity[p.category] = affinity.get(p.category, 0.0) + p.amount
         return CustomerFacts(
             user_id=user_id, first_seen_ts=r.get("first_seen"), last_seen_ts=r.get("last_seen"),
             first_order_ts=r.get("first_ts"), last_order_ts=r.get("last_ts"),
             orders=int(r.get("orders", 0)), monetary=r.get("monetary", 0.0),
-            purchases=_purchases(hist, categories), promo_orders=int(r.get("promo_orders", 0)),
+            purchases=purchases, promo_orders=int(r.get("promo_orders", 0)),
             sources={_s(a): int(float(b)) for a, b in src.items()},
             spend_by_month=_floats(spend), favorites=tuple(_s(f) for f in fav),
             categories=affinity,
@@ -197,11 +218,16 @@ class FeatureReader:
                 {_s(a): _s(b) for a, b in states.items()})
 
     async def clock(self) -> float:
-        """Now, on the log's clock: the newest event time any shard applied."""
+        """Now, on the log's clock: the newest event time any shard applied (cached 1 s)."""
+        now = time.monotonic()
+        if self._clock is not None and now - self._clock[0] < 1.0:
+            return self._clock[1]
         pipe = self.client.pipeline(transaction=False)
         for shard in range(self.keys.shards):
             pipe.hget(self.keys.meta(shard), "maxts")
-        return max([float(v) for v in await pipe.execute() if v] or [0.0])
+        value = max([float(v) for v in await pipe.execute() if v] or [0.0])
+        self._clock = (now, value)
+        return value
 
     async def user(self, user_id: str, views: int = 20) -> UserState:
         k = lambda s: self.keys.user(user_id, s)  # noqa: E731
@@ -228,13 +254,12 @@ class FeatureReader:
         )
 
 
-def _purchases(hist: list[bytes], categories: dict[str, str]) -> tuple[Purchase, ...]:
-    out = []
-    for raw in hist:
-        order_id, item, ts, qty, amount = msgspec.json.decode(raw)
-        out.append(Purchase(str(order_id), str(item), float(ts), int(qty), float(amount),
-                            categories.get(str(item))))
-    return tuple(out)
+def _purchases(lines: list[list[Any]], categories: dict[str, str]) -> tuple[Purchase, ...]:
+    """Stored purchase lines; the category comes from the line, else from the catalog."""
+    return tuple(Purchase(str(line[0]), str(line[1]), float(line[2]), int(line[3]),
+                          float(line[4]), (line[5] if len(line) > 5 else None)
+                          or categories.get(str(line[1])))
+                 for line in lines)
 
 
 def _floats(h: dict[bytes, bytes]) -> dict[str, float]:

@@ -189,7 +189,8 @@ class Folder:
                     ["hsetnx", self._u(event, "ostate"), event.payload.offer_id, "redeemed"]]
         hist = self._u(event, "hist")
         for item, amount in amounts.items():
-            line = _json([order_id, item, ts, quantities[item], round(amount, 2)])
+            line = _json([order_id, item, ts, quantities[item], round(amount, 2),
+                          categories[item]])
             ops += [["lpush", hist, line, self.features.history_max],
                     ["buy", self._u(event, "bought"), item, self.keys.buyers(shard),
                      self.keys.rebuyers(shard)],

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 from aiokafka.errors import KafkaError
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
@@ -53,6 +53,7 @@ LATENCY = Histogram("aisle_request_seconds", "API latency by route", ["route"],
 DEGRADED = Counter("aisle_degraded_answers_total", "answers served without the store",
                    ["route"])
 ACCEPTED = Counter("aisle_events_accepted_total", "events handed to Kafka by the API")
+CACHE = Gauge("aisle_aggregate_cache_lookups", "co-occurrence cache lookups", ["result"])
 REJECTED = Counter("aisle_events_rejected_total", "event submissions rejected", ["reason"])
 
 _encoder = msgspec.json.Encoder()
@@ -289,6 +290,9 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
+    reader = _state(request).reader
+    CACHE.labels("hits").set(reader.hits)
+    CACHE.labels("misses").set(reader.misses)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -209,7 +209,7 @@ class RecommendationService:
         """Customer intelligence in the ranking: items due for replenishment ("buy it
         again"), and for customers going quiet the items they saved or kept buying.
         Returns the bought items that may be shown again."""
-        if self.customers is None or not state.known:
+        if self.customers is None or not state.bought:  # only buyers get restocks/win-back
             return set()
         view = await self._safe(self.customers.view(user_id), None, flags)
         if view is None:
