@@ -16,6 +16,7 @@ BENCHMARKS = [
     ("benchmarks.bench_retrain", False),
     ("benchmarks.bench_ingest", True),
     ("benchmarks.bench_serving", True),
+    ("benchmarks.eval_customer", False),
 ]
 
 
