@@ -104,10 +104,12 @@ class CustomerService:
         # without it a quick second page view would issue (the same) offer again.
         self._issued: dict[str, tuple[float, Offer]] = {}
 
-    async def view(self, user_id: str) -> CustomerView:
-        facts, state, clock, (docs, terminal) = await asyncio.gather(
-            self.reader.facts(user_id), self.reader.user(user_id), self.reader.clock(),
-            self.reader.offers(user_id))
+    async def view(self, user_id: str, state: UserState | None = None) -> CustomerView:
+        """Facts, profile and offers of one customer; pass ``state`` if already read."""
+        if state is None:
+            state = await self.reader.user(user_id)
+        facts, clock, (docs, terminal) = await asyncio.gather(
+            self.reader.facts(user_id), self.reader.clock(), self.reader.offers(user_id))
         repeat = {i for i, n in state.bought.items() if n >= 2}
         profile = build_profile(facts, self.population.stats, clock, self.rules, repeat)
         stored = [offer_from_doc(user_id, d) for d in docs]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
@@ -88,6 +89,7 @@ class RecommendationService:
         self.holder = holder
         self.timeout = store_timeout_s
         self.half_life_s = settings.model.half_life_d * 86400
+        self._related: dict[tuple[str, int, str | None], tuple[float, Answer]] = {}
 
     async def _safe(self, call: Awaitable[T], default: T, flags: list[str]) -> T:
         try:
@@ -99,7 +101,25 @@ class RecommendationService:
 
     # ------------------------------------------------------------ related
     async def related(self, item_id: str, limit: int, user_id: str | None = None) -> Answer:
-        """Related items; with ``user_id``, that customer's dislikes and complaints apply."""
+        """Related items; with ``user_id``, that customer's dislikes and complaints apply.
+
+        Answers without a customer are the same for everyone: they are cached for
+        ``cache_ttl_s`` per (item, limit, model version), as product pages repeat."""
+        if user_id is None:
+            key = (item_id, limit, self.holder.version)
+            hit = self._related.get(key)
+            now = time.monotonic()
+            if hit is not None and now - hit[0] < self.settings.serving.cache_ttl_s:
+                return hit[1]
+            answer = await self._related_answer(item_id, limit, None)
+            if not answer.degraded:
+                if len(self._related) > 50_000:
+                    self._related.clear()
+                self._related[key] = (now, answer)
+            return answer
+        return await self._related_answer(item_id, limit, user_id)
+
+    async def _related_answer(self, item_id: str, limit: int, user_id: str | None) -> Answer:
         flags: list[str] = []
         art = self.holder.current
         keep: Callable[[ItemInfo], bool] = lambda info: True  # noqa: E731
@@ -211,7 +231,7 @@ class RecommendationService:
         Returns the bought items that may be shown again."""
         if self.customers is None or not state.bought:  # only buyers get restocks/win-back
             return set()
-        view = await self._safe(self.customers.view(user_id), None, flags)
+        view = await self._safe(self.customers.view(user_id, state), None, flags)
         if view is None:
             return set()
         s = self.settings.serving

@@ -14,6 +14,7 @@ from typing import Any
 
 import faust
 import redis.asyncio as aioredis
+from threadpoolctl import threadpool_limits
 
 from aisle.settings import Settings
 from feature_store.keys import Keys
@@ -45,6 +46,7 @@ class WorkerContext:
 
     async def _open(self) -> BatchProcessor:
         s = self.settings
+        threadpool_limits(1, "blas")  # fold-in solves are small: threads cost more than they give
         client = aioredis.Redis.from_url(s.redis_url or "", decode_responses=False)
         keys = Keys(s.features.key_prefix, s.features.shards)
         self.holder = ModelHolder(client, s.features.key_prefix)
