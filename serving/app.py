@@ -40,6 +40,7 @@ class Producer:
         self.settings = settings
         self._producer: EventProducer | None = None
         self._lock = asyncio.Lock()
+        self.last_send_ok = True  # readiness reports the last send, not just "started once"
 
     async def get(self) -> EventProducer:
         if self._producer is not None:

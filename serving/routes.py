@@ -218,13 +218,15 @@ async def post_events(request: Request) -> Response:
     if len(events) > serving.max_batch:
         REJECTED.labels("too_many").inc()
         raise PayloadTooLarge(f"at most {serving.max_batch} events per request")
-    producer = await state.producer.get()
     try:
+        producer = await state.producer.get()
         async with asyncio.timeout(5):
             await producer.send_events(events)
-    except (KafkaError, TimeoutError) as exc:
+    except (KafkaError, TimeoutError, BrokerUnavailable) as exc:
+        state.producer.last_send_ok = False
         REJECTED.labels("broker").inc()
         raise BrokerUnavailable(f"events not accepted, broker error: {exc!r}") from None
+    state.producer.last_send_ok = True
     ACCEPTED.inc(len(events))
     LATENCY.labels("events").observe(time.perf_counter() - started)
     return json(Accepted(request_id(request), len(events), [e.event_id for e in events]), 202)
@@ -283,7 +285,8 @@ async def readyz(request: Request) -> Response:
     except Exception as exc:  # any failure means "not ready", and says which
         checks["store"] = f"unavailable: {type(exc).__name__}"
     checks["model"] = "ok" if state.holder.current else "no model yet (serving popular items)"
-    checks["broker"] = "ok" if state.producer.started else "not connected yet"
+    checks["broker"] = ("not connected yet" if not state.producer.started
+                        else "ok" if state.producer.last_send_ok else "last send failed")
     ready = checks["store"] == "ok"
     return json(Health("ready" if ready else "unavailable", checks, state.holder.version),
                 200 if ready else 503)

@@ -14,6 +14,8 @@ from typing import Any
 
 import faust
 import redis.asyncio as aioredis
+from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
 from threadpoolctl import threadpool_limits
 
 from aisle.settings import Settings
@@ -84,7 +86,10 @@ def build_app(settings: Settings) -> faust.App:
         broker_rebalance_timeout=w.rebalance_timeout_s,
         broker_max_poll_records=max(500, w.batch_max),
         stream_buffer_maxsize=max(4096, 2 * w.batch_max),
-        stream_wait_empty=False,
+        # Wait for in-flight batches before shutdown hooks close the clients; otherwise a
+        # stopped worker commits a batch it never applied (found by tests/integration/
+        # test_faults.py).
+        stream_wait_empty=True,
         web_enabled=False,
         id_format="{id}",
     )
@@ -96,10 +101,19 @@ def build_app(settings: Settings) -> faust.App:
 
     async def run_batches(stream: Any) -> None:
         async for events in stream.take_events(w.batch_max, within=w.batch_within_s):
-            processor = await ctx.get()
             records = [Record(e.message.topic, e.message.partition, e.message.offset,
                               e.message.key, e.message.value) for e in events]
-            result = await processor.process(records)
+            # take_events acks the batch when this body ends, even by an exception: a
+            # batch must never leave unapplied. Retrying is safe (watermarks + dedupe).
+            delay = 0.2
+            while True:
+                try:
+                    result = await (await ctx.get()).process(records)
+                    break
+                except (RedisError, OSError, KafkaError) as exc:
+                    log.warning("batch not applied (%r); retrying in %.1fs", exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(2 * delay, 5.0)
             log.debug("batch: %s", result)
 
     for topic in topics:

@@ -28,7 +28,12 @@ def topic_for(settings: Settings, event: Event) -> str:
 
 
 async def ensure_topics(settings: Settings) -> None:
-    """Create the topics if missing (idempotent; safe to call from every process)."""
+    """Create the topics if missing (idempotent; safe to call from every process).
+
+    A topic created here is a new log whose offsets start at 0: the offset watermarks
+    any earlier log of that name left in the store are dropped, or its first events
+    would be taken for ones already applied (a broker that lost its log, a recreated
+    topic)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     await admin.start()
     try:
@@ -39,8 +44,28 @@ async def ensure_topics(settings: Settings) -> None:
         if wanted:
             with contextlib.suppress(TopicAlreadyExistsError):  # a concurrent creator won
                 await admin.create_topics(wanted)
+            await forget_watermarks(settings, [t.name for t in wanted])
     finally:
         await admin.close()
+
+
+async def forget_watermarks(settings: Settings, topics: list[str]) -> None:
+    if not settings.redis_url or not topics:
+        return
+    import redis.asyncio as aioredis
+
+    from feature_store.keys import Keys
+
+    keys = Keys(settings.features.key_prefix, settings.features.shards)
+    fields = [f"{topic}/{p}" for topic in topics for p in range(settings.topics.partitions)]
+    client = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        pipe = client.pipeline(transaction=False)
+        for shard in range(keys.shards):
+            pipe.hdel(keys.watermarks(shard), *fields)
+        await pipe.execute()
+    finally:
+        await client.aclose()
 
 
 class DeadLetter(msgspec.Struct, frozen=True):

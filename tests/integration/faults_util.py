@@ -5,6 +5,7 @@ tell how far the workers got."""
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import threading
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from aisle.replay import replay_file
@@ -48,6 +49,11 @@ class Server:
     def freeze(self) -> None:
         """The process stays, its socket stays open, nothing answers: a hung server."""
         self.process.proc.send_signal(signal.SIGSTOP)
+        # The signal lands asynchronously; until it does the server still answers.
+        status = Path(f"/proc/{self.process.proc.pid}/status")
+        deadline = time.monotonic() + 5
+        while "T (stopped)" not in status.read_text() and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def thaw(self) -> None:
         self.process.proc.send_signal(signal.SIGCONT)
@@ -136,6 +142,33 @@ def applied_not_committed(settings: Settings) -> dict[str, tuple[int, int]]:
             if wm >= max(committed.get(src, -1), 0)}
 
 
+async def event_offset(settings: Settings, event_id: str) -> tuple[TopicPartition, int] | None:
+    """Where the log holds the event with this id (None if it does not)."""
+    topics = [settings.topics.events, settings.topics.catalog]
+    ends = {tp: end for tp, end in (await end_offsets(settings, topics)).items() if end > 0}
+    if not ends:
+        return None
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(list(ends))
+        await consumer.seek_to_beginning(*ends)
+        needle = event_id.encode()
+        deadline = time.monotonic() + 20
+        while ends and time.monotonic() < deadline:
+            for tp, msgs in (await consumer.getmany(*ends, timeout_ms=1000)).items():
+                for msg in msgs:
+                    if needle in (msg.value or b""):
+                        return tp, msg.offset
+                if msgs and msgs[-1].offset >= ends[tp] - 1:
+                    del ends[tp]
+                    consumer.pause(tp)
+        return None
+    finally:
+        await consumer.stop()
+
+
 def live_equals_rebuild(settings: Settings, timeout: float = 120) -> tuple[int, list[str]]:
     """Wait for the group to catch up, then compare the live state with a rebuild from the
     log. Returns the number of keys and the keys that differ (empty when equal)."""
@@ -167,6 +200,15 @@ def log_tail(path: Path, lines: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError as exc:
         return f"(no log: {exc})"
+
+
+def log_lines(path: Path, pattern: str) -> str:
+    """The lines of a log that match ``pattern`` (a regular expression)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"(no log: {exc})"
+    return "\n".join(line for line in text.splitlines() if re.search(pattern, line))
 
 
 def describe(*parts: Any) -> str:
