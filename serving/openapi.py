@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from serving.schemas import Accepted, ErrorBody, Health, ItemsAnswer
+from serving.schemas import Accepted, ErrorBody, Health, ItemsAnswer, OffersAnswer, ProfileAnswer
 from streams.events import AnyEvent
 
 REF = "#/components/schemas/{name}"
@@ -23,7 +23,8 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    text = {404: "not found", 413: "too large", 415: "not JSON", 422: "invalid input",
+    text = {401: "admin key missing or wrong", 403: "admin operations are off",
+            404: "not found", 413: "too large", 415: "not JSON", 422: "invalid input",
             503: "a dependency is unavailable; retry after the Retry-After header"}
     return {str(c): _json(_ref("ErrorBody"), text[c]) for c in codes}
 
@@ -42,8 +43,11 @@ def _get_items(summary: str, param: str, extra: list[dict[str, Any]]) -> dict[st
 
 @functools.cache
 def openapi_document() -> dict[str, Any]:
-    (answer, accepted, error, health, event), components = msgspec.json.schema_components(
-        [ItemsAnswer, Accepted, ErrorBody, Health, AnyEvent], ref_template=REF)
+    (answer, accepted, error, health, event, profile, offers), components = \
+        msgspec.json.schema_components(
+            [ItemsAnswer, Accepted, ErrorBody, Health, AnyEvent, ProfileAnswer, OffersAnswer],
+            ref_template=REF)
+    user = [{"name": "user_id", "in": "path", "required": True, "schema": ID_PARAM}]
     context = {"name": "context_item", "in": "query", "required": False, "schema": ID_PARAM,
                "description": "the item on the page, blended in as session context"}
     return {
@@ -57,6 +61,20 @@ def openapi_document() -> dict[str, Any]:
             "/v1/users/{user_id}/recommendations": _get_items(
                 "Recommendations for a customer (unknown customers get trending items)",
                 "user_id", [context]),
+            "/v1/users/{user_id}/profile": {"get": {
+                "summary": "The shop assistant's view of a customer (segment, RFM, lifecycle, "
+                           "churn risk, tier, replenishments, offers)",
+                "parameters": user,
+                "responses": {"200": _json(profile, "profile"), **_errors(422)}}},
+            "/v1/users/{user_id}/offers": {"get": {
+                "summary": "Active limited-time offers; issues one when the policy says so",
+                "parameters": user,
+                "responses": {"200": _json(offers, "offers"), **_errors(422)}}},
+            "/v1/users/{user_id}": {"delete": {
+                "summary": "Erase a customer (admin: Authorization: Bearer <key>)",
+                "parameters": user, "security": [{"admin": []}],
+                "responses": {"202": _json(accepted, "erasure recorded"),
+                              **_errors(401, 403, 422, 503)}}},
             "/v1/events": {"post": {
                 "summary": "Submit one event or a batch (JSON array); 202 once Kafka has them",
                 "requestBody": {"required": True, "content": {"application/json": {
@@ -73,7 +91,8 @@ def openapi_document() -> dict[str, Any]:
             "/metrics": {"get": {"summary": "Prometheus metrics",
                                  "responses": {"200": {"description": "text exposition"}}}},
         },
-        "components": {"schemas": {**components, "ErrorBody": error}},
+        "components": {"schemas": {**components, "ErrorBody": error},
+                       "securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}}},
     }
 
 

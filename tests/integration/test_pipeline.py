@@ -170,7 +170,8 @@ def test_erasure_needs_the_admin_key_and_removes_the_customer(api, stack, store)
                       ).status_code == 401
     resp = api.delete(f"/v1/users/{user}", headers={"authorization": f"Bearer {ADMIN_KEY}"})
     assert resp.status_code == 202
-    eventually(lambda: not list(store.scan_iter(match=f"*:u:{user}:*")))
+    prefix = stack.settings.features.key_prefix
+    eventually(lambda: not list(store.scan_iter(match=f"{{{prefix}:*:u:{user}:*")))
 
 
 def test_cors_only_for_configured_origins(api) -> None:

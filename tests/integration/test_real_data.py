@@ -155,7 +155,8 @@ def test_erasure_leaves_no_key_of_the_customer(api, stack, store) -> None:
     user = customers(stack, store)[1]
     assert api.post("/v1/events", json=event("user.erased", {}, user, minutes=10**6)
                     ).status_code == 202
-    pattern = f"*:u:{user}:*"
+    # Only this stack's keys: other modules' stacks share the Valkey with other prefixes.
+    pattern = f"{{{stack.settings.features.key_prefix}:*:u:{user}:*"
     eventually(lambda: not list(store.scan_iter(match=pattern)), timeout=90)
     shard = keys_of(stack).shard_of(user)
     assert not store.sismember(keys_of(stack).users(shard), user)
