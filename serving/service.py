@@ -69,6 +69,8 @@ class Candidates:
         if top <= 0:
             return
         for item, raw in source.items():
+            if raw <= 0:  # e.g. a popularity that decayed to 0.0: nothing to add or explain
+                continue
             part = weight * raw / top
             self.scores[item] = self.scores.get(item, 0.0) + part
             if part * specificity > self.best.get(item, (0.0, ""))[0]:

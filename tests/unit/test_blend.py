@@ -53,3 +53,10 @@ def test_dislike_tags_cover_attributes_category_and_brand() -> None:
     info = ItemInfo("i", "Shirt", category="Shirts", brand="Acme",
                     attributes={"Material": "Polyester"})
     assert info.tags == {"material:polyester", "category:shirts", "brand:acme"}
+
+
+def test_items_with_a_zero_score_are_left_out_and_ranking_never_fails() -> None:
+    """A decayed popularity can underflow to 0.0 next to positive ones (found by the soak)."""
+    c = Candidates()
+    c.add({"hot": 1.0, "cold": 0.0}, 0.5, lambda i: "popular now")
+    assert [item for item, _, _ in c.ranked()] == ["hot"]
