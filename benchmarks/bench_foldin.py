@@ -23,6 +23,7 @@ import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
+from benchmarks.common import cpu_model
 from models.als import ALSParams, FoldIn, fit_als
 from models.matrix import Interactions, build_interactions
 
@@ -49,17 +50,9 @@ def online_retail(path: Path = DATA) -> Interactions:
 
 
 def machine() -> dict[str, object]:
-    return {"cpus": os.cpu_count(), "cpu": _cpu_model(), "python": platform.python_version(),
+    return {"cpus": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version(),
             "numpy": np.__version__, "implicit": implicit.__version__}
 
-
-def _cpu_model() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor()
-    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")),
-                platform.processor())
 
 
 def write_result(name: str, result: dict[str, object]) -> Path:

@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.common import cpu_model
 from benchmarks.serving_load import summary_ms
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +46,7 @@ def open_point(endpoint: str, raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "cpu": _cpu_model(), "python": platform.python_version(),
+    return {"cpus": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version(),
             "platform": platform.platform(),
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "git_commit": _git_commit()}
@@ -62,14 +63,6 @@ def _git_commit() -> str:
     # Others edit the tree while benchmarks run: say when the commit is not the whole story.
     return out.stdout.strip() + ("+dirty" if dirty else "")
 
-
-def _cpu_model() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor()
-    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")),
-                platform.processor())
 
 
 # ---------------------------------------------------------------- output

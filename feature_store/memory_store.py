@@ -13,16 +13,12 @@ from typing import Any
 
 from feature_store.canonical import canonical_value
 from feature_store.keys import Keys
-from feature_store.updates import Op
+from feature_store.updates import Op, logaddexp
 
 Zset = dict[str, float]
 Hash = dict[str, Any]
 BatchEvent = tuple[str, int, float, list[Op]]
 
-
-def _logaddexp(a: float, b: float) -> float:
-    hi, lo = (a, b) if a > b else (b, a)
-    return hi + math.log1p(math.exp(lo - hi))
 
 
 class MemoryStore:
@@ -101,7 +97,7 @@ class MemoryStore:
 
     def _op_zlog(self, o: Op) -> None:
         z = self._zset(o[1])
-        z[o[2]] = _logaddexp(z[o[2]], o[3]) if o[2] in z else float(o[3])
+        z[o[2]] = logaddexp(z[o[2]], o[3]) if o[2] in z else float(o[3])
 
     def _op_hinc(self, o: Op) -> None:
         h = self._hash(o[1])

@@ -6,7 +6,6 @@ merged here. Catalog entries are cached in process for ``ttl`` seconds.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +14,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from feature_store.keys import Keys
+from feature_store.updates import logaddexp
 from models.customer_types import CustomerFacts, Purchase
 
 
@@ -166,7 +166,7 @@ class FeatureReader:
             for member, score in part:
                 key = _s(member)
                 old = merged.get(key)
-                merged[key] = score if old is None else _logaddexp(old, score)
+                merged[key] = score if old is None else logaddexp(old, score)
         ranked = sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
         self._trending = (now, n, ranked)
         return ranked
@@ -265,7 +265,3 @@ def _purchases(lines: list[list[Any]], categories: dict[str, str]) -> tuple[Purc
 def _floats(h: dict[bytes, bytes]) -> dict[str, float]:
     return {_s(k): float(v) for k, v in h.items()}
 
-
-def _logaddexp(a: float, b: float) -> float:
-    hi, lo = (a, b) if a > b else (b, a)
-    return hi + math.log1p(math.exp(lo - hi))

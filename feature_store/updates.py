@@ -47,6 +47,16 @@ Op = list[Any]
 LN2 = math.log(2.0)
 
 
+def logaddexp(a: float, b: float) -> float:
+    """log(exp(a) + exp(b)) without overflow: how forward-decayed sums add up.
+
+    >>> round(logaddexp(math.log(2.0), math.log(3.0)), 12) == round(math.log(5.0), 12)
+    True
+    """
+    hi, lo = (a, b) if a > b else (b, a)
+    return hi + math.log1p(math.exp(lo - hi))
+
+
 def forward_log_weight(weight: float, ts: float, half_life_s: float) -> float:
     """log(w) + ts/tau: adding these with log-add-exp gives a decayed sum at any time.
 
