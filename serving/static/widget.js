@@ -49,7 +49,7 @@
     "overflow:hidden}",
     ".aisle-skeleton{background:linear-gradient(90deg,#eee,#f6f6f6,#eee);border-radius:6px}",
     ".aisle-deal{font-size:1.4rem;font-weight:700;color:#b3261e;margin:0}",
-    ".aisle-why{margin:.2rem 0}",
+    ".aisle-why{margin:.2rem 0;font-size:.95rem;color:inherit;max-height:none}",
     ".aisle-countdown{font-variant-numeric:tabular-nums;margin:.2rem 0 .6rem}"
   ].join("");
 
