@@ -15,7 +15,10 @@
  * data-aisle-clock (RFC 3339 "now" for events, when the shop replays old data).
  *
  * One request per slot; a slot that fails, times out or has nothing collapses quietly.
- * Slots reserve their height while loading, so the page does not jump when items land.
+ * Slots reserve their height while loading, so the page does not jump when items land;
+ * give the slot elements the same min-height in the page's own CSS
+ * ([data-aisle-slot]{min-height:17rem} [data-aisle-slot=offer]{min-height:18rem}) to
+ * hold the space before the script has loaded too.
  * A click on an item sends product.viewed with the request_id of the answer it came from
  * (attribution), fires a cancelable "aisle:select" DOM event, then follows the link.
  * window.Aisle.mount(element, options) does the same from code (the demo page uses it).
@@ -29,7 +32,7 @@
   var CSS = [
     ".aisle-slot{box-sizing:border-box;min-height:var(--aisle-slot-height,17rem);",
     "margin:1rem 0;font:inherit;contain:layout}",
-    ".aisle-offer{min-height:var(--aisle-offer-height,9rem);border:2px solid #b3261e;",
+    ".aisle-offer{min-height:var(--aisle-offer-height,18rem);border:2px solid #b3261e;",
     "border-radius:8px;padding:.75rem 1rem}",
     ".aisle-slot[hidden]{display:none}",
     ".aisle-h{font-size:1.1rem;margin:0 0 .5rem}",
@@ -213,7 +216,15 @@
     return section;
   };
 
+  function mark(section, state) {
+    // Real-user timing: "aisle:related:ready" etc. in the page's performance timeline.
+    if (window.performance && performance.mark) {
+      performance.mark("aisle:" + section.getAttribute("data-slot") + ":" + state);
+    }
+  }
+
   Widget.prototype.collapse = function (section, why) {
+    mark(section, "collapsed");
     section.setAttribute("data-state", "collapsed");
     section.setAttribute("data-why", why);
     section.removeAttribute("aria-busy");
@@ -269,19 +280,24 @@
     }
     section.appendChild(list);
     section.setAttribute("data-offer-id", offer.offer_id);
-    var deadline = performance.now() + offer.seconds_left * 1000, self = this;
+    var deadline = performance.now() + offer.seconds_left * 1000, self = this, timer = null;
     var tick = function () {
       var left = (deadline - performance.now()) / 1000;
       time.textContent = duration(left);
-      if (left <= 0) self.collapse(section, "expired");
+      if (left <= 0) {
+        clearInterval(timer);
+        self.collapse(section, "expired");
+      }
     };
     tick();
-    this.timers.push(setInterval(tick, 1000));
+    timer = setInterval(tick, 1000);
+    this.timers.push(timer);
     this.ready(section, body.request_id);
     return true;
   };
 
   Widget.prototype.ready = function (section, requestId) {
+    mark(section, "ready");
     section.setAttribute("data-state", "ready");
     section.setAttribute("data-request-id", requestId || "");
     section.removeAttribute("aria-busy");

@@ -47,6 +47,9 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 ARTIFACTS = Path(__file__).resolve().parents[2] / ".aisle" / "artifacts" / "browser"
 ITEM = "85123A"  # WHITE HANGING HEART T-LIGHT HOLDER: the best seller of the slice
 ROWS = 20_000
+# The shop holds the slots' space before the widget has loaded (docs/web.md).
+RESERVE = ("[data-aisle-slot]{min-height:17rem;margin:1rem 0}"
+           "[data-aisle-slot=offer]{min-height:18rem}")
 
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} is missing: `make browser` installs Debian's chromium "
@@ -73,7 +76,8 @@ class Shop(ThreadingHTTPServer):
                  "data-aisle-timeout": timeout, "data-aisle-href": href}
         tag = " ".join(f'{k}="{html.escape(v)}"' for k, v in attrs.items())
         return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-                f"<title>Shop: {html.escape(item)}</title></head><body style='font:15px "
+                f"<title>Shop: {html.escape(item)}</title><style>{RESERVE}</style></head>"
+                f"<body style='font:15px "
                 f"sans-serif;max-width:60rem;margin:1rem auto'><h1 id='product'>Product "
                 f"{html.escape(item)}</h1><p>Our product text.</p>"
                 f"<div data-aisle-slot='offer'></div><div data-aisle-slot='related'></div>"
@@ -226,7 +230,8 @@ def test_widget_renders_items_with_titles_and_a_ticking_offer(page: Any, shop: S
                                                                buffered: true});
         requestAnimationFrame(() => requestAnimationFrame(() => done(total)));
     })""")
-    assert shift < 0.1, f"cumulative layout shift {shift}"
+    print(f"cumulative layout shift: {shift}")
+    assert shift < 0.05, f"cumulative layout shift {shift}"  # 0.09 without reserving
     page.screenshot(path=str(ARTIFACTS / "widget-product-page.png"), full_page=True)
 
 
