@@ -128,7 +128,7 @@
 
   function conversionChart(variants) {
     // Bars: conversion per variant; whiskers: its 95% interval.
-    var w = 420, rowH = 26, left = 90, right = 20, h = variants.length * rowH + 24;
+    var w = 420, rowH = 26, left = 90, right = 56, h = variants.length * rowH + 24;
     var rows = variants.map(function (v) {
       var conv = v.conversion || 0;
       return {name: v.variant, conv: conv,
@@ -149,8 +149,7 @@
       [r.ci[0], r.ci[1]].forEach(function (p) {
         chart.appendChild(svg("line", {"class": "whisker", x1: x(p), x2: x(p), y1: y + 4, y2: y + 14}));
       });
-      chart.appendChild(svg("text", {x: Math.min(x(r.ci[1]) + 4, w - 2), y: y + 14,
-                                     "text-anchor": x(r.ci[1]) + 40 > w ? "end" : "start"},
+      chart.appendChild(svg("text", {x: w - 2, y: y + 14, "text-anchor": "end"},
                             (r.conv * 100).toFixed(1) + "%"));
     });
     chart.appendChild(svg("text", {x: left, y: h - 4}, "0%"));

@@ -306,6 +306,37 @@ def test_ops_page_shows_the_pipeline(page: Any, stack: Stack) -> None:
     page.screenshot(path=str(ARTIFACTS / "ops.png"), full_page=True)
 
 
+EXPERIMENT_RESULTS = {"variants": [
+    {"variant": "control", "users": 400, "exposures": 1200, "ctr": 0.05, "conversion": 0.10,
+     "revenue_per_user": 3.2, "aov": 32.0, "lift": None},
+    {"variant": "blend-b", "users": 410, "exposures": 1230, "ctr": 0.06, "conversion": 0.13,
+     "revenue_per_user": 4.1, "aov": 31.5, "lift": {"ci95": [0.01, 0.55]}}],
+    "srm": {"p_value": 0.75, "mismatch": False}}
+
+
+def test_ops_page_charts_an_experiment(page: Any, stack: Stack) -> None:
+    # The experiments API comes from another branch (issue 5); this pins the page to the
+    # agreed answer shapes until the two are merged.
+    page.route("**/v1/experiments", lambda r: r.fulfill(json={"experiments": [
+        {"id": "blend-test", "status": "running",
+         "variants": [{"name": "control", "weight": 0.5}, {"name": "blend-b", "weight": 0.5}]},
+        {"id": "old-test", "status": "stopped", "variants": []}]}))
+    page.route("**/v1/experiments/blend-test/results",
+               lambda r: r.fulfill(json=EXPERIMENT_RESULTS))
+    page.goto(f"{stack.api_url}/ops")
+    card = page.locator("article.experiment[data-experiment-id='blend-test']")
+    card.wait_for()
+    assert page.locator("article.experiment").count() == 1, "stopped ones are not shown"
+    chart = card.locator("svg.chart")
+    assert chart.locator("rect.bar").count() == 2
+    assert chart.locator("line.whisker").count() == 6  # a bar and two caps per variant
+    widths = chart.locator("rect.bar").evaluate_all("rs => rs.map(r => +r.getAttribute('width'))")
+    assert widths[1] > widths[0]  # 13% converts more than 10%
+    text = card.inner_text()
+    assert "13.00%" in text and "[1.0%, 55.0%]" in text
+    card.screenshot(path=str(ARTIFACTS / "ops-experiment.png"))
+
+
 def test_slots_collapse_when_the_api_hangs_or_stops(page: Any, shop: Shop,
                                                     stack: Stack) -> None:
     assert stack.api is not None
