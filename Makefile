@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo up test unit integration bench lint clean
+.PHONY: install browser demo up test unit integration bench lint clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,17 @@ demo: install  ## replay Online Retail on the embedded runtime, train, print rec
 up: install    ## start the stack and keep it running
 	$(BIN)/aisle up $(ARGS)
 
-test: install  ## the whole suite: unit + integration against real broker and Valkey
+# Debian's chromium for the browser tests (playwright cannot download browsers here).
+# Root (CI) installs it; without root the browser tests skip and say so.
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO=sudo; \
+	  else echo "no root: browser tests will be skipped (apt-get install chromium)"; exit 0; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    $$SUDO apt-get install -y -qq --no-install-recommends chromium; \
+	fi
+
+test: install browser  ## the whole suite: unit + integration (real broker, Valkey, Chromium)
 	$(BIN)/pytest $(ARGS)
 
 unit: install

@@ -39,6 +39,8 @@ def run_demo(settings: Settings, exit_after: bool, limit_rows: int | None, data:
         _run(stack, path, limit_rows, console, started)
         console.print(f"\nAPI running at [bold]{stack.api_url}[/bold] "
                       f"(docs {stack.api_url}/docs); Ctrl-C stops everything.")
+        console.print(f"Storefront demo: [bold]{stack.api_url}/demo[/bold]   "
+                      f"operator's page: [bold]{stack.api_url}/ops[/bold]")
         if not exit_after:
             from aisle.cli import _wait_for_signal
 

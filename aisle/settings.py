@@ -96,6 +96,9 @@ class ServingSettings(BaseModel):
     admin_api_key: SecretStr | None = None
     # Origins allowed to call the API from a browser (the widget); none by default.
     cors_origins: list[str] = []
+    # Serve the demo storefront (/demo) and the operator's page (/ops) with their JSON;
+    # turn off on a public deployment: they list customer ids and pipeline internals.
+    pages: bool = True
 
 
 class Settings(BaseSettings):

@@ -18,6 +18,7 @@ BENCHMARKS = [
     ("benchmarks.bench_serving", True),
     ("benchmarks.eval_customer", False),
     ("benchmarks.bench_memory", True),
+    ("benchmarks.bench_widget", False),  # needs chromium (make browser)
     ("benchmarks.bench_soak", False),  # 10 minutes
 ]
 

@@ -23,7 +23,7 @@ from aisle.settings import Settings
 from feature_store.keys import Keys
 from feature_store.reader import FeatureReader
 from models.online import ModelHolder
-from serving import routes
+from serving import routes, web
 from serving.crm import CustomerService, PopulationHolder
 from serving.errors import AisleError, BrokerUnavailable
 from serving.schemas import ErrorBody
@@ -120,7 +120,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         middleware.append(Middleware(CORSMiddleware, allow_origins=settings.serving.cors_origins,
                                      allow_methods=["GET", "POST"], allow_headers=["*"],
                                      expose_headers=["X-Request-ID"], max_age=600))
-    app = Starlette(routes=routes.ROUTES, lifespan=lifespan, middleware=middleware,
+    app = Starlette(routes=[*routes.ROUTES, *web.ROUTES], lifespan=lifespan, middleware=middleware,
                     exception_handlers={AisleError: _aisle_error})  # type: ignore[dict-item]
     return app
 
