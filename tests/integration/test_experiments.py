@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -169,3 +170,35 @@ def test_stopped_experiment_serves_no_variant(api: httpx.Client, world: dict) ->
                == [])
     r = api.patch(f"/v1/admin/experiments/{XID}", json={"description": "x"}, headers=ADMIN)
     assert r.status_code == 409
+
+
+def test_cli_create_list_report_plot(stack: Stack, api: httpx.Client, world: dict,
+                                     tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from aisle.cli import app
+
+    xid = f"cli-{uuid.uuid4().hex[:6]}"
+    spec = tmp_path / "x.toml"
+    spec.write_text(f'id = "{xid}"\nsurfaces = ["offers"]\nlayer = "offers"\n'
+                    'primary_metric = "conversion"\n'
+                    '[[variants]]\nname = "control"\nweight = 1\n'
+                    '[[variants]]\nname = "deeper"\nweight = 1\n'
+                    'params = {discount_scale = 1.5}\n')
+    env = {"AISLE_SERVING__ADMIN_API_KEY": ADMIN_KEY, "COLUMNS": "200"}
+    runner = CliRunner()
+    api_opt = ["--api", stack.api_url or ""]
+    got = runner.invoke(app, ["experiments", "create", str(spec), *api_opt], env=env)
+    assert got.exit_code == 0, got.output
+    eventually(lambda: xid in runner.invoke(app, ["experiments", "list", *api_opt],
+                                            env=env).output)
+    user = world["users"][7]
+    body = api.get(f"/v1/users/{user}/offers").json()
+    assert [x["id"] for x in body["experiments"]] == [xid]
+    out = tmp_path / "report.png"
+    got = runner.invoke(app, ["experiments", "report", xid, "--plot", str(out), *api_opt],
+                        env=env)
+    assert got.exit_code == 0, got.output
+    assert "control" in got.output and out.stat().st_size > 10_000
+    got = runner.invoke(app, ["experiments", "stop", "nope", *api_opt], env=env)
+    assert got.exit_code == 1 and "404" in got.output
