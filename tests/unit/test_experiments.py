@@ -289,3 +289,14 @@ def test_doctests() -> None:
 
     from models import assignment
     assert doctest.testmod(assignment).failed == 0
+
+
+def test_experiment_keys_byte_for_byte() -> None:
+    k = Keys("a", 8)
+    shard = k.shard_of("aisle.experiments")
+    assert k.experiment_defs("aisle.experiments") == f"{{a:{shard}}}:x:defs"
+    assert k.experiment_times("aisle.experiments") == f"{{a:{shard}}}:x:times"
+    assert k.experiment_stats(3, "blend") == "{a:3}:x:st:blend"
+    assert k.user("17850", "xp") == "{a:1}:u:17850:xp"
+    assert {"xp", "xreq", "xreql"} <= set(k.user_keys("u") and
+                                          [s.rsplit(":", 1)[1] for s in k.user_keys("u")])
