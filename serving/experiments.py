@@ -8,6 +8,7 @@ Another surface (the push feed) calls :meth:`ExperimentRegistry.assign` the same
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -24,13 +25,14 @@ from feature_store.keys import Keys
 from models import experiment_stats
 from models.assignment import bucket, in_layer_range, overlaps, variant_for
 from serving.crm import CustomerService
-from serving.errors import Conflict, InvalidInput, NotFound
+from serving.errors import Conflict, InvalidInput, NotFound, StoreUnavailable
 from serving.service import RecommendationService
 from streams import events as ev
 
 log = logging.getLogger(__name__)
 BLEND_PARAMS = ("blend_als", "blend_copurchase", "blend_coview", "blend_session")
 SegmentOf = Callable[[], Awaitable[str]]
+STORE_TIMEOUT_S = 0.25  # as the recommendation service's reads: answers must not wait
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,10 +108,14 @@ class ExperimentRegistry:
         """All definitions (cached); the last known ones when the store is away."""
         if fresh or time.monotonic() - self._read_at >= self.ttl:
             try:
-                self._defs = await self._read()
-                self._read_at = time.monotonic()
-            except (RedisError, OSError) as exc:
+                async with asyncio.timeout(STORE_TIMEOUT_S):
+                    self._defs = await self._read()
+            except (RedisError, OSError, TimeoutError) as exc:
+                if fresh:
+                    raise StoreUnavailable(f"experiments not readable: {exc!r}") from None
+                # Serve on with what we know; retry after the TTL, not on every request.
                 log.warning("experiment definitions not refreshed: %r", exc)
+            self._read_at = time.monotonic()
         return self._defs
 
     async def _read(self) -> dict[str, Definition]:
@@ -142,7 +148,8 @@ class ExperimentRegistry:
         if segment_of is not None and any(d.spec.segments and surface in d.spec.surfaces
                                           for d in defs):
             try:
-                segment = await segment_of()
+                async with asyncio.timeout(STORE_TIMEOUT_S):
+                    segment = await segment_of()
             except (RedisError, OSError, TimeoutError):
                 segment = None  # unknown segment: not targeted
         return assign_pure(defs, user_id, surface, now, segment)
@@ -248,8 +255,12 @@ class ExperimentRegistry:
         pipe = self.client.pipeline(transaction=False)
         for shard in range(self.keys.shards):
             pipe.hgetall(self.keys.experiment_stats(shard, xid))
+        try:
+            partials = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"experiment statistics not readable: {exc!r}") from None
         out: experiment_stats.PerDay = {}
-        for h in await pipe.execute():
+        for h in partials:
             experiment_stats.parse_fields(((k.decode(), float(v)) for k, v in h.items()), out)
         return out
 
