@@ -115,6 +115,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             await holder.stop()
             await population.stop()
+            await routes.drain_exposures()
             await state.producer.close()
             await client.aclose()
 
