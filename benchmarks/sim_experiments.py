@@ -17,10 +17,12 @@ events are delivered twice, as Kafka redelivery would.
 * lift: R runs with different salts: the detected lift and its 95% interval, how often
   the interval covers the true lift and how often the lift is detected (p < 0.05);
   CUPED's interval next to the plain one;
-* A/A: R runs where both variants behave the same: the false-positive rate per metric
-  (should be about 5%);
-* broken split: variant ``b`` loses the exposures of 6% of its customers (a logging bug);
-  the SRM check must say so, and stay quiet on the intact split.
+* A/A: R runs through the pipeline where both variants behave the same, and 1,000
+  re-randomisations of the per-customer outcomes one of them left in the store (new salts,
+  the same metric code): the false-positive rate per metric (should be about 5%);
+* broken split: variant ``b`` loses the exposures of 3%, 6%, 10%, 20% of its customers (a
+  logging bug); the SRM check (p < 0.001) says so from some loss on, and stays quiet on
+  the intact split and the A/A runs.
 """
 
 from __future__ import annotations
@@ -121,9 +123,15 @@ def customer_events(c: Customer, variant: str, run: int, lift: float,
     return out
 
 
-def run_once(customers: list[Customer], run: int, lift: float, broken: bool = False,
+def run_once(customers: list[Customer], run: int, lift: float, broken: float = 0.0,
              duplicates: float = 0.05) -> dict[str, Any]:
     """One experiment through folds + store; returns the results document."""
+    return _run(customers, run, lift, broken, duplicates)[0]
+
+
+def _run(customers: list[Customer], run: int, lift: float, broken: float = 0.0,
+         duplicates: float = 0.05) -> tuple[dict[str, Any], MemoryStore, Keys]:
+    """``broken``: the share of variant b's customers whose exposures are lost."""
     settings = Settings()
     keys = Keys("sim", 8)
     folder = Folder(keys, settings.features, settings.model)
@@ -133,7 +141,7 @@ def run_once(customers: list[Customer], run: int, lift: float, broken: bool = Fa
     rng = random.Random(run)
     for c in customers:
         variant = variant_for(WEIGHTS, bucket(salt, c.user_id))
-        drop = broken and variant == "b" and rng.random() < 0.06
+        drop = variant == "b" and rng.random() < broken
         events += customer_events(c, variant, run, lift if variant == "b" else 0.0, drop)
     events.sort(key=lambda e: e.ts)
     offset = 0
@@ -150,7 +158,41 @@ def run_once(customers: list[Customer], run: int, lift: float, broken: bool = Fa
     for shard in range(keys.shards):
         xs.parse_fields(store.data.get(keys.experiment_stats(shard, "sim"), {}).items(),
                         per_day)
-    return xs.results("sim", per_day, dict(WEIGHTS), "a", "ctr", [("revenue_per_user", 5.0)])
+    doc = xs.results("sim", per_day, dict(WEIGHTS), "a", "ctr", [("revenue_per_user", 5.0)])
+    return doc, store, keys
+
+
+def customer_rows(store: MemoryStore, keys: Keys, customers: list[Customer]) -> np.ndarray:
+    """Per-customer (exposures, clicks, orders, revenue) the opcodes kept for experiment
+    ``sim`` (its ``u:<id>:xp`` hashes)."""
+    rows = []
+    for c in customers:
+        xp = store.data.get(keys.user(c.user_id, "xp"), {})
+        if "sim|v" in xp:
+            rows.append([float(xp.get(f"sim|{f}", 0.0)) for f in "ecor"])
+    return np.array(rows)
+
+
+def rerandomised_aa(rows: np.ndarray, ids: list[str], runs: int) -> dict[str, Any]:
+    """A/A by re-splitting the same simulated customers with ``runs`` new salts (the
+    engine's assignment), metrics by the same functions as the results endpoint."""
+    e, c, o, r = rows.T
+    hits = dict.fromkeys(METRICS, 0)
+    for n in range(runs):
+        in_b = np.array([variant_for(WEIGHTS, bucket(f"aa-{n}", u)) == "b" for u in ids])
+        tot = {}
+        for name, m in (("a", ~in_b), ("b", in_b)):
+            t = dict.fromkeys(xs.FIELDS, 0.0)
+            t.update(users=float(m.sum()), exp=e[m].sum(), e2=(e[m] ** 2).sum(),
+                     clk=c[m].sum(), c2=(c[m] ** 2).sum(), ec=(e[m] * c[m]).sum(),
+                     conv=float((o[m] > 0).sum()), ord=o[m].sum(), o2=(o[m] ** 2).sum(),
+                     rev=r[m].sum(), r2=(r[m] ** 2).sum(), ro=(r[m] * o[m]).sum())
+            tot[name] = t
+        for metric in METRICS:
+            d = xs.lift(xs.metric(tot["b"], metric), xs.metric(tot["a"], metric))
+            hits[metric] += bool(d and d["significant"])
+    return {"runs": runs, "false_positive_rate": {m: hits[m] / runs for m in METRICS},
+            "false_positive_ci95": {m: _rate_ci(hits[m], runs) for m in METRICS}}
 
 
 def _b(doc: dict[str, Any]) -> dict[str, Any]:
@@ -168,9 +210,10 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--lift-runs", type=int, default=10)
-    ap.add_argument("--aa-runs", type=int, default=40)
+    ap.add_argument("--aa-runs", type=int, default=20)
+    ap.add_argument("--rerandomisations", type=int, default=1000)
     args = ap.parse_args()
-    lift_runs, aa_runs = (3, 10) if args.quick else (args.lift_runs, args.aa_runs)
+    lift_runs, aa_runs = (3, 5) if args.quick else (args.lift_runs, args.aa_runs)
     started = time.perf_counter()
     customers = load_customers(args.data)
     print(f"{len(customers)} customers, "
@@ -206,12 +249,19 @@ def main() -> None:
         "significant_share": sum(_b(d)["lifts"]["conversion"]["significant"]
                                  for d in lifts) / len(lifts)}
 
-    aa = [run_once(customers, 1000 + r, 0.0) for r in range(aa_runs)]
+    aa_full = [_run(customers, 1000 + r, 0.0) for r in range(aa_runs)]
+    aa = [d for d, _, _ in aa_full]
+    _, store, keys = aa_full[0]
+    rows = customer_rows(store, keys, customers)
+    ids = [c.user_id for c in customers
+           if "sim|v" in store.data.get(keys.user(c.user_id, "xp"), {})]
+    rerand = rerandomised_aa(rows, ids, args.rerandomisations)
     fp = {m: sum(_b(d)["lifts"][m]["significant"] for d in aa) for m in METRICS}
     any_fp = sum(any(_b(d)["lifts"][m]["significant"] for m in METRICS) for d in aa)
     srm_false_alarms = sum(not d["srm"]["ok"] for d in aa)
 
-    broken = run_once(customers, 7, TRUE_LIFT, broken=True)
+    broken = {share: run_once(customers, 7, TRUE_LIFT, broken=share)
+              for share in (0.03, 0.06, 0.10, 0.20)}
     result = {
         "benchmark": "experiments_sim", "data": str(args.data.name),
         "customers": len(customers), "per_variant_users": {
@@ -226,9 +276,13 @@ def main() -> None:
         "aa": {"false_positive_rate": {m: fp[m] / aa_runs for m in METRICS},
                "false_positive_ci95": {m: _rate_ci(fp[m], aa_runs) for m in METRICS},
                "any_metric_false_positive_rate": any_fp / aa_runs,
-               "srm_false_alarms": srm_false_alarms},
-        "broken_split": {"srm": broken["srm"],
-                         "users": {v["variant"]: v["users"] for v in broken["variants"]}},
+               "srm_false_alarms": srm_false_alarms,
+               "rerandomised": rerand},
+        "broken_split": {f"b_loses_{share:.0%}": {
+            "srm_p": d["srm"]["p_value"], "caught": not d["srm"]["ok"],
+            "warning": d["srm"]["warning"],
+            "users": {v["variant"]: v["users"] for v in d["variants"]}}
+            for share, d in broken.items()},
         "intact_split_srm": first["srm"],
         "seconds_per_run": round(per_run_s, 2),
         "seconds_total": round(time.perf_counter() - started, 1),
