@@ -300,3 +300,31 @@ def test_experiment_keys_byte_for_byte() -> None:
     assert k.user("17850", "xp") == "{a:1}:u:17850:xp"
     assert {"xp", "xreq", "xreql"} <= set(k.user_keys("u") and
                                           [s.rsplit(":", 1)[1] for s in k.user_keys("u")])
+
+
+def test_variant_params_change_blend_and_offer_policy() -> None:
+    from serving.crm import CustomerService
+    from serving.experiments import Assignment, ExperimentRegistry
+    from serving.service import RecommendationService
+
+    registry = ExperimentRegistry(None, Keys("a", 8))  # type: ignore[arg-type]
+    base = RecommendationService(Settings(), None, None)  # type: ignore[arg-type]
+    same = registry.service_for(base, [Assignment("x", "a", "l", "recommendations")])
+    assert same is base
+    tuned = registry.service_for(base, [Assignment("x", "b", "l", "recommendations",
+                                                   {"blend_als": 0.0, "blend_coview": 2.0})])
+    assert (tuned.settings.serving.blend_als, tuned.settings.serving.blend_coview) == (0.0, 2.0)
+    assert tuned.settings.serving.blend_copurchase == base.settings.serving.blend_copurchase
+    assert registry.service_for(base, [Assignment("x", "b", "l", "recommendations",
+                                                  {"blend_als": 0.0, "blend_coview": 2.0})]) \
+        is tuned  # one service per parameter set, not per request
+
+    crm = CustomerService(None, Keys("a", 8), None)  # type: ignore[arg-type]
+    deeper = registry.customers_for(crm, [Assignment("x", "deep", "o", "offers",
+                                                     {"discount_scale": 1.5})])
+    pairs = zip(crm.policy.rules, deeper.policy.rules, strict=True)
+    assert all(d.discount_pct == min(100.0, round(b.discount_pct * 1.5, 1)) for b, d in pairs)
+    assert deeper.policy.version == f"{crm.policy.version}.x.deep"
+    holdout = registry.customers_for(crm, [Assignment("y", "h", "o", "offers",
+                                                      {"offers_off": True})])
+    assert set(holdout.policy.budgets.values()) == {0}
