@@ -17,6 +17,8 @@ BENCHMARKS = [
     ("benchmarks.bench_ingest", True),
     ("benchmarks.bench_serving", True),
     ("benchmarks.eval_customer", False),
+    ("benchmarks.sim_experiments", True),
+    ("benchmarks.bench_experiments_serving", False),
     ("benchmarks.bench_soak", False),  # 10 minutes
 ]
 
