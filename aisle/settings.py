@@ -64,6 +64,9 @@ class FeatureSettings(BaseModel):
     attribution_window_h: float = Field(168.0, gt=0)
     # Recent answers per customer whose request_id a click can still be matched to.
     exposure_requests_max: int = Field(100, ge=1, le=10_000)
+    # A view of an item an answer showed, within this long after it, without the
+    # answer's request_id, counts as that answer's click (the newest such answer).
+    click_window_s: float = Field(1800.0, ge=0)
 
 
 class ModelSettings(BaseModel):

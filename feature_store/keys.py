@@ -50,6 +50,7 @@ USER_SUFFIXES: Final = (
                  # pre-period spend, exposures, clicks, orders, revenue (A/B attribution)
     "xreq",      # hash request_id -> "exp=variant;..." exposures not clicked yet
     "xreql",     # list of request ids, newest first (bounds xreq)
+    "xshown",    # hash request_id -> "<ts> ,item,item," what the answer showed, and when
 )
 DERIVED_USER_SUFFIXES: Final = frozenset({"vec"})
 

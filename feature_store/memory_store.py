@@ -193,7 +193,7 @@ class MemoryStore:
         return default if value is None else float(value)
 
     def _op_xexpose(self, o: Op) -> None:
-        _, kxp, kreq, kreql, krfm, prefix, exp, variant, rid, ts, day, nreq = o
+        _, kxp, kreq, kreql, krfm, prefix, exp, variant, rid, ts, day, nreq, kshown, shown = o
         st, xp = prefix + exp, self._hash(kxp)
         v = xp.get(f"{exp}|v")
         if v is None:
@@ -220,13 +220,31 @@ class MemoryStore:
             req[rid] = f"{req[rid]};{pair}"
         else:
             req[rid] = pair
+            self._hash(kshown)[rid] = shown
             order = self._list(kreql)
             order.insert(0, rid)
             while len(order) > nreq:
-                req.pop(order.pop(), None)
+                old = order.pop()
+                req.pop(old, None)
+                self._hash(kshown).pop(old, None)
 
     def _op_xclick(self, o: Op) -> None:
         _, kxp, kreq, prefix, rid, day = o
+        self._xclick(kxp, kreq, prefix, rid, day)
+
+    def _op_xview(self, o: Op) -> None:
+        _, kxp, kreq, kreql, kshown, prefix, item, ts, day, window = o
+        needle = f",{item},"
+        for rid in list(self.data.get(kreql, [])):  # newest first
+            shown = self.data.get(kshown, {}).get(rid)
+            if shown is None or rid not in self.data.get(kreq, {}):
+                continue
+            at, items = shown.split(" ", 1)
+            if ts >= float(at) and ts - float(at) <= window and needle in items:
+                self._xclick(kxp, kreq, prefix, rid, day)
+                return
+
+    def _xclick(self, kxp: str, kreq: str, prefix: str, rid: str, day: str) -> None:
         shown = self._hash(kreq).pop(rid, None)
         if shown is None:
             return

@@ -124,6 +124,7 @@ end
 OPS.xexpose = function(o)
   local kxp, kreq, kreql, krfm = o[2], o[3], o[4], o[5]
   local exp, variant, rid, ts, day, nreq = o[7], o[8], o[9], o[10], o[11], o[12]
+  local kshown, shown = o[13], o[14]
   local st = o[6] .. exp
   local v = redis.call('HGET', kxp, exp .. '|v')
   if not v then
@@ -149,14 +150,16 @@ OPS.xexpose = function(o)
     redis.call('HSET', kreq, rid, seen .. ';' .. pair)
   else
     redis.call('HSET', kreq, rid, pair)
+    redis.call('HSET', kshown, rid, shown)
     redis.call('LPUSH', kreql, rid)
     while redis.call('LLEN', kreql) > nreq do
-      redis.call('HDEL', kreq, redis.call('RPOP', kreql))
+      local old = redis.call('RPOP', kreql)
+      redis.call('HDEL', kreq, old)
+      redis.call('HDEL', kshown, old)
     end
   end
 end
-OPS.xclick = function(o)
-  local kxp, kreq, prefix, rid, day = o[2], o[3], o[4], o[5], o[6]
+local function xclick(kxp, kreq, prefix, rid, day)
   local shown = redis.call('HGET', kreq, rid)
   if not shown then return end
   redis.call('HDEL', kreq, rid)  -- one click per exposure
@@ -170,6 +173,22 @@ OPS.xclick = function(o)
       xinc(st, v, day, 'clk', 1)
       xinc(st, v, day, 'c2', 2 * c + 1)
       xinc(st, v, day, 'ec', e)
+    end
+  end
+end
+OPS.xclick = function(o) xclick(o[2], o[3], o[4], o[5], o[6]) end
+OPS.xview = function(o)
+  local kxp, kreq, kreql, kshown, prefix = o[2], o[3], o[4], o[5], o[6]
+  local needle, ts, day, window = ',' .. o[7] .. ',', o[8], o[9], o[10]
+  for _, rid in ipairs(redis.call('LRANGE', kreql, 0, -1)) do  -- newest first
+    local shown = redis.call('HGET', kshown, rid)
+    if shown and redis.call('HEXISTS', kreq, rid) == 1 then
+      local sp = string.find(shown, ' ', 1, true)
+      local at = tonumber(string.sub(shown, 1, sp - 1))
+      if ts >= at and ts - at <= window and string.find(shown, needle, sp, true) then
+        xclick(kxp, kreq, prefix, rid, day)
+        return
+      end
     end
   end
 end

@@ -27,9 +27,13 @@ Opcodes
                        order if amount<0) from the totals and that month's spend
 ``hsetnx k f v``       set the field only if absent
 ``del k...``           delete keys
-``xexpose k_xp k_xreq k_xreql k_rfm st_prefix exp variant rid ts day n`` an exposure:
-                       the customer's first one fixes their variant and pre-period spend;
-                       counts the exposure (per day) and remembers the request for clicks
+``xexpose k_xp k_xreq k_xreql k_rfm st_prefix exp variant rid ts day n k_xshown shown``
+                       an exposure: the customer's first one fixes their variant and
+                       pre-period spend; counts the exposure (per day) and remembers the
+                       request (and what it showed, when) for clicks
+``xview k_xp k_xreq k_xreql k_xshown st_prefix item ts day window`` a view without a
+                       request id: a click for the newest unclicked answer that showed the
+                       item within ``window`` seconds before
 ``xclick k_xp k_xreq st_prefix rid day`` a view carrying an exposed request id: one click
                        per exposure, for every experiment of that answer
 ``xconvert k_xp st_prefix kind ts day amount window`` a cart (kind "cart") or an order:
@@ -289,7 +293,8 @@ class Folder:
                  self._u(event, "xreql"), self._u(event, "rfm"),
                  self.keys.experiment_stats_prefix(self.shard(event)), p.experiment, p.variant,
                  p.request_id, event.ts, day_of(event.ts),
-                 self.features.exposure_requests_max]]
+                 self.features.exposure_requests_max, self._u(event, "xshown"),
+                 f"{event.ts:.17g} ,{','.join(p.items)},"]]
 
     def _attribution(self, event: ev.AnyEvent) -> list[Op]:
         """Clicks, carts and orders, credited inside the script to the variants the
@@ -302,6 +307,11 @@ class Folder:
             case ev.ProductViewed() if event.payload.request_id:
                 return [["xclick", self._u(event, "xp"), self._u(event, "xreq"), prefix,
                          event.payload.request_id, day_of(event.ts)]]
+            case ev.ProductViewed() if self.features.click_window_s > 0:
+                return [["xview", self._u(event, "xp"), self._u(event, "xreq"),
+                         self._u(event, "xreql"), self._u(event, "xshown"), prefix,
+                         event.payload.item_id, event.ts, day_of(event.ts),
+                         self.features.click_window_s]]
             case ev.CartItemAdded():
                 return [["xconvert", self._u(event, "xp"), prefix, "cart", event.ts,
                          day_of(event.ts), 0.0, window]]

@@ -1,4 +1,4 @@
-"""The A/B opcodes (xexpose, xclick, xconvert) in store.lua and in the memory store agree,
+"""The A/B opcodes (xexpose, xclick, xview, xconvert) in store.lua and in the memory store agree,
 duplicates and redeliveries included."""
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ def experiment_events(n: int, seed: int) -> list[ev.AnyEvent]:
             rid, owner = rng.choice(rids) if rng.random() < 0.9 else ("nope", user)
             out.append(ev.ProductViewed(event_id=f"c{i}", payload=ev.ItemRef(
                 item_id="i1", request_id=rid), **{**common, "user_id": owner}))
+        elif k < 0.45 and rids:  # no request id: a click if an answer showed it lately
+            out.append(ev.ProductViewed(event_id=f"w{i}", payload=ev.ItemRef(
+                item_id=rng.choice(["i1", "i2", "i3"])), **{**common, "user_id": rids[-1][1]}))
         elif k < 0.5:
             late = t + timedelta(days=rng.choice([0, 0, 10]))
             lines = [ev.OrderLine(item_id="i3", quantity=rng.randrange(1, 4),
@@ -63,5 +66,5 @@ def test_experiment_opcodes_agree(redis_url: str, seed: int) -> None:
     assert stats, "exposures were counted"
     fields = {f.split("|")[-1] for v in stats.values() for f in v}
     assert {"users", "exp", "clk", "conv", "rev", "moved", "cart"} <= fields
-    assert any(k.endswith(":xreq") for k in real)
+    assert any(k.endswith(":xreq") for k in real) and any(k.endswith(":xshown") for k in real)
     assert real == fake

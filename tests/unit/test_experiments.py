@@ -328,3 +328,23 @@ def test_variant_params_change_blend_and_offer_policy() -> None:
     holdout = registry.customers_for(crm, [Assignment("y", "h", "o", "offers",
                                                       {"offers_off": True})])
     assert set(holdout.policy.budgets.values()) == {0}
+
+
+def view(user: str, item: str, n: int, minutes: float) -> ev.ProductViewed:
+    return ev.ProductViewed(event_id=f"w-{user}-{n}", user_id=user,
+                            occurred_at=T0 + timedelta(minutes=minutes),
+                            payload=ev.ItemRef(item_id=item))
+
+
+def test_a_view_of_a_shown_item_soon_after_is_a_click() -> None:
+    """Without the request id: the newest unclicked answer that showed the item within
+    ``click_window_s`` (30 min) gets the click, once."""
+    sim = Sim()
+    sim.apply(expose("u1", "r1", "a", 0), view("u1", "i1", 1, 10), view("u1", "i1", 2, 11),
+              view("u1", "i9", 3, 12))  # shown once: one click; i9 was never shown
+    assert sim.results()["a"]["clicks"] == 1
+    sim.apply(expose("u1", "r2", "a", 20), view("u1", "i1", 4, 51))  # 31 min later: no
+    assert sim.results()["a"]["clicks"] == 1
+    sim.apply(view("u1", "i1", 5, 49), click("u1", "r2", 9, 50))  # in the window; then the
+    res = sim.results()["a"]  # explicit click on the same answer does not count again
+    assert (res["clicks"], res["exposures"]) == (2, 2)
