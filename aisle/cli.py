@@ -200,6 +200,11 @@ def lag() -> None:
         print(f"{tp.topic}[{tp.partition}]\t{n}")
 
 
+from aisle.experiments_cli import app as experiments_app  # noqa: E402 (after the commands)
+
+app.add_typer(experiments_app, name="experiments")
+
+
 def main() -> None:
     try:
         app()

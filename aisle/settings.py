@@ -59,6 +59,14 @@ class FeatureSettings(BaseModel):
     # its buyers bought it in two or more orders, unless the catalog says otherwise.
     consumable_rebuy_share: float = 0.25
     consumable_min_buyers: int = 5
+    # A/B attribution: carts and orders count for an experiment's variant from the
+    # customer's first exposure until this long after their latest one.
+    attribution_window_h: float = Field(168.0, gt=0)
+    # Recent answers per customer whose request_id a click can still be matched to.
+    exposure_requests_max: int = Field(100, ge=1, le=10_000)
+    # A view of an item an answer showed, within this long after it, without the
+    # answer's request_id, counts as that answer's click (the newest such answer).
+    click_window_s: float = Field(1800.0, ge=0)
 
 
 class ModelSettings(BaseModel):

@@ -19,6 +19,8 @@ BENCHMARKS = [
     ("benchmarks.eval_customer", False),
     ("benchmarks.bench_memory", True),
     ("benchmarks.bench_widget", False),  # needs chromium (make browser)
+    ("benchmarks.sim_experiments", True),
+    ("benchmarks.bench_experiments_serving", False),
     ("benchmarks.bench_soak", False),  # 10 minutes
 ]
 

@@ -46,6 +46,11 @@ USER_SUFFIXES: Final = (
     "ostate",    # hash offer_id -> redeemed | expired (first terminal state wins)
     "life",      # list of JSON [stage, ts], newest first (lifecycle transitions)
     "vec",       # string: model version + float32 fold-in vector (derived, not dumped)
+    "xp",        # hash <experiment>|v|f|l|x|e|c|o|r -> variant, first/last exposure ts,
+                 # pre-period spend, exposures, clicks, orders, revenue (A/B attribution)
+    "xreq",      # hash request_id -> "exp=variant;..." exposures not clicked yet
+    "xreql",     # list of request ids, newest first (bounds xreq)
+    "xshown",    # hash request_id -> "<ts> ,item,item," what the answer showed, and when
 )
 DERIVED_USER_SUFFIXES: Final = frozenset({"vec"})
 
@@ -111,6 +116,20 @@ class Keys:
 
     def co_prefix(self, kind: str, shard: int) -> str:
         return f"{self.tag(shard)}:co:{kind}:"
+
+    # -- experiments (A/B): definitions in the shard of EXPERIMENTS_KEY; statistics as
+    # per-shard partials, written by the customer's events, merged on read
+    def experiment_defs(self, experiments_key: str) -> str:
+        return f"{self.tag(self.shard_of(experiments_key))}:x:defs"
+
+    def experiment_times(self, experiments_key: str) -> str:
+        return f"{self.tag(self.shard_of(experiments_key))}:x:times"
+
+    def experiment_stats_prefix(self, shard: int) -> str:
+        return f"{self.tag(shard)}:x:st:"
+
+    def experiment_stats(self, shard: int, experiment_id: str) -> str:
+        return f"{self.experiment_stats_prefix(shard)}{experiment_id}"
 
     # -- outside the shards
     def model_tag(self) -> str:

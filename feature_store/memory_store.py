@@ -182,3 +182,102 @@ class MemoryStore:
     def _op_del(self, o: Op) -> None:
         for key in o[1:]:
             self.data.pop(key, None)
+
+    # ------------------------------------------------------------ experiments (A/B)
+    def _xinc(self, st: str, variant: str, day: str, metric: str, d: float) -> None:
+        if d != 0:
+            self._op_hinc(["hinc", st, f"{variant}|{day}|{metric}", d])
+
+    def _xget(self, kxp: str, exp: str, name: str, default: float) -> float:
+        value = self._hash(kxp).get(f"{exp}|{name}")
+        return default if value is None else float(value)
+
+    def _op_xexpose(self, o: Op) -> None:
+        _, kxp, kreq, kreql, krfm, prefix, exp, variant, rid, ts, day, nreq, kshown, shown = o
+        st, xp = prefix + exp, self._hash(kxp)
+        v = xp.get(f"{exp}|v")
+        if v is None:
+            v = variant
+            x = float(self._hash(krfm).get("monetary", 0.0))
+            xp.update({f"{exp}|v": v, f"{exp}|f": ts, f"{exp}|x": x})
+            self._xinc(st, v, day, "users", 1)
+            self._xinc(st, v, day, "x", x)
+            self._xinc(st, v, day, "x2", x * x)
+        else:
+            if v != variant:
+                self._xinc(st, v, day, "moved", 1)
+            if ts < self._xget(kxp, exp, "f", ts):
+                xp[f"{exp}|f"] = ts
+        e, c = self._xget(kxp, exp, "e", 0), self._xget(kxp, exp, "c", 0)
+        xp[f"{exp}|e"] = e + 1
+        if ts > self._xget(kxp, exp, "l", ts - 1):
+            xp[f"{exp}|l"] = ts
+        self._xinc(st, v, day, "exp", 1)
+        self._xinc(st, v, day, "e2", 2 * e + 1)
+        self._xinc(st, v, day, "ec", c)
+        req, pair = self._hash(kreq), f"{exp}={v}"
+        if rid in req:
+            req[rid] = f"{req[rid]};{pair}"
+        else:
+            req[rid] = pair
+            self._hash(kshown)[rid] = shown
+            order = self._list(kreql)
+            order.insert(0, rid)
+            while len(order) > nreq:
+                old = order.pop()
+                req.pop(old, None)
+                self._hash(kshown).pop(old, None)
+
+    def _op_xclick(self, o: Op) -> None:
+        _, kxp, kreq, prefix, rid, day = o
+        self._xclick(kxp, kreq, prefix, rid, day)
+
+    def _op_xview(self, o: Op) -> None:
+        _, kxp, kreq, kreql, kshown, prefix, item, ts, day, window = o
+        needle = f",{item},"
+        for rid in list(self.data.get(kreql, [])):  # newest first
+            shown = self.data.get(kshown, {}).get(rid)
+            if shown is None or rid not in self.data.get(kreq, {}):
+                continue
+            at, items = shown.split(" ", 1)
+            if ts >= float(at) and ts - float(at) <= window and needle in items:
+                self._xclick(kxp, kreq, prefix, rid, day)
+                return
+
+    def _xclick(self, kxp: str, kreq: str, prefix: str, rid: str, day: str) -> None:
+        shown = self._hash(kreq).pop(rid, None)
+        if shown is None:
+            return
+        xp = self._hash(kxp)
+        for pair in shown.split(";"):
+            exp = pair.split("=", 1)[0]
+            v = xp.get(f"{exp}|v")
+            if v is not None:
+                e, c = self._xget(kxp, exp, "e", 0), self._xget(kxp, exp, "c", 0)
+                xp[f"{exp}|c"] = c + 1
+                self._xinc(prefix + exp, v, day, "clk", 1)
+                self._xinc(prefix + exp, v, day, "c2", 2 * c + 1)
+                self._xinc(prefix + exp, v, day, "ec", e)
+
+    def _op_xconvert(self, o: Op) -> None:
+        _, kxp, prefix, kind, ts, day, amount, window = o
+        xp = self._hash(kxp)
+        for field, v in list(xp.items()):
+            if not field.endswith("|v"):
+                continue
+            exp = field[:-2]
+            st = prefix + exp
+            if not (self._xget(kxp, exp, "f", 0) <= ts <= self._xget(kxp, exp, "l", 0) + window):
+                continue
+            if kind == "cart":
+                self._xinc(st, v, day, "cart", 1)
+                continue
+            n, r = self._xget(kxp, exp, "o", 0), self._xget(kxp, exp, "r", 0)
+            x = self._xget(kxp, exp, "x", 0)
+            if n == 0:
+                self._xinc(st, v, day, "conv", 1)
+            xp[f"{exp}|o"], xp[f"{exp}|r"] = n + 1, r + amount
+            for metric, d in (("ord", 1), ("o2", 2 * n + 1), ("rev", amount),
+                              ("r2", 2 * r * amount + amount * amount), ("rx", amount * x),
+                              ("ro", r + amount * n + amount)):
+                self._xinc(st, v, day, metric, d)

@@ -110,6 +110,114 @@ OPS.del = function(o)
   for i = 2, #o do redis.call('DEL', o[i]) end
 end
 
+-- A/B experiments. Statistics are per-day sums in one hash per (shard, experiment), field
+-- "variant|day|metric"; the per-customer sums of squares and products (e2, c2, ec, o2, r2,
+-- rx, ro) are kept as increments, (n+1)^2 - n^2 = 2n+1, so variances come out on read.
+local function xinc(st, variant, day, metric, d)
+  if d ~= 0 then
+    redis.call('HINCRBYFLOAT', st, variant .. '|' .. day .. '|' .. metric, fmt(d))
+  end
+end
+local function xget(kxp, exp, field, default)
+  return num(redis.call('HGET', kxp, exp .. '|' .. field), default)
+end
+OPS.xexpose = function(o)
+  local kxp, kreq, kreql, krfm = o[2], o[3], o[4], o[5]
+  local exp, variant, rid, ts, day, nreq = o[7], o[8], o[9], o[10], o[11], o[12]
+  local kshown, shown = o[13], o[14]
+  local st = o[6] .. exp
+  local v = redis.call('HGET', kxp, exp .. '|v')
+  if not v then
+    v = variant
+    local x = num(redis.call('HGET', krfm, 'monetary'), 0)
+    redis.call('HSET', kxp, exp .. '|v', v, exp .. '|f', fmt(ts), exp .. '|x', fmt(x))
+    xinc(st, v, day, 'users', 1)
+    xinc(st, v, day, 'x', x)
+    xinc(st, v, day, 'x2', x * x)
+  else
+    if v ~= variant then xinc(st, v, day, 'moved', 1) end
+    if ts < xget(kxp, exp, 'f', ts) then redis.call('HSET', kxp, exp .. '|f', fmt(ts)) end
+  end
+  local e, c = xget(kxp, exp, 'e', 0), xget(kxp, exp, 'c', 0)
+  redis.call('HSET', kxp, exp .. '|e', fmt(e + 1))
+  if ts > xget(kxp, exp, 'l', ts - 1) then redis.call('HSET', kxp, exp .. '|l', fmt(ts)) end
+  xinc(st, v, day, 'exp', 1)
+  xinc(st, v, day, 'e2', 2 * e + 1)
+  xinc(st, v, day, 'ec', c)
+  local pair = exp .. '=' .. v
+  local seen = redis.call('HGET', kreq, rid)
+  if seen then
+    redis.call('HSET', kreq, rid, seen .. ';' .. pair)
+  else
+    redis.call('HSET', kreq, rid, pair)
+    redis.call('HSET', kshown, rid, shown)
+    redis.call('LPUSH', kreql, rid)
+    while redis.call('LLEN', kreql) > nreq do
+      local old = redis.call('RPOP', kreql)
+      redis.call('HDEL', kreq, old)
+      redis.call('HDEL', kshown, old)
+    end
+  end
+end
+local function xclick(kxp, kreq, prefix, rid, day)
+  local shown = redis.call('HGET', kreq, rid)
+  if not shown then return end
+  redis.call('HDEL', kreq, rid)  -- one click per exposure
+  for pair in string.gmatch(shown, '[^;]+') do
+    local exp = string.match(pair, '^([^=]+)=')
+    local v = redis.call('HGET', kxp, exp .. '|v')
+    if v then
+      local e, c = xget(kxp, exp, 'e', 0), xget(kxp, exp, 'c', 0)
+      redis.call('HSET', kxp, exp .. '|c', fmt(c + 1))
+      local st = prefix .. exp
+      xinc(st, v, day, 'clk', 1)
+      xinc(st, v, day, 'c2', 2 * c + 1)
+      xinc(st, v, day, 'ec', e)
+    end
+  end
+end
+OPS.xclick = function(o) xclick(o[2], o[3], o[4], o[5], o[6]) end
+OPS.xview = function(o)
+  local kxp, kreq, kreql, kshown, prefix = o[2], o[3], o[4], o[5], o[6]
+  local needle, ts, day, window = ',' .. o[7] .. ',', o[8], o[9], o[10]
+  for _, rid in ipairs(redis.call('LRANGE', kreql, 0, -1)) do  -- newest first
+    local shown = redis.call('HGET', kshown, rid)
+    if shown and redis.call('HEXISTS', kreq, rid) == 1 then
+      local sp = string.find(shown, ' ', 1, true)
+      local at = tonumber(string.sub(shown, 1, sp - 1))
+      if ts >= at and ts - at <= window and string.find(shown, needle, sp, true) then
+        xclick(kxp, kreq, prefix, rid, day)
+        return
+      end
+    end
+  end
+end
+OPS.xconvert = function(o)
+  local kxp, prefix, kind, ts, day, amount, window = o[2], o[3], o[4], o[5], o[6], o[7], o[8]
+  local flat = redis.call('HGETALL', kxp)
+  for i = 1, #flat, 2 do
+    if string.sub(flat[i], -2) == '|v' then
+      local exp, v = string.sub(flat[i], 1, -3), flat[i + 1]
+      local st = prefix .. exp
+      if ts >= xget(kxp, exp, 'f', 0) and ts <= xget(kxp, exp, 'l', 0) + window then
+        if kind == 'cart' then
+          xinc(st, v, day, 'cart', 1)
+        else
+          local n, r, x = xget(kxp, exp, 'o', 0), xget(kxp, exp, 'r', 0), xget(kxp, exp, 'x', 0)
+          if n == 0 then xinc(st, v, day, 'conv', 1) end
+          redis.call('HSET', kxp, exp .. '|o', fmt(n + 1), exp .. '|r', fmt(r + amount))
+          xinc(st, v, day, 'ord', 1)
+          xinc(st, v, day, 'o2', 2 * n + 1)
+          xinc(st, v, day, 'rev', amount)
+          xinc(st, v, day, 'r2', 2 * r * amount + amount * amount)
+          xinc(st, v, day, 'rx', amount * x)
+          xinc(st, v, day, 'ro', r + amount * n + amount)
+        end
+      end
+    end
+  end
+end
+
 local wm = num(redis.call('HGET', KEYS[1], source), -1)
 local maxts = num(redis.call('HGET', KEYS[3], 'maxts'), 0)
 local maxoff = wm

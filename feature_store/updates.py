@@ -27,6 +27,17 @@ Opcodes
                        order if amount<0) from the totals and that month's spend
 ``hsetnx k f v``       set the field only if absent
 ``del k...``           delete keys
+``xexpose k_xp k_xreq k_xreql k_rfm st_prefix exp variant rid ts day n k_xshown shown``
+                       an exposure: the customer's first one fixes their variant and
+                       pre-period spend; counts the exposure (per day) and remembers the
+                       request (and what it showed, when) for clicks
+``xview k_xp k_xreq k_xreql k_xshown st_prefix item ts day window`` a view without a
+                       request id: a click for the newest unclicked answer that showed the
+                       item within ``window`` seconds before
+``xclick k_xp k_xreq st_prefix rid day`` a view carrying an exposed request id: one click
+                       per exposure, for every experiment of that answer
+``xconvert k_xp st_prefix kind ts day amount window`` a cart (kind "cart") or an order:
+                       counted for every experiment whose attribution window covers ``ts``
 """
 
 from __future__ import annotations
@@ -86,6 +97,7 @@ class Folder:
         event depends on the event alone, so replaying the log rebuilds the same state
         whatever order the two topics interleave in."""
         ops = self._fold(event)
+        ops += self._attribution(event)
         if event.user_id is not None and not isinstance(event, ev.UserErased):
             rfm = self._u(event, "rfm")
             ops += [["hmin", rfm, "first_seen", event.ts], ["hmax", rfm, "last_seen", event.ts],
@@ -129,6 +141,9 @@ class Folder:
             case ev.LifecycleChanged():
                 stage = event.payload.stage
                 return [["lpush", self._u(event, "life"), _json([stage, event.ts]), 50]]
+            case (ev.ExperimentCreated() | ev.ExperimentUpdated() | ev.ExperimentStopped()
+                  | ev.ExperimentExposed()):
+                return self._experiment(event)
         raise TypeError(f"no fold for {type(event).__name__}")  # pragma: no cover
 
     # ------------------------------------------------------------ helpers
@@ -257,6 +272,64 @@ class Folder:
         shard = self.shard(event)
         return [["hnewer", self.keys.item(p.item_id), event.ts, *fields],
                 ["sadd", self.keys.items(shard), p.item_id]]
+
+
+    # ------------------------------------------------------------ experiments (A/B)
+    def _experiment(self, event: ev.ExperimentCreated | ev.ExperimentUpdated
+                    | ev.ExperimentStopped | ev.ExperimentExposed) -> list[Op]:
+        defs = self.keys.experiment_defs(ev.EXPERIMENTS_KEY)
+        times = self.keys.experiment_times(ev.EXPERIMENTS_KEY)
+        match event:
+            case ev.ExperimentCreated() | ev.ExperimentUpdated():
+                xid = event.payload.id
+                when = "created" if isinstance(event, ev.ExperimentCreated) else "updated"
+                return [["hset", defs, xid, _json(msgspec.to_builtins(event.payload))],
+                        ["hmin" if when == "created" else "hmax", times, f"{xid}|{when}",
+                         event.ts]]
+            case ev.ExperimentStopped():
+                return [["hmin", times, f"{event.payload.experiment_id}|stopped", event.ts]]
+        p = event.payload
+        return [["xexpose", self._u(event, "xp"), self._u(event, "xreq"),
+                 self._u(event, "xreql"), self._u(event, "rfm"),
+                 self.keys.experiment_stats_prefix(self.shard(event)), p.experiment, p.variant,
+                 p.request_id, event.ts, day_of(event.ts),
+                 self.features.exposure_requests_max, self._u(event, "xshown"),
+                 f"{event.ts:.17g} ,{','.join(p.items)},"]]
+
+    def _attribution(self, event: ev.AnyEvent) -> list[Op]:
+        """Clicks, carts and orders, credited inside the script to the variants the
+        customer was exposed to (reads their exposures; a no-op for customers without)."""
+        if event.user_id is None:
+            return []
+        prefix = self.keys.experiment_stats_prefix(self.shard(event))
+        window = self.features.attribution_window_h * 3600
+        match event:
+            case ev.ProductViewed() if event.payload.request_id:
+                return [["xclick", self._u(event, "xp"), self._u(event, "xreq"), prefix,
+                         event.payload.request_id, day_of(event.ts)]]
+            case ev.ProductViewed() if self.features.click_window_s > 0:
+                return [["xview", self._u(event, "xp"), self._u(event, "xreq"),
+                         self._u(event, "xreql"), self._u(event, "xshown"), prefix,
+                         event.payload.item_id, event.ts, day_of(event.ts),
+                         self.features.click_window_s]]
+            case ev.CartItemAdded():
+                return [["xconvert", self._u(event, "xp"), prefix, "cart", event.ts,
+                         day_of(event.ts), 0.0, window]]
+            case ev.OrderPlaced():
+                amount = round(sum(li.quantity * li.unit_price
+                                   for li in event.payload.lines), 2)
+                return [["xconvert", self._u(event, "xp"), prefix, "order", event.ts,
+                         day_of(event.ts), amount, window]]
+        return []
+
+
+def day_of(ts: float) -> str:
+    """The UTC day of an event time: experiment statistics are kept per day.
+
+    >>> day_of(1322733600.0)
+    '2011-12-01'
+    """
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
 
 
 def month_of(ts: float) -> str:

@@ -26,6 +26,7 @@ from models.online import ModelHolder
 from serving import routes, web
 from serving.crm import CustomerService, PopulationHolder
 from serving.errors import AisleError, BrokerUnavailable
+from serving.experiments import ExperimentRegistry
 from serving.schemas import ErrorBody
 from serving.service import RecommendationService
 from streams.topics import EventProducer
@@ -78,6 +79,7 @@ class AppState:
     producer: Producer
     population: PopulationHolder
     customers: CustomerService
+    experiments: ExperimentRegistry | None = None
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -106,12 +108,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         state = AppState(settings, client, reader, holder,
                          RecommendationService(settings, reader, holder, customers),
                          Producer(settings), population, customers)
+        state.experiments = ExperimentRegistry(client, keys, settings.serving.cache_ttl_s)
         app.state.aisle = state
         try:
             yield
         finally:
             await holder.stop()
             await population.stop()
+            await routes.drain_exposures()
             await state.producer.close()
             await client.aclose()
 

@@ -49,3 +49,16 @@ class BrokerUnavailable(AisleError):
 
     def __init__(self, detail: str, retry_after_s: int = 2) -> None:
         super().__init__(detail, {"Retry-After": str(retry_after_s)})
+
+
+class Conflict(AisleError):
+    status = 409
+    error = "conflict"
+
+
+class StoreUnavailable(AisleError):
+    status = 503
+    error = "store_unavailable"
+
+    def __init__(self, detail: str, retry_after_s: int = 2) -> None:
+        super().__init__(detail, {"Retry-After": str(retry_after_s)})

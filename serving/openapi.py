@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 
 from serving.schemas import Accepted, ErrorBody, Health, ItemsAnswer, OffersAnswer, ProfileAnswer
-from streams.events import AnyEvent
+from streams.events import AnyEvent, ExperimentSpec
 
 REF = "#/components/schemas/{name}"
 ID_PARAM = {"type": "string", "pattern": r"^[A-Za-z0-9_.:@/+\-]{1,128}$"}
@@ -50,7 +50,7 @@ def openapi_document() -> dict[str, Any]:
     user = [{"name": "user_id", "in": "path", "required": True, "schema": ID_PARAM}]
     context = {"name": "context_item", "in": "query", "required": False, "schema": ID_PARAM,
                "description": "the item on the page, blended in as session context"}
-    return {
+    doc = {
         "openapi": "3.1.0",
         "info": {"title": "Aisle", "version": "1",
                  "description": "Streaming recommendations for retail."},
@@ -94,6 +94,50 @@ def openapi_document() -> dict[str, Any]:
         "components": {"schemas": {**components, "ErrorBody": error},
                        "securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}}},
     }
+    _add_experiments(doc)
+    return doc
+
+
+XID_PARAM = {"name": "experiment_id", "in": "path", "required": True,
+             "schema": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9_-]{0,39}$"}}
+
+
+def _add_experiments(doc: dict[str, Any]) -> None:
+    """The experiment admin and results endpoints (docs/experiments.md)."""
+    (spec,), components = msgspec.json.schema_components([ExperimentSpec], ref_template=REF)
+    doc["components"]["schemas"].update(components)
+    accepted, admin = _ref("Accepted"), [{"admin": []}]
+    obj = {"type": "object"}
+    doc["paths"].update({
+        "/v1/admin/experiments": {"post": {
+            "summary": "Create an experiment (admin); recorded as experiment.created",
+            "security": admin,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": spec}}},
+            "responses": {"202": _json(accepted, "recorded"),
+                          **_errors(401, 403, 413, 415, 422, 503),
+                          "409": _json(_ref("ErrorBody"), "id taken or layer range overlaps")}}},
+        "/v1/admin/experiments/{experiment_id}": {"patch": {
+            "summary": "Change fields of an experiment (admin); experiment.updated",
+            "security": admin, "parameters": [XID_PARAM],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": obj}}},
+            "responses": {"202": _json(accepted, "recorded"),
+                          **_errors(401, 403, 404, 413, 415, 422, 503),
+                          "409": _json(_ref("ErrorBody"), "stopped, or layer range overlaps")}}},
+        "/v1/admin/experiments/{experiment_id}/stop": {"post": {
+            "summary": "Stop an experiment (admin); experiment.stopped",
+            "security": admin, "parameters": [XID_PARAM],
+            "responses": {"202": _json(accepted, "recorded"),
+                          **_errors(401, 403, 404, 422, 503)}}},
+        "/v1/experiments": {"get": {
+            "summary": "All experiments with status, surfaces, layer and variants",
+            "responses": {"200": _json(obj, "{experiments: [...]}")}}},
+        "/v1/experiments/{experiment_id}/results": {"get": {
+            "summary": "Per-variant users, exposures, CTR, conversion, revenue per user, AOV; "
+                       "lift vs control with 95% intervals; SRM check; guardrails",
+            "parameters": [XID_PARAM, {"name": "series", "in": "query", "required": False,
+                                       "schema": {"type": "boolean"}}],
+            "responses": {"200": _json(obj, "results"), **_errors(404, 422)}}},
+    })
 
 
 DOCS_HTML = """<!doctype html>

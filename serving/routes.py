@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import re
 import time
 import uuid
@@ -27,10 +28,12 @@ from serving.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from serving.experiments import Assignment, new_event_id
 from serving.offers import Decision, Offer
 from serving.openapi import DOCS_HTML, openapi_document
 from serving.schemas import (
     Accepted,
+    ExperimentTag,
     Health,
     ItemsAnswer,
     OfferItem,
@@ -44,8 +47,19 @@ from serving.schemas import (
     TierOut,
 )
 from serving.service import Answer
-from streams.events import DecodeError, UserErased, decode_event, decode_events
+from streams.events import (
+    DecodeError,
+    ExperimentCreated,
+    ExperimentRef,
+    ExperimentSpec,
+    ExperimentStopped,
+    ExperimentUpdated,
+    UserErased,
+    decode_event,
+    decode_events,
+)
 
+log = logging.getLogger(__name__)
 ID_RE = re.compile(r"^[A-Za-z0-9_.:@/+\-]{1,128}$")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 LATENCY = Histogram("aisle_request_seconds", "API latency by route", ["route"],
@@ -95,13 +109,16 @@ def _limit(request: Request) -> int:
     return limit
 
 
-def _answer(request: Request, answer: Answer, route: str, **ids: str) -> Response:
+def _answer(request: Request, answer: Answer, route: str,
+            assignments: list[Assignment] | None = None, **ids: str) -> Response:
     if answer.degraded:
         DEGRADED.labels(route).inc()
     items = [RecommendedItem(s.item_id, s.score, s.reason, s.title, s.price, s.category)
              for s in answer.items]
     body = ItemsAnswer(request_id(request), answer.model_version, answer.strategy,
-                       answer.degraded, items, **ids)
+                       answer.degraded, items, **ids,
+                       experiments=[ExperimentTag(a.experiment, a.variant)
+                                    for a in assignments or []])
     return json(body, headers={"X-Request-ID": body.request_id})
 
 
@@ -111,8 +128,14 @@ async def related(request: Request) -> Response:
     user_id = request.query_params.get("user_id")
     if user_id is not None and not ID_RE.match(user_id):
         raise InvalidInput("user_id must be 1-128 characters of A-Z a-z 0-9 _ . : @ / + -")
-    answer = await _state(request).service.related(item_id, limit, user_id)
-    response = _answer(request, answer, "related", item_id=item_id)
+    state = _state(request)
+    # Anonymous related answers are in no experiment: there is nobody to assign.
+    assignments = await _assign(state, user_id, "related") if user_id else []
+    service = state.experiments.service_for(state.service, assignments)
+    answer = await service.related(item_id, limit, user_id)
+    response = _answer(request, answer, "related", assignments, item_id=item_id)
+    if user_id:
+        await _expose(request, assignments, user_id, [s.item_id for s in answer.items])
     LATENCY.labels("related").observe(time.perf_counter() - started)
     return response
 
@@ -123,8 +146,12 @@ async def recommendations(request: Request) -> Response:
     context = request.query_params.get("context_item")
     if context is not None and not ID_RE.match(context):
         raise InvalidInput("context_item must be 1-128 characters of A-Z a-z 0-9 _ . : @ / + -")
-    answer = await _state(request).service.recommendations(user_id, limit, context)
-    response = _answer(request, answer, "recommendations", user_id=user_id)
+    state = _state(request)
+    assignments = await _assign(state, user_id, "recommendations")
+    service = state.experiments.service_for(state.service, assignments)
+    answer = await service.recommendations(user_id, limit, context)
+    response = _answer(request, answer, "recommendations", assignments, user_id=user_id)
+    await _expose(request, assignments, user_id, [s.item_id for s in answer.items])
     LATENCY.labels("recommendations").observe(time.perf_counter() - started)
     return response
 
@@ -142,8 +169,9 @@ async def offers(request: Request) -> Response:
     started = time.perf_counter()
     user_id = _id(request, "user_id")
     state = _state(request)
-    customers = state.customers
-    view = await customers.view(user_id)
+    view = await state.customers.view(user_id)
+    assignments = await _assign(state, user_id, "offers", view.profile.segment)
+    customers = state.experiments.customers_for(state.customers, assignments)
     decision = await customers.decide(view)
     issued = None
     if decision.issue is not None:
@@ -158,7 +186,10 @@ async def offers(request: Request) -> Response:
     infos = await state.reader.items([i for o in decision.show for i in o.items])
     shown = still_fit(decision.show, infos, view.state)
     body = OffersAnswer(request_id(request), user_id, iso(view.clock),
-                        [_offer_out(o, infos, view.clock) for o in shown], issued)
+                        [_offer_out(o, infos, view.clock) for o in shown], issued,
+                        experiments=[ExperimentTag(a.experiment, a.variant)
+                                     for a in assignments])
+    await _expose(request, assignments, user_id, [i for o in shown for i in o.items])
     LATENCY.labels("offers").observe(time.perf_counter() - started)
     return json(body)
 
@@ -325,4 +356,139 @@ ROUTES = [
     Route("/openapi.json", openapi, methods=["GET"]),
     Route("/docs", docs, methods=["GET"]),
     Route("/v1/ping", static_ok, methods=["GET"]),
+]
+
+
+# ---------------------------------------------------------------- experiments (A/B)
+
+EXPOSURES = Counter("aisle_experiment_exposures_total", "exposure events logged", ["result"])
+
+
+async def _assign(state: Any, user_id: str, surface: str,
+                  segment: str | None = None) -> list[Assignment]:
+    async def segment_of() -> str:
+        return segment if segment is not None else (
+            await state.customers.view(user_id)).profile.segment
+
+    return await state.experiments.assign(user_id, surface, segment_of)  # type: ignore[no-any-return]
+
+
+_SENDING: set[asyncio.Task[None]] = set()
+
+
+async def _expose(request: Request, assignments: list[Assignment], user_id: str,
+                  items: list[str]) -> None:
+    """Log one exposure per experiment of this served answer. The send is handed to the
+    producer and not awaited: waiting for the broker's ack cost 12.6 ms per answer
+    (benchmarks/README.md), and the customer's next event, produced later on the same
+    partition, still comes after it. If the broker is away the customer still gets the
+    answer; the lost exposure is counted (``aisle_experiment_exposures_total{result=
+    "lost"}``) and logged. The producer flushes pending sends when the API stops."""
+    if not assignments:
+        return
+    state = _state(request)
+    events = state.experiments.exposures(assignments, user_id, request_id(request), items)
+    task = asyncio.create_task(_send_exposures(state, events))
+    _SENDING.add(task)
+    task.add_done_callback(_SENDING.discard)
+
+
+async def drain_exposures() -> None:
+    """Wait for exposure sends still in flight (the API is stopping)."""
+    if _SENDING:
+        await asyncio.gather(*list(_SENDING), return_exceptions=True)
+
+
+async def _send_exposures(state: Any, events: list[Any]) -> None:
+    try:
+        producer = await state.producer.get()
+        async with asyncio.timeout(10):
+            await producer.send_events(events)
+        EXPOSURES.labels("logged").inc(len(events))
+    except (BrokerUnavailable, KafkaError, TimeoutError) as exc:
+        EXPOSURES.labels("lost").inc(len(events))
+        log.warning("exposures not logged: %r", exc)
+
+
+async def _admin_body(request: Request) -> bytes:
+    require_admin(request)
+    if "json" not in request.headers.get("content-type", "application/json"):
+        raise UnsupportedMediaType("send the experiment as application/json")
+    return await _read_body(request, 100_000)
+
+
+def _xid(request: Request) -> str:
+    value = request.path_params["experiment_id"]
+    if not re.match(r"^[a-z0-9][a-z0-9_-]{0,39}$", value):
+        raise InvalidInput("experiment_id must be 1-40 characters of a-z 0-9 _ -")
+    return str(value)
+
+
+async def _record(request: Request, event: Any) -> Response:
+    producer = await _state(request).producer.get()
+    try:
+        async with asyncio.timeout(5):
+            await producer.send_events([event])
+    except (KafkaError, TimeoutError) as exc:
+        raise BrokerUnavailable(f"experiment change not recorded: {exc!r}") from None
+    return json(Accepted(request_id(request), 1, [event.event_id]), 202)
+
+
+async def create_experiment(request: Request) -> Response:
+    """Validate a definition and record it as ``experiment.created``; the workers fold it
+    and every API replica serves it within ``cache_ttl_s`` after that."""
+    body = await _admin_body(request)
+    try:
+        spec = msgspec.json.decode(body, type=ExperimentSpec)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise InvalidInput(str(exc)) from None
+    registry = _state(request).experiments
+    await registry.check_new(spec)
+    return await _record(request, ExperimentCreated(
+        event_id=new_event_id("c", spec.id), occurred_at=datetime.now(UTC), payload=spec,
+        source="aisle.admin"))
+
+
+async def update_experiment(request: Request) -> Response:
+    """Change fields of a running experiment (weights, params, targeting, end, metrics).
+    Existing customers keep their buckets: see models/assignment.py for who moves."""
+    body = await _admin_body(request)
+    xid = _xid(request)
+    try:
+        change = msgspec.json.decode(body, type=dict[str, Any])
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise InvalidInput(f"send a JSON object of the fields to change: {exc}") from None
+    spec = await _state(request).experiments.merged_update(xid, change)
+    return await _record(request, ExperimentUpdated(
+        event_id=new_event_id("u", xid), occurred_at=datetime.now(UTC), payload=spec,
+        source="aisle.admin"))
+
+
+async def stop_experiment(request: Request) -> Response:
+    require_admin(request)
+    xid = _xid(request)
+    await _state(request).experiments.require(xid)
+    return await _record(request, ExperimentStopped(
+        event_id=new_event_id("s", xid), occurred_at=datetime.now(UTC),
+        payload=ExperimentRef(experiment_id=xid), source="aisle.admin"))
+
+
+async def list_experiments(request: Request) -> Response:
+    defs = await _state(request).experiments.definitions()
+    now = time.time()
+    return json({"experiments": [d.summary(now) for _, d in sorted(defs.items())]})
+
+
+async def experiment_results(request: Request) -> Response:
+    xid = _xid(request)
+    with_series = request.query_params.get("series", "false").lower() in ("1", "true", "yes")
+    return json(await _state(request).experiments.results(xid, with_series))
+
+
+ROUTES += [
+    Route("/v1/admin/experiments", create_experiment, methods=["POST"]),
+    Route("/v1/admin/experiments/{experiment_id}", update_experiment, methods=["PATCH"]),
+    Route("/v1/admin/experiments/{experiment_id}/stop", stop_experiment, methods=["POST"]),
+    Route("/v1/experiments", list_experiments, methods=["GET"]),
+    Route("/v1/experiments/{experiment_id}/results", experiment_results, methods=["GET"]),
 ]

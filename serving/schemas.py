@@ -5,6 +5,13 @@ from __future__ import annotations
 import msgspec
 
 
+class ExperimentTag(msgspec.Struct):
+    """The experiment and variant an answer was served under."""
+
+    id: str
+    variant: str
+
+
 class RecommendedItem(msgspec.Struct, omit_defaults=True):
     item_id: str
     score: float
@@ -22,6 +29,7 @@ class ItemsAnswer(msgspec.Struct):
     items: list[RecommendedItem]
     item_id: str | None = None
     user_id: str | None = None
+    experiments: list[ExperimentTag] = []
 
 
 class Accepted(msgspec.Struct):
@@ -69,6 +77,7 @@ class OffersAnswer(msgspec.Struct):
     offers: list[OfferOut]
     issued: str | None = None
     degraded: bool = False
+    experiments: list[ExperimentTag] = []
 
 
 class RFMOut(msgspec.Struct):

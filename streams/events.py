@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from typing import Annotated, Any, ClassVar, Final, TypeAlias
+from typing import Annotated, Any, ClassVar, Final, Literal, TypeAlias
 
 import msgspec
 from msgspec import Meta
@@ -254,11 +254,133 @@ class LifecycleChanged(Event, tag="lifecycle.changed"):
     payload: LifecycleChange
 
 
+# ---------------------------------------------------------------- experiments (A/B)
+
+# Every definition event is keyed by this one routing key, so all definitions live in one
+# shard (one slot) and stay in order on one partition.
+EXPERIMENTS_KEY: Final = "aisle.experiments"
+SURFACES: Final = ("related", "recommendations", "offers", "push")
+METRICS: Final = ("ctr", "conversion", "revenue_per_user", "aov")
+# Variant parameters the engine understands; anything else is a typo, rejected.
+VARIANT_PARAMS: Final = {
+    "blend_als": float, "blend_copurchase": float, "blend_coview": float,
+    "blend_session": float,  # related/recommendations blend weights (settings.serving)
+    "discount_scale": float,  # offers: every rule's discount × this (policy version tagged)
+    "offers_off": bool,  # offers: a holdout that gets no new offers
+}
+BUCKETS: Final = 10_000
+XId = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$",
+                          description="1-40 chars of a-z 0-9 _ -, starting with a letter or digit")]
+Surface = Literal["related", "recommendations", "offers", "push"]
+Metric = Literal["ctr", "conversion", "revenue_per_user", "aov"]
+ParamValue = float | bool
+
+
+class Variant(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    name: XId
+    weight: Annotated[float, Meta(gt=0, le=1_000_000)]
+    params: Annotated[dict[str, ParamValue], Meta(max_length=20)] = {}
+
+
+class Guardrail(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    metric: Metric
+    # Violated when the metric is, with 95% confidence, down by more than this.
+    max_drop_pct: Annotated[float, Meta(ge=0, le=100)] = 5.0
+
+
+class ExperimentSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """An experiment definition. ``layer_range`` is the slice of the layer's buckets this
+    experiment owns: experiments of one layer must not overlap (the admin API checks)."""
+
+    id: XId
+    surfaces: Annotated[list[Surface], Meta(min_length=1, max_length=4)]
+    variants: Annotated[list[Variant], Meta(min_length=2, max_length=10)]
+    layer: XId = "default"
+    layer_range: tuple[Annotated[int, Meta(ge=0, le=BUCKETS)],
+                       Annotated[int, Meta(ge=0, le=BUCKETS)]] = (0, BUCKETS)
+    control: XId | None = None  # default: the first variant
+    salt: Short | None = None  # default: the id
+    segments: Annotated[list[Short], Meta(max_length=20)] = []  # targeting; [] = everyone
+    starts_at: When | None = None
+    ends_at: When | None = None
+    primary_metric: Metric = "conversion"
+    guardrails: Annotated[list[Guardrail], Meta(max_length=10)] = []
+    description: Text | None = None
+
+    def __post_init__(self) -> None:
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names must be unique, got {names}")
+        if self.control is not None and self.control not in names:
+            raise ValueError(f"control {self.control!r} is not one of the variants {names}")
+        lo, hi = self.layer_range
+        if lo >= hi:
+            raise ValueError(f"layer_range must be [lo, hi) with lo < hi, got {[lo, hi]}")
+        if self.starts_at and self.ends_at and self.ends_at <= self.starts_at:
+            raise ValueError("ends_at must be after starts_at")
+        for v in self.variants:
+            for name, value in v.params.items():
+                kind = VARIANT_PARAMS.get(name)
+                if kind is None:
+                    raise ValueError(f"variant {v.name}: unknown parameter {name!r}; known: "
+                                     f"{', '.join(sorted(VARIANT_PARAMS))}")
+                if (kind is bool) != isinstance(value, bool) or (
+                        kind is float and not 0 <= value <= 100):
+                    raise ValueError(f"variant {v.name}: {name} must be "
+                                     f"{'true/false' if kind is bool else 'a number 0-100'}")
+
+    @property
+    def control_name(self) -> str:
+        return self.control or self.variants[0].name
+
+
+class ExperimentRef(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    experiment_id: XId
+
+
+class Exposure(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    request_id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:\-]{1,64}$")]
+    experiment: XId
+    variant: XId
+    surface: Surface
+    items: Annotated[list[Id], Meta(max_length=100)] = []
+
+
+class _ExperimentEvent(Event, kw_only=True, frozen=True):
+    needs_user: ClassVar[bool] = False
+
+    @property
+    def routing_key(self) -> str:
+        return EXPERIMENTS_KEY
+
+
+class ExperimentCreated(_ExperimentEvent, tag="experiment.created"):
+    payload: ExperimentSpec
+
+
+class ExperimentUpdated(_ExperimentEvent, tag="experiment.updated"):
+    """The whole new definition (the admin API merges the change into the old one)."""
+
+    payload: ExperimentSpec
+
+
+class ExperimentStopped(_ExperimentEvent, tag="experiment.stopped"):
+    payload: ExperimentRef
+
+
+class ExperimentExposed(Event, tag="experiment.exposed"):
+    """An answer was served under an experiment (the API writes one per answer and
+    experiment; ``event_id`` is derived from the request id, so a retry is a duplicate)."""
+
+    payload: Exposure
+
+
 AnyEvent: TypeAlias = (
     ProductViewed | CartItemAdded | CartItemRemoved | ProductFavorited | OrderPlaced
     | OrderCancelled | ReviewSubmitted | ComplaintFiled | PreferenceStated
     | CatalogItemUpserted | CatalogItemRemoved | UserErased
     | OfferIssued | OfferRedeemed | OfferExpired | LifecycleChanged
+    | ExperimentCreated | ExperimentUpdated | ExperimentStopped | ExperimentExposed
 )
 EVENT_TYPES: Final = {cls.__struct_config__.tag: cls for cls in AnyEvent.__args__}  # type: ignore[attr-defined]
 CATALOG_TYPES: Final = frozenset({"catalog.item_upserted", "catalog.item_removed"})
