@@ -131,8 +131,11 @@
     var w = 420, rowH = 26, left = 90, right = 56, h = variants.length * rowH + 24;
     var rows = variants.map(function (v) {
       var conv = v.conversion || 0;
-      return {name: v.variant, conv: conv,
-              ci: wilson(Math.round(conv * (v.users || 0)), v.users || 0)};
+      // The results API's own interval when it has one; Wilson's from the counts if not.
+      var own = v.ci95 && v.ci95.conversion;
+      var ci = own && own[0] != null && own[1] != null ? [Math.max(0, own[0]), own[1]]
+        : wilson(Math.round(conv * (v.users || 0)), v.users || 0);
+      return {name: v.variant, conv: conv, ci: ci};
     });
     var top = Math.max.apply(null, rows.map(function (r) { return r.ci[1]; }).concat([0.01]));
     var x = function (p) { return left + p / top * (w - left - right); };
@@ -175,8 +178,9 @@
                 fmt((v.conversion || 0) * 100, 2) + "%", fmt(v.revenue_per_user, 2),
                 ci ? "[" + fmt(ci[0] * 100) + "%, " + fmt(ci[1] * 100) + "%]" : "—"];
       }));
-    if (results.srm && results.srm.mismatch) {
-      card.appendChild(el("p", {"class": "bad"}, "sample ratio mismatch: check the assignment"));
+    if (results.srm && results.srm.ok === false) {
+      card.appendChild(el("p", {"class": "bad"}, results.srm.warning ||
+                          "sample ratio mismatch: check the assignment"));
     }
     box.appendChild(card);
   }

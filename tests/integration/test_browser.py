@@ -34,7 +34,7 @@ from models.train import train_once
 from streams.lag import wait_caught_up
 from streams.topics import EventProducer
 from tests.conftest import ONLINE_RETAIL
-from tests.integration.conftest import isolated_settings
+from tests.integration.conftest import ADMIN_KEY, isolated_settings
 from tests.integration.util import eventually, uid
 
 pytestmark = pytest.mark.integration
@@ -306,35 +306,44 @@ def test_ops_page_shows_the_pipeline(page: Any, stack: Stack) -> None:
     page.screenshot(path=str(ARTIFACTS / "ops.png"), full_page=True)
 
 
-EXPERIMENT_RESULTS = {"variants": [
-    {"variant": "control", "users": 400, "exposures": 1200, "ctr": 0.05, "conversion": 0.10,
-     "revenue_per_user": 3.2, "aov": 32.0, "lift": None},
-    {"variant": "blend-b", "users": 410, "exposures": 1230, "ctr": 0.06, "conversion": 0.13,
-     "revenue_per_user": 4.1, "aov": 31.5, "lift": {"ci95": [0.01, 0.55]}}],
-    "srm": {"p_value": 0.75, "mismatch": False}}
+def test_ops_page_charts_a_running_experiment(page: Any, stack: Stack) -> None:
+    """A real experiment (admin API → worker → exposures → results) on the ops page."""
+    xid = uid("ops-x")
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    spec = {"id": xid, "surfaces": ["recommendations"], "layer": uid("layer"),
+            "variants": [{"name": "control", "weight": 1},
+                         {"name": "no-als", "weight": 1, "params": {"blend_als": 0}}]}
+    api = httpx.Client(base_url=stack.api_url or "", timeout=10)
+    assert api.post("/v1/admin/experiments", json=spec, headers=admin).status_code == 202
+    eventually(lambda: any(e["id"] == xid for e in api.get("/v1/experiments").json()
+                           ["experiments"]))
+    users = [uid("ops") for _ in range(40)]
 
+    def served() -> bool:  # the API caches definitions for a moment after the worker folds
+        body = api.get(f"/v1/users/{users[0]}/recommendations").json()
+        return any(x["id"] == xid for x in body["experiments"])
 
-def test_ops_page_charts_an_experiment(page: Any, stack: Stack) -> None:
-    # The experiments API comes from another branch (issue 5); this pins the page to the
-    # agreed answer shapes until the two are merged.
-    page.route("**/v1/experiments", lambda r: r.fulfill(json={"experiments": [
-        {"id": "blend-test", "status": "running",
-         "variants": [{"name": "control", "weight": 0.5}, {"name": "blend-b", "weight": 0.5}]},
-        {"id": "old-test", "status": "stopped", "variants": []}]}))
-    page.route("**/v1/experiments/blend-test/results",
-               lambda r: r.fulfill(json=EXPERIMENT_RESULTS))
+    eventually(served)
+    for user in users[1:]:
+        assert api.get(f"/v1/users/{user}/recommendations").status_code == 200
+
+    def exposed() -> dict[str, Any] | None:
+        doc = api.get(f"/v1/experiments/{xid}/results").json()
+        return doc if sum(v["exposures"] for v in doc["variants"]) >= len(users) else None
+
+    doc = eventually(exposed)
     page.goto(f"{stack.api_url}/ops")
-    card = page.locator("article.experiment[data-experiment-id='blend-test']")
+    card = page.locator(f"article.experiment[data-experiment-id='{xid}']")
     card.wait_for()
-    assert page.locator("article.experiment").count() == 1, "stopped ones are not shown"
     chart = card.locator("svg.chart")
-    assert chart.locator("rect.bar").count() == 2
+    assert chart.locator("rect.bar").count() == len(doc["variants"]) == 2
     assert chart.locator("line.whisker").count() == 6  # a bar and two caps per variant
-    widths = chart.locator("rect.bar").evaluate_all("rs => rs.map(r => +r.getAttribute('width'))")
-    assert widths[1] > widths[0]  # 13% converts more than 10%
-    text = card.inner_text()
-    assert "13.00%" in text and "[1.0%, 55.0%]" in text
+    rows = card.locator("table tbody tr").all_inner_texts()
+    for variant in doc["variants"]:
+        row = next(r for r in rows if r.split("\t")[0] == variant["variant"])
+        assert row.split("\t")[2] == str(variant["exposures"]), (row, variant)
     card.screenshot(path=str(ARTIFACTS / "ops-experiment.png"))
+    api.close()
 
 
 def test_slots_collapse_when_the_api_hangs_or_stops(page: Any, shop: Shop,
