@@ -46,6 +46,10 @@ USER_SUFFIXES: Final = (
     "ostate",    # hash offer_id -> redeemed | expired (first terminal state wins)
     "life",      # list of JSON [stage, ts], newest first (lifecycle transitions)
     "vec",       # string: model version + float32 fold-in vector (derived, not dumped)
+    "consent",   # hash ts, push (1/0), tz: what the customer agreed to (consent.updated)
+    "pushlog",   # zset "<candidate_id>|<reason>" -> ts pushed (frequency caps), newest 100
+    "pushkeys",  # hash dedupe key -> ts last pushed
+    "pushitems",  # hash item -> ts last pushed (the fatigue ledger the website reads)
 )
 DERIVED_USER_SUFFIXES: Final = frozenset({"vec"})
 
@@ -111,6 +115,23 @@ class Keys:
 
     def co_prefix(self, kind: str, shard: int) -> str:
         return f"{self.tag(shard)}:co:{kind}:"
+
+    # -- push notifications, per shard (docs/push.md)
+    def push_due(self, shard: int) -> str:
+        """zset "<user>|<reason>|<ref>" -> due time (log clock): triggers waiting to fire."""
+        return f"{self.tag(shard)}:push:due"
+
+    def push_lease(self, shard: int) -> str:
+        """zset trigger -> wall-clock lease expiry of the worker that claimed it."""
+        return f"{self.tag(shard)}:push:lease"
+
+    def push_sent(self, shard: int) -> str:
+        """hash candidate id -> wall time Kafka acked it, until its decision is folded."""
+        return f"{self.tag(shard)}:push:sent"
+
+    def push_stats(self, shard: int) -> str:
+        """hash "<outcome>:<rule>" -> count of decisions (emitted by reason, dropped by rule)."""
+        return f"{self.tag(shard)}:push:stats"
 
     # -- outside the shards
     def model_tag(self) -> str:

@@ -182,3 +182,8 @@ class MemoryStore:
     def _op_del(self, o: Op) -> None:
         for key in o[1:]:
             self.data.pop(key, None)
+
+    def _op_zremle(self, o: Op) -> None:
+        z = self._zset(o[1])
+        if o[2] in z and z[o[2]] <= float(o[3]):
+            del z[o[2]]

@@ -23,6 +23,7 @@ from feature_store.keys import Keys
 from feature_store.redis_store import RedisStore
 from feature_store.updates import Folder
 from models.online import ModelHolder, UserVectorUpdater
+from push.drain import PushDrainer
 from streams.pipeline import BatchProcessor, Record
 from streams.timers import refresh_population, retrain_if_due
 from streams.topics import EventProducer, ensure_topics
@@ -58,7 +59,7 @@ class WorkerContext:
         await producer.__aenter__()
         vectors = UserVectorUpdater(client, keys, self.holder, s.model.half_life_d * 86400)
         return BatchProcessor(RedisStore(client, keys, s.features.dedupe_window_s),
-                              Folder(keys, s.features, s.model), producer, vectors)
+                              Folder(keys, s.features, s.model, s.push), producer, vectors)
 
     async def close(self) -> None:
         if self.holder is not None:
@@ -135,6 +136,22 @@ def build_app(settings: Settings) -> faust.App:
                 await refresh_population(settings, processor.store.client, processor.producer)
             except Exception:  # stale stats are better than a stopped worker
                 log.exception("population refresh failed; keeping the previous stats")
+
+    if settings.push.drain_interval_s > 0:
+        drainer: list[PushDrainer] = []
+
+        @app.timer(settings.push.drain_interval_s)
+        async def drain_push() -> None:
+            processor = await ctx.get()
+            if not drainer and processor.producer is not None:
+                drainer.append(PushDrainer(settings, processor.store.client, processor.producer))
+            try:
+                result = await drainer[0].drain()
+            except (RedisError, OSError, KafkaError) as exc:  # claimed triggers come back
+                log.warning("push drain failed (%r); leases expire, the next pass retries", exc)
+                return
+            if result.claimed:
+                log.info("push drain: %s", result)
 
     if w.retrain_interval_s > 0:
         @app.timer(w.retrain_interval_s)

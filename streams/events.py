@@ -12,9 +12,11 @@ not decode is a :class:`DecodeError` with a reason and goes to the dead-letter t
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import datetime
-from typing import Annotated, Any, ClassVar, Final, TypeAlias
+from typing import Annotated, Any, ClassVar, Final, Literal, TypeAlias
+from zoneinfo import available_timezones
 
 import msgspec
 from msgspec import Meta
@@ -254,11 +256,66 @@ class LifecycleChanged(Event, tag="lifecycle.changed"):
     payload: LifecycleChange
 
 
+# ---------------------------------------------------------------- push notifications
+
+@functools.cache
+def _zones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+def _valid_zone(name: str) -> None:
+    # The IANA list, not ZoneInfo(name): that would open any path-like name as a file.
+    if name not in _zones():
+        raise ValueError(f"unknown time zone {name!r} (want an IANA name, e.g. Europe/London)")
+
+
+class Consent(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """What the customer agreed to; fields left out keep their previous value."""
+
+    # Push messages allowed (opt-in) or not (opt-out).
+    push: bool | None = None
+    # IANA time zone for quiet hours, e.g. "Europe/London"; None keeps the known one.
+    timezone: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
+
+    def __post_init__(self) -> None:
+        if self.timezone is not None:
+            _valid_zone(self.timezone)
+
+
+class PushDecision(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """What the push drain decided about one due trigger (see push/drain.py)."""
+
+    # The trigger as scheduled: "<reason>|<ref>" (the user is the envelope's user_id).
+    trigger: Annotated[str, Meta(min_length=1, max_length=300)]
+    # Its due time as stored (Unix seconds): the fold removes the trigger only if it was
+    # not rescheduled since (a later cart add moves the abandonment check).
+    due_ts: float
+    outcome: Literal["emitted", "held", "dropped"]
+    # emitted: the reason; held: why; dropped: the rule that suppressed it.
+    rule: Short
+    candidate_id: Id | None = None
+    dedupe_key: Short | None = None
+    items: Annotated[list[Id], Meta(max_length=50)] = []
+    hold_until_ts: float | None = None
+
+
+class ConsentUpdated(Event, tag="consent.updated"):
+    payload: Consent
+
+
+class PushDecided(Event, tag="push.decided"):
+    """Aisle's push drain decided a trigger (the worker writes it; replay restores the
+    fatigue ledger and the schedule from it)."""
+
+    payload: PushDecision
+
+
 AnyEvent: TypeAlias = (
     ProductViewed | CartItemAdded | CartItemRemoved | ProductFavorited | OrderPlaced
     | OrderCancelled | ReviewSubmitted | ComplaintFiled | PreferenceStated
     | CatalogItemUpserted | CatalogItemRemoved | UserErased
     | OfferIssued | OfferRedeemed | OfferExpired | LifecycleChanged
+    | ConsentUpdated | PushDecided
 )
 EVENT_TYPES: Final = {cls.__struct_config__.tag: cls for cls in AnyEvent.__args__}  # type: ignore[attr-defined]
 CATALOG_TYPES: Final = frozenset({"catalog.item_upserted", "catalog.item_removed"})

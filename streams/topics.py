@@ -39,8 +39,8 @@ async def ensure_topics(settings: Settings) -> None:
     try:
         existing = set(await admin.list_topics())
         t = settings.topics
-        wanted = [NewTopic(name, t.partitions, 1) for name in (t.events, t.catalog, t.deadletter)
-                  if name not in existing]
+        names = (t.events, t.catalog, t.deadletter, t.push)
+        wanted = [NewTopic(name, t.partitions, 1) for name in names if name not in existing]
         if wanted:
             with contextlib.suppress(TopicAlreadyExistsError):  # a concurrent creator won
                 await admin.create_topics(wanted)

@@ -30,6 +30,9 @@ def isolated_settings(servers: dict[str, str], data_dir: Path, **worker: object)
         features={"key_prefix": f"k{tag}", "shards": 4},
         model={"factors": 16, "iterations": 8},
         serving={"port": 0, "admin_api_key": ADMIN_KEY, "cors_origins": ["https://shop.example"]},
+        # Off unless a test turns it on (test_push.py): a drain writes push.decided events
+        # on its own schedule, which would race the "caught up, now compare" checks.
+        push={"drain_interval_s": 0},
     )
 
 
