@@ -118,6 +118,12 @@ class PushSettings(BaseModel):
     # "Your offer ends soon": this long before the offer expires.
     offer_expiry_lead_s: float = Field(6 * 3600.0, gt=0)
     winback_stages: list[str] = ["at_risk", "churned"]
+    # Price drop / back in stock: who watches an item (viewed, favourited, carted it within
+    # the window; the newest per shard), how large a drop counts, how long the news lasts.
+    watch_window_s: float = Field(30 * 86400.0, gt=0)
+    watchers_max: int = Field(500, ge=1)
+    price_drop_min_pct: float = Field(5.0, gt=0, lt=100)
+    item_change_ttl_s: float = Field(48 * 3600.0, gt=0)
     # Customers who never sent consent.updated: may they get pushes? (app permission given)
     default_opt_in: bool = True
     default_timezone: str = "Europe/London"

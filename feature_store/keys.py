@@ -133,6 +133,13 @@ class Keys:
         """hash "<outcome>:<rule>" -> count of decisions (emitted by reason, dropped by rule)."""
         return f"{self.tag(shard)}:push:stats"
 
+    def push_watch(self, shard: int, item_id: str) -> str:
+        """zset customer -> last interest time: who in this shard watches the item."""
+        return f"{self.tag(shard)}:push:watch:{item_id}"
+
+    def push_watch_prefix(self, shard: int) -> str:
+        return f"{self.tag(shard)}:push:watch:"
+
     # -- outside the shards
     def model_tag(self) -> str:
         return f"{{{self.prefix}:m}}"

@@ -187,3 +187,7 @@ class MemoryStore:
         z = self._zset(o[1])
         if o[2] in z and z[o[2]] <= float(o[3]):
             del z[o[2]]
+
+    def _op_unwatch(self, o: Op) -> None:
+        for item in list(self.data.get(o[1], {})):
+            self.data.get(o[2] + item, {}).pop(o[3], None)

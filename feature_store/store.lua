@@ -110,6 +110,11 @@ OPS.zremle = function(o)
   local old = num(redis.call('ZSCORE', o[2], o[3]), nil)
   if old and old <= o[4] then redis.call('ZREM', o[2], o[3]) end
 end
+OPS.unwatch = function(o)
+  for _, item in ipairs(redis.call('ZRANGE', o[2], 0, -1)) do
+    redis.call('ZREM', o[3] .. item, o[4])
+  end
+end
 OPS.del = function(o)
   for i = 2, #o do redis.call('DEL', o[i]) end
 end

@@ -29,6 +29,8 @@ Opcodes
 ``del k...``           delete keys
 ``zremle k m score``   remove the member if its score is <= score (a push trigger that
                        was not rescheduled since it was decided)
+``unwatch k_ia prefix m`` remove m from ``prefix + item`` for every item of zset k_ia
+                       (an erased customer leaves every watchers index)
 """
 
 from __future__ import annotations
@@ -89,7 +91,8 @@ class Folder:
         event depends on the event alone, so replaying the log rebuilds the same state
         whatever order the two topics interleave in."""
         ops = self._fold(event)
-        if event.user_id is not None and not isinstance(event, ev.UserErased | ev.PushDecided):
+        if event.user_id is not None and not isinstance(
+                event, ev.UserErased | ev.PushDecided | ev.PushItemChanged):
             rfm = self._u(event, "rfm")
             ops += [["hmin", rfm, "first_seen", event.ts], ["hmax", rfm, "last_seen", event.ts],
                     ["hinc", self._u(event, "src"), event.source, 1]]
@@ -118,7 +121,9 @@ class Folder:
                 return [["hnewer", key, event.ts, "removed", 1]]
             case ev.UserErased():
                 uid = _uid(event)
-                return [["del", *self.keys.user_keys(uid)],
+                watch = self.keys.push_watch_prefix(self.shard(event))
+                return [["unwatch", self._u(event, "ia"), watch, uid],
+                        ["del", *self.keys.user_keys(uid)],
                         ["srem", self.keys.users(self.shard(event)), uid]]
             case ev.OfferIssued():
                 p = event.payload
@@ -141,6 +146,9 @@ class Folder:
                 return self._consent(event)
             case ev.PushDecided():
                 return self._push_decided(event)
+            case ev.PushItemChanged():
+                p = event.payload
+                return [self._schedule(event, f"{p.change}|{p.item_id}", event.ts)]
         raise TypeError(f"no fold for {type(event).__name__}")  # pragma: no cover
 
     # ------------------------------------------------------------ helpers
@@ -170,6 +178,8 @@ class Folder:
         ops: list[Op] = [["sadd", self.keys.users(shard), _uid(event)],
                          self._ia(event, item, weight), self._trend(shard, item, weight, ts)]
         ops += self._affinity(event, event.payload.category, weight)
+        watch = self.keys.push_watch(shard, item)  # price drop / back in stock
+        ops += [["zmax", watch, _uid(event), ts], ["ztrim", watch, self.push.watchers_max]]
         if isinstance(event, ev.ProductViewed):
             views = self._u(event, "views")
             ops += [["zmax", views, item, ts], ["ztrim", views, self.features.recent_views_max]]

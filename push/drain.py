@@ -34,11 +34,12 @@ import redis.asyncio as aioredis
 
 from aisle.settings import Settings
 from feature_store.keys import Keys
-from feature_store.reader import FeatureReader
+from feature_store.reader import FeatureReader, ItemInfo
 from push.candidate import (
     Candidate,
     CandidateItem,
     CandidateOffer,
+    Reason,
     build_candidate,
     candidate_id,
     encode_candidate,
@@ -71,6 +72,7 @@ class CustomerPush:
     offers: dict[str, dict[str, Any]]
     offer_states: dict[str, str]
     favorites: tuple[str, ...]
+    bought: frozenset[str]
 
 
 class PushDrainer:
@@ -127,14 +129,15 @@ class PushDrainer:
     async def _decide_user(self, user: str, triggers: Sequence[Trigger], clock: float,
                            ) -> list[Verdict]:
         state = await self._read(user)
-        infos = await self.reader.items(list({*state.cart, *state.favorites,
+        watched = [t.ref for t in triggers if t.reason in ("price_drop", "back_in_stock")]
+        infos = await self.reader.items(list({*state.cart, *state.favorites, *watched,
                                               *(i for o in state.offers.values()
                                                 for i in o.get("items", []))}))
         # Unknown to the catalog: sent without title and price; removed or sold out: never.
         items: dict[str, CandidateItem | None] = {
             i: CandidateItem(i, info.title, info.price, info.currency) if info.available
             else None for i, info in infos.items()}
-        drafts = [self._draft(t, state, items, clock) for t in triggers]
+        drafts = [self._draft(t, state, items, clock, infos) for t in triggers]
         return decide(drafts, state.fatigue, clock, self.s)
 
     async def _read(self, user: str) -> CustomerPush:
@@ -148,7 +151,8 @@ class PushDrainer:
         pipe.hgetall(k("offers"))
         pipe.hgetall(k("ostate"))
         pipe.zrange(k("fav"), 0, 9, desc=True)
-        rfm, consent, pushlog, pushkeys, cart, offers, ostate, fav = await pipe.execute()
+        pipe.hkeys(k("bought"))
+        rfm, consent, pushlog, pushkeys, cart, offers, ostate, fav, bought = await pipe.execute()
         consent = {_s(a): _s(b) for a, b in consent.items()}
         opted = consent.get("push")
         fatigue = Fatigue(
@@ -162,17 +166,19 @@ class PushDrainer:
             last_order_ts=float(last) if last is not None else None,
             offers={_s(a): msgspec.json.decode(b) for a, b in offers.items()},
             offer_states={_s(a): _s(b) for a, b in ostate.items()},
-            favorites=tuple(_s(f) for f in fav))
+            favorites=tuple(_s(f) for f in fav), bought=frozenset(_s(b) for b in bought))
 
     # ------------------------------------------------------------ drafts, by reason
     def _draft(self, t: Trigger, st: CustomerPush, items: dict[str, CandidateItem | None],
-               clock: float) -> Draft:
+               clock: float, infos: dict[str, ItemInfo]) -> Draft:
         if t.reason == "cart_abandon":
             return self._cart_draft(t, st, items)
         if t.reason == "offer_expiring":
             return self._offer_draft(t, st, items, clock)
         if t.reason == "winback":
             return self._winback_draft(t, st, items, clock)
+        if t.reason in ("price_drop", "back_in_stock"):
+            return self._item_draft(t, st, items, infos)
         return Draft(t, "winback", drop="unknown_reason")
 
     def _cart_draft(self, t: Trigger, st: CustomerPush, items: dict[str, CandidateItem | None],
@@ -225,6 +231,19 @@ class PushDrainer:
                      dedupe_key=f"winback:{t.ref}:{int(t.due_ts)}",
                      variables={"stage": t.ref, "count": str(len(shown)),
                                 "first_title": shown[0].title or "" if shown else ""})
+
+    def _item_draft(self, t: Trigger, st: CustomerPush, items: dict[str, CandidateItem | None],
+                    infos: dict[str, ItemInfo]) -> Draft:
+        reason: Reason = "price_drop" if t.reason == "price_drop" else "back_in_stock"
+        expires = t.due_ts + self.s.item_change_ttl_s
+        item, info = items.get(t.ref), infos.get(t.ref)
+        if item is None or info is None:  # removed, sold out again, or never in the catalog
+            return Draft(t, reason, expires_ts=expires, drop="unavailable")
+        if t.ref in st.bought and (st.last_order_ts or 0.0) >= t.due_ts - self.s.watch_window_s:
+            return Draft(t, reason, expires_ts=expires, drop="purchased")
+        return Draft(t, reason, (item,), None, expires, dedupe_key=f"{reason}:{t.ref}",
+                     variables={"title": info.title, "price": f"{info.price:.2f}",
+                                "currency": info.currency})
 
     # ------------------------------------------------------------ sending
     def _candidate(self, v: Verdict, user: str, clock: float) -> Candidate:

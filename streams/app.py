@@ -24,6 +24,7 @@ from feature_store.redis_store import RedisStore
 from feature_store.updates import Folder
 from models.online import ModelHolder, UserVectorUpdater
 from push.drain import PushDrainer
+from push.watch import ItemWatchers
 from streams.pipeline import BatchProcessor, Record
 from streams.timers import refresh_population, retrain_if_due
 from streams.topics import EventProducer, ensure_topics
@@ -58,8 +59,10 @@ class WorkerContext:
         producer = self._producer = EventProducer(s)
         await producer.__aenter__()
         vectors = UserVectorUpdater(client, keys, self.holder, s.model.half_life_d * 86400)
+        watchers = ItemWatchers(client, keys, s.push) if s.push.drain_interval_s > 0 else None
         return BatchProcessor(RedisStore(client, keys, s.features.dedupe_window_s),
-                              Folder(keys, s.features, s.model, s.push), producer, vectors)
+                              Folder(keys, s.features, s.model, s.push), producer, vectors,
+                              watchers=watchers)
 
     async def close(self) -> None:
         if self.holder is not None:

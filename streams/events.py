@@ -299,6 +299,17 @@ class PushDecision(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     hold_until_ts: float | None = None
 
 
+class ItemChange(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """An item this customer watched got cheaper or came back in stock."""
+
+    item_id: Id
+    change: Literal["price_drop", "back_in_stock"]
+    price: Price
+    previous_price: Price
+    # The catalog event that changed it (one change, one push trigger per watcher).
+    catalog_event_id: Id
+
+
 class ConsentUpdated(Event, tag="consent.updated"):
     payload: Consent
 
@@ -310,12 +321,19 @@ class PushDecided(Event, tag="push.decided"):
     payload: PushDecision
 
 
+class PushItemChanged(Event, tag="push.item_changed"):
+    """Written by the worker that applied a catalog change, once per watching customer,
+    so the trigger lands in the customer's own shard."""
+
+    payload: ItemChange
+
+
 AnyEvent: TypeAlias = (
     ProductViewed | CartItemAdded | CartItemRemoved | ProductFavorited | OrderPlaced
     | OrderCancelled | ReviewSubmitted | ComplaintFiled | PreferenceStated
     | CatalogItemUpserted | CatalogItemRemoved | UserErased
     | OfferIssued | OfferRedeemed | OfferExpired | LifecycleChanged
-    | ConsentUpdated | PushDecided
+    | ConsentUpdated | PushDecided | PushItemChanged
 )
 EVENT_TYPES: Final = {cls.__struct_config__.tag: cls for cls in AnyEvent.__args__}  # type: ignore[attr-defined]
 CATALOG_TYPES: Final = frozenset({"catalog.item_upserted", "catalog.item_removed"})

@@ -6,6 +6,8 @@ duplicates nothing; the schedule and fatigue ledger are rebuilt from the log."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,7 +19,7 @@ import redis
 from aiokafka import AIOKafkaConsumer
 
 from aisle.settings import PushSettings, Settings
-from aisle.stack import Stack
+from aisle.stack import Stack, aisle_argv, child_env
 from feature_store.keys import Keys
 from push.candidate import Candidate, decode_candidate
 from streams.events import decode_event
@@ -39,7 +41,7 @@ def stack(servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
     settings = isolated_settings(servers, tmp_path_factory.mktemp("push"), **QUICK)
     settings = settings.model_copy(update={"push": PushSettings(
         drain_interval_s=0.3, lease_s=3.0, claim_batch=25)})
-    s = Stack.start(settings, workers=1, api=False)
+    s = Stack.start(settings, workers=1, api=True)
     try:
         send(s.settings, [catalog("p1", "Red Kettle", price=25.0, stock=10),
                           catalog("p2", "Blue Mug", price=6.5, stock=10)])
@@ -251,6 +253,48 @@ def test_redeemed_offer_and_order_after_winback_are_not_pushed(
     assert not candidates(s, {user})
 
 
+def test_price_drop_and_restock_reach_the_watchers(stack: Stack, store: redis.Redis) -> None:
+    """Catalog changes live in the item's shard, watchers in theirs: each watcher of the
+    item gets its own trigger; a customer who was erased is no longer a watcher."""
+    s = stack.settings
+    t = DAY0 + timedelta(days=5)
+    viewer, fan, bystander, erased = uid("v"), uid("f"), uid("b"), uid("x")
+    k = Keys(s.features.key_prefix, s.features.shards)
+    send(s, [catalog("p3", "Green Teapot", minutes=0, price=40.0, stock=3),
+             catalog("p4", "Yellow Bowl", minutes=0, price=12.0, stock=0)])
+    send(s, [ev("product.viewed", viewer, t, {"item_id": "p3"}),
+             ev("product.favorited", fan, t, {"item_id": "p4"}),
+             ev("product.viewed", erased, t, {"item_id": "p3"}),
+             ev("product.viewed", bystander, t, {"item_id": "p2"}),
+             ev("user.erased", erased, t + timedelta(minutes=1), {})])
+    watching = lambda: {m.decode() for sh in range(k.shards)  # noqa: E731
+                        for m in store.zrange(k.push_watch(sh, "p3"), 0, -1)}
+    eventually(lambda: watching() == {viewer}, timeout=20)
+    send(s, [ev("catalog.item_upserted", None, t + timedelta(minutes=30),
+                {"item_id": "p3", "title": "Green Teapot", "price": 30.0, "stock": 3}),
+             ev("catalog.item_upserted", None, t + timedelta(minutes=30),
+                {"item_id": "p4", "title": "Yellow Bowl", "price": 12.0, "stock": 5})])
+    users = {viewer, fan, bystander, erased}
+    got = eventually(lambda: len(candidates(s, users)) == 2 and candidates(s, users),
+                     timeout=30)
+    by_user = {c.subject: c.data for c in got}
+    assert set(by_user) == {viewer, fan}
+    assert by_user[viewer].reason == "price_drop"
+    assert by_user[viewer].variables["price"] == "30.00"
+    assert [(i.item_id, i.price) for i in by_user[viewer].items] == [("p3", 30.0)]
+    assert by_user[fan].reason == "back_in_stock" and by_user[fan].items[0].item_id == "p4"
+
+
+def test_push_tail_prints_candidates(stack: Stack) -> None:
+    env = {**os.environ, **child_env(stack.settings)}
+    out = subprocess.run([*aisle_argv("push", "tail", "--from-beginning", "--json",
+                                      "--count", "2")],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    docs = [msgspec.json.decode(line) for line in out.stdout.splitlines()]
+    assert len(docs) == 2 and all(d["specversion"] == "1.0" for d in docs)
+
+
 # ------------------------------------------------------------------ crash, then rebuild
 
 def test_worker_killed_mid_drain_loses_and_duplicates_nothing(
@@ -275,6 +319,29 @@ def test_worker_killed_mid_drain_loses_and_duplicates_nothing(
     assert set(per_user) == users, f"{len(users - set(per_user))} customers got nothing"
     assert max(per_user.values()) == 1, [u for u, n in per_user.items() if n > 1][:5]
     assert halfway < len(users), "the kill came after the drain had finished"
+
+
+def test_an_item_just_pushed_is_not_the_top_web_recommendation(
+        stack: Stack, store: redis.Redis) -> None:
+    """p1 was carted by hundreds of customers: it tops everyone's popular list, except
+    for a customer it was pushed to today."""
+    import httpx
+
+    s = stack.settings
+    k = Keys(s.features.key_prefix, s.features.shards)
+    pushed = next(u for u in (m.decode().split("|")[0] for sh in range(k.shards)
+                              for m in store.zrange(k.push_watch(sh, "p1"), 0, -1))
+                  if store.hexists(k.user(u, "pushitems"), "p1"))
+    send(s, [ev("cart.item_removed", pushed, DAY0 + timedelta(days=6, minutes=62),
+                {"item_id": "p1"})])
+    with httpx.Client(base_url=stack.api_url or "", timeout=10) as api:
+        def top(user: str) -> list[str]:
+            body = api.get(f"/v1/users/{user}/recommendations?limit=5").json()
+            return [i["item_id"] for i in body["items"]]
+
+        assert top(uid("anyone"))[0] == "p1"
+        ranked = eventually(lambda: (r := top(pushed)) and "p1" in r and r, timeout=20)
+        assert ranked[0] != "p1"
 
 
 def test_schedule_and_fatigue_ledger_are_rebuilt_from_the_log(stack: Stack) -> None:
