@@ -191,3 +191,8 @@ class MemoryStore:
     def _op_unwatch(self, o: Op) -> None:
         for item in list(self.data.get(o[1], {})):
             self.data.get(o[2] + item, {}).pop(o[3], None)
+
+    def _op_zremprefix(self, o: Op) -> None:
+        z = self._zset(o[1])
+        for member in [m for m in z if m.startswith(o[2])]:
+            del z[member]

@@ -115,6 +115,12 @@ OPS.unwatch = function(o)
     redis.call('ZREM', o[3] .. item, o[4])
   end
 end
+OPS.zremprefix = function(o)
+  local n = #o[3]
+  for _, m in ipairs(redis.call('ZRANGE', o[2], 0, -1)) do
+    if string.sub(m, 1, n) == o[3] then redis.call('ZREM', o[2], m) end
+  end
+end
 OPS.del = function(o)
   for i = 2, #o do redis.call('DEL', o[i]) end
 end

@@ -31,6 +31,8 @@ Opcodes
                        was not rescheduled since it was decided)
 ``unwatch k_ia prefix m`` remove m from ``prefix + item`` for every item of zset k_ia
                        (an erased customer leaves every watchers index)
+``zremprefix k prefix`` remove every member that starts with prefix (an erased
+                       customer's push triggers; O(size of k), erasures are rare)
 """
 
 from __future__ import annotations
@@ -123,6 +125,7 @@ class Folder:
                 uid = _uid(event)
                 watch = self.keys.push_watch_prefix(self.shard(event))
                 return [["unwatch", self._u(event, "ia"), watch, uid],
+                        ["zremprefix", self.keys.push_due(self.shard(event)), f"{uid}|"],
                         ["del", *self.keys.user_keys(uid)],
                         ["srem", self.keys.users(self.shard(event)), uid]]
             case ev.OfferIssued():
