@@ -1,6 +1,7 @@
 """Push candidates on the Taobao slice: how many, for what, and what the rules hold back.
 
-Run from the repo root: ``python -m benchmarks.bench_push [--limit ROWS] [--window-min M]``.
+Run from the repo root: ``python -m benchmarks.bench_push [--limit ROWS] [--window-min M]
+[--delays-min 60 10]`` (one replay per cart-abandonment delay, side by side).
 Writes ``benchmarks/results/push.json`` and prints a table.
 
 The slice is lived through in event time: every ``--window-min`` minutes of data (15)
@@ -85,10 +86,11 @@ class Replay:
         self.apply_s += time.perf_counter() - started
 
 
-async def run(limit: int | None, window_s: float) -> dict[str, Any]:
+async def run(limit: int | None, window_s: float, delay_s: float) -> dict[str, Any]:
     log_dir = Path(tempfile.mkdtemp(prefix="bench-push-"))
     store_proc, url = start_store(log_dir)
-    push = PushSettings(default_timezone="Asia/Shanghai", claim_batch=2000)
+    push = PushSettings(default_timezone="Asia/Shanghai", claim_batch=2000,
+                        cart_abandon_delay_s=delay_s)
     settings = Settings(redis_url=url, kafka_url="kafka://unused:9092", push=push,
                         features={"key_prefix": f"bp{uuid.uuid4().hex[:6]}", "shards": 8})
     client = aioredis.Redis.from_url(url)
@@ -187,11 +189,22 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--limit", type=int, default=None, help="Taobao rows (default: all)")
     ap.add_argument("--window-min", type=float, default=15.0)
+    ap.add_argument("--delays-min", type=float, nargs="+", default=[60.0, 10.0],
+                    help="cart-abandonment delays to compare (one replay each)")
     args = ap.parse_args()
-    report = asyncio.run(run(args.limit, args.window_min * 60))
+    reports = []
+    for delay in args.delays_min:
+        report = asyncio.run(run(args.limit, args.window_min * 60, delay * 60))
+        print(f"\n--- cart abandonment after {delay:g} min")
+        _print(report)
+        reports.append(report)
     RESULTS.mkdir(exist_ok=True)
     name = "push.json" if args.limit is None else "push_quick.json"
-    (RESULTS / name).write_text(json.dumps(report, indent=1) + "\n")
+    (RESULTS / name).write_text(json.dumps({"runs": reports}, indent=1) + "\n")
+    print(f"written: {RESULTS / name}  ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)")
+
+
+def _print(report: dict[str, Any]) -> None:
     print(f"{report['events']:,} events over {report['data_hours']} h of data time; "
           f"{report['candidates']:,} candidates, {report['decided_triggers']:,} triggers decided")
     print(f"{'reason':<16}{'per hour':>10}{'peak hour':>11}")
@@ -205,7 +218,6 @@ def main() -> None:
     print(f"cost: applying the events {report['apply_s']} s "
           f"({report['apply_us_per_event']} µs/event) vs draining {report['drain_s']} s "
           f"({report['drain_ms_per_decision']} ms/decision, {report['drain_passes']} passes)")
-    print(f"written: {RESULTS / name}  ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)")
 
 
 if __name__ == "__main__":
