@@ -124,6 +124,14 @@ class PushSettings(BaseModel):
     watchers_max: int = Field(500, ge=1)
     price_drop_min_pct: float = Field(5.0, gt=0, lt=100)
     item_change_ttl_s: float = Field(48 * 3600.0, gt=0)
+    # The customer sweep (replenishment due, tier nudges) runs this often; 0: never.
+    sweep_interval_s: float = Field(300.0, ge=0)
+    # Remind this long before the predicted run-out; the reminder lives this long.
+    replenish_lead_s: float = Field(3 * 86400.0, ge=0)
+    replenish_ttl_s: float = Field(4 * 86400.0, gt=0)
+    # Nudge customers at most this far (shop currency) from the next member tier.
+    tier_gap_max: float = Field(40.0, gt=0)
+    tier_nudge_ttl_s: float = Field(48 * 3600.0, gt=0)
     # Customers who never sent consent.updated: may they get pushes? (app permission given)
     default_opt_in: bool = True
     default_timezone: str = "Europe/London"

@@ -129,6 +129,10 @@ class Keys:
         """hash candidate id -> wall time Kafka acked it, until its decision is folded."""
         return f"{self.tag(shard)}:push:sent"
 
+    def push_sending(self, shard: int) -> str:
+        """hash candidate id -> [partition, offset before sending, decision]: in flight."""
+        return f"{self.tag(shard)}:push:sending"
+
     def push_stats(self, shard: int) -> str:
         """hash "<outcome>:<rule>" -> count of decisions (emitted by reason, dropped by rule)."""
         return f"{self.tag(shard)}:push:stats"

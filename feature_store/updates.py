@@ -94,7 +94,7 @@ class Folder:
         whatever order the two topics interleave in."""
         ops = self._fold(event)
         if event.user_id is not None and not isinstance(
-                event, ev.UserErased | ev.PushDecided | ev.PushItemChanged):
+                event, ev.UserErased | ev.PushDecided | ev.PushItemChanged | ev.PushScheduled):
             rfm = self._u(event, "rfm")
             ops += [["hmin", rfm, "first_seen", event.ts], ["hmax", rfm, "last_seen", event.ts],
                     ["hinc", self._u(event, "src"), event.source, 1]]
@@ -149,6 +149,9 @@ class Folder:
                 return self._consent(event)
             case ev.PushDecided():
                 return self._push_decided(event)
+            case ev.PushScheduled():
+                p = event.payload
+                return [self._schedule(event, f"{p.reason}|{p.ref}", p.due_ts)]
             case ev.PushItemChanged():
                 p = event.payload
                 return [self._schedule(event, f"{p.change}|{p.item_id}", event.ts)]
@@ -307,7 +310,8 @@ class Folder:
                          ["zremle", self.keys.push_lease(shard), trigger, 1e300],
                          ["hinc", self.keys.push_stats(shard), f"{p.outcome}:{p.rule}", 1]]
         if p.candidate_id:
-            ops.append(["hdel", self.keys.push_sent(shard), p.candidate_id])
+            ops += [["hdel", self.keys.push_sent(shard), p.candidate_id],
+                    ["hdel", self.keys.push_sending(shard), p.candidate_id]]
         if p.outcome == "held" and p.hold_until_ts is not None:
             ops.append(["zmax", self.keys.push_due(shard), trigger, p.hold_until_ts])
         elif p.outcome == "emitted":

@@ -17,7 +17,8 @@ from msgspec import Meta
 SPEC_VERSION: Final = "1.0"
 EVENT_TYPE: Final = "com.aisle.push.candidate.v1"
 
-Reason = Literal["cart_abandon", "offer_expiring", "winback", "price_drop", "back_in_stock"]
+Reason = Literal["cart_abandon", "offer_expiring", "winback", "price_drop", "back_in_stock",
+                 "replenish", "tier_nudge"]
 
 
 class CandidateItem(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -6,15 +6,19 @@ Every ``drain_interval_s`` each worker, for every shard:
    the same trigger at once, and a worker killed after claiming loses only its lease;
 2. reads each customer's state once and decides all of the customer's triggers together
    (:func:`push.rules.decide`: priority, consent, dedupe, caps, quiet hours);
-3. produces the candidates to ``topics.push`` and waits for Kafka's ack, then marks them
-   sent in the shard (``push:sent``, value: the decision);
+3. notes each candidate as in flight (``push:sending``: its partition and that
+   partition's end offset before sending), produces it to ``topics.push``, waits for
+   Kafka's ack, then marks it sent (``push:sent``, value: the decision);
 4. records every decision as a ``push.decided`` event (event id derived from the trigger),
    whose fold moves the schedule and writes the fatigue ledger. State moves only after
    Kafka acked, so a restart loses nothing; a re-claimed trigger whose candidate is
    marked sent is not sent again, only its decision is recorded again (deduped).
 
-The one window left is a kill between Kafka's ack and the sent mark: the candidate then
-goes out again with the same CloudEvents ``id`` (at-least-once with a stable id).
+A worker killed between sending and the sent mark leaves the candidate in flight: the
+worker that claims the trigger next reads the candidate's partition from the noted
+offset and sends it again only if it is not there. So none is lost and none is sent
+twice, as long as a lease (``lease_s``) outlives a send (the producer's request timeout).
+The candidate's ``id`` is stable besides, so a consumer can dedupe too.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import asyncio
 import hashlib
 import logging
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +36,7 @@ from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from aisle.settings import Settings
 from feature_store.keys import Keys
@@ -42,10 +48,12 @@ from push.candidate import (
     Reason,
     build_candidate,
     candidate_id,
+    decode_candidate,
     encode_candidate,
     iso,
 )
 from push.rules import Draft, Fatigue, Trigger, Verdict, decide
+from serving.offers import gap_closers
 from streams import events as ev
 from streams.topics import EventProducer
 
@@ -73,6 +81,7 @@ class CustomerPush:
     offer_states: dict[str, str]
     favorites: tuple[str, ...]
     bought: frozenset[str]
+    last_bought: dict[str, float]  # item -> time of its newest purchase (bounded history)
 
 
 class PushDrainer:
@@ -83,6 +92,7 @@ class PushDrainer:
         self.keys = Keys(settings.features.key_prefix, settings.features.shards)
         self.reader = FeatureReader(client, self.keys, ttl=0.0)
         self._claim = client.register_script(CLAIM)
+        self._kafka: AIOKafkaConsumer | None = None
 
     async def drain(self) -> DrainResult:
         """One pass over every shard."""
@@ -107,6 +117,7 @@ class PushDrainer:
             by_user.setdefault(t.user_id, []).append(t)
         marks = await self.client.hgetall(self.keys.push_sent(shard))
         sent = {_s(k): v for k, v in marks.items()}
+        sent.update(await self._recover(shard, triggers, sent))
         verdicts: list[tuple[Verdict, str]] = []
         decisions: list[ev.PushDecided] = []
         for user, ts in by_user.items():
@@ -130,6 +141,9 @@ class PushDrainer:
                            ) -> list[Verdict]:
         state = await self._read(user)
         watched = [t.ref for t in triggers if t.reason in ("price_drop", "back_in_stock")]
+        watched += [t.ref.split("@")[0] for t in triggers if t.reason == "replenish"]
+        if any(t.reason == "tier_nudge" for t in triggers):
+            watched += list(state.last_bought)
         infos = await self.reader.items(list({*state.cart, *state.favorites, *watched,
                                               *(i for o in state.offers.values()
                                                 for i in o.get("items", []))}))
@@ -152,7 +166,13 @@ class PushDrainer:
         pipe.hgetall(k("ostate"))
         pipe.zrange(k("fav"), 0, 9, desc=True)
         pipe.hkeys(k("bought"))
-        rfm, consent, pushlog, pushkeys, cart, offers, ostate, fav, bought = await pipe.execute()
+        pipe.lrange(k("hist"), 0, -1)
+        rfm, consent, pushlog, pushkeys, cart, offers, ostate, fav, bought, hist = \
+            await pipe.execute()
+        last_bought: dict[str, float] = {}
+        for line in hist:
+            _, item, ts, *_ = msgspec.json.decode(line)
+            last_bought[str(item)] = max(last_bought.get(str(item), 0.0), float(ts))
         consent = {_s(a): _s(b) for a, b in consent.items()}
         opted = consent.get("push")
         fatigue = Fatigue(
@@ -166,7 +186,8 @@ class PushDrainer:
             last_order_ts=float(last) if last is not None else None,
             offers={_s(a): msgspec.json.decode(b) for a, b in offers.items()},
             offer_states={_s(a): _s(b) for a, b in ostate.items()},
-            favorites=tuple(_s(f) for f in fav), bought=frozenset(_s(b) for b in bought))
+            favorites=tuple(_s(f) for f in fav), bought=frozenset(_s(b) for b in bought),
+            last_bought=last_bought)
 
     # ------------------------------------------------------------ drafts, by reason
     def _draft(self, t: Trigger, st: CustomerPush, items: dict[str, CandidateItem | None],
@@ -179,6 +200,10 @@ class PushDrainer:
             return self._winback_draft(t, st, items, clock)
         if t.reason in ("price_drop", "back_in_stock"):
             return self._item_draft(t, st, items, infos)
+        if t.reason == "replenish":
+            return self._replenish_draft(t, st, items, infos, clock)
+        if t.reason == "tier_nudge":
+            return self._tier_draft(t, st, items, infos)
         return Draft(t, "winback", drop="unknown_reason")
 
     def _cart_draft(self, t: Trigger, st: CustomerPush, items: dict[str, CandidateItem | None],
@@ -245,6 +270,41 @@ class PushDrainer:
                      variables={"title": info.title, "price": f"{info.price:.2f}",
                                 "currency": info.currency})
 
+    def _replenish_draft(self, t: Trigger, st: CustomerPush,
+                         items: dict[str, CandidateItem | None], infos: dict[str, ItemInfo],
+                         clock: float) -> Draft:
+        item, _, last = t.ref.partition("@")
+        expires = t.due_ts + self.s.replenish_ttl_s
+        if st.last_bought.get(item, 0.0) > float(last or 0):
+            return Draft(t, "replenish", expires_ts=expires, drop="purchased")
+        if items.get(item, CandidateItem(item, None, None)) is None:
+            return Draft(t, "replenish", expires_ts=expires, drop="unavailable")
+        runout = t.due_ts + self.s.replenish_lead_s
+        shown = tuple(_pick([item], items))
+        return Draft(t, "replenish", shown, None, expires, dedupe_key=f"replenish:{t.ref}",
+                     variables={"title": shown[0].title or "",
+                                "days_left": f"{max(0.0, (runout - clock) / 86400):.0f}"})
+
+    def _tier_draft(self, t: Trigger, st: CustomerPush, items: dict[str, CandidateItem | None],
+                    infos: dict[str, ItemInfo]) -> Draft:
+        tier, month, gap = t.ref.split("@")
+        expires = t.due_ts + self.s.tier_nudge_ttl_s
+        if st.last_order_ts is not None and st.last_order_ts >= t.due_ts:
+            return Draft(t, "tier_nudge", expires_ts=expires, drop="purchased")
+        # Items the customer knows (saved, bought before) that close the gap, as the
+        # offer policy picks them.
+        known = [*st.favorites, *st.last_bought]
+        priced = [(i, infos[i].price) for i in dict.fromkeys(known)
+                  if items.get(i) is not None and i in infos]
+        picks = gap_closers(priced, float(gap), 2)
+        if not picks:
+            return Draft(t, "tier_nudge", expires_ts=expires, drop="no_items")
+        shown = tuple(_pick(picks, items))
+        return Draft(t, "tier_nudge", shown, None, expires,
+                     dedupe_key=f"tier_nudge:{tier}@{month}",
+                     variables={"next_tier": tier, "gap": gap,
+                                "currency": infos[picks[0]].currency})
+
     # ------------------------------------------------------------ sending
     def _candidate(self, v: Verdict, user: str, clock: float) -> Candidate:
         d = v.draft
@@ -258,11 +318,87 @@ class PushDrainer:
         if not candidates:
             return
         topic = self.settings.topics.push
-        await asyncio.gather(*[self.producer.send_raw(topic, encode_candidate(c),
-                                                      c.subject.encode())
+        n = await self.producer.partitions(topic)
+        # Our partitioner, not Kafka's: the recovery must know where to look.
+        where = {c.id: zlib.crc32(c.subject.encode()) % n for c, _ in candidates}
+        ends = await self._end_offsets(topic, set(where.values()))
+        await self.client.hset(self.keys.push_sending(shard), mapping={
+            c.id: msgspec.json.encode([where[c.id], ends.get(where[c.id], 0), _payload(v)])
+            for c, v in candidates})
+        await asyncio.gather(*[self.producer.send_to(topic, encode_candidate(c),
+                                                     c.subject.encode(), where[c.id])
                                for c, _ in candidates])
         await self.client.hset(self.keys.push_sent(shard), mapping={
             c.id: msgspec.json.encode(_payload(v)) for c, v in candidates})
+
+    async def _recover(self, shard: int, triggers: Sequence[Trigger], sent: dict[str, bytes],
+                       ) -> dict[str, bytes]:
+        """Candidates a dead worker was sending: those Kafka has count as sent."""
+        ids = {candidate_id(t.member, t.due_ts) for t in triggers} - set(sent)
+        if not ids:
+            return {}
+        flight = {_s(k): msgspec.json.decode(v)
+                  for k, v in (await self.client.hgetall(self.keys.push_sending(shard))).items()
+                  if _s(k) in ids}
+        if not flight:
+            return {}
+        found = await self._find_on_topic({cid: (p, off) for cid, (p, off, _) in flight.items()})
+        delivered = {cid: msgspec.json.encode(flight[cid][2]) for cid in found}
+        if delivered:
+            await self.client.hset(self.keys.push_sent(shard), mapping=delivered)
+        log.info("push: %d candidates were in flight when a worker stopped; %d had reached "
+                 "Kafka", len(flight), len(delivered))
+        return delivered
+
+    async def _consumer(self) -> AIOKafkaConsumer:
+        if self._kafka is None:
+            self._kafka = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers,
+                                           enable_auto_commit=False)
+            await self._kafka.start()
+        return self._kafka
+
+    async def _end_offsets(self, topic: str, partitions: set[int]) -> dict[int, int]:
+        consumer = await self._consumer()
+        got = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
+        return {tp.partition: int(off) for tp, off in got.items()}
+
+    async def _find_on_topic(self, flight: dict[str, tuple[int, int]]) -> set[str]:
+        """Which of these candidate ids the push topic holds, reading each partition from
+        the offset noted before sending to its end."""
+        topic = self.settings.topics.push
+        starts: dict[TopicPartition, int] = {}
+        for p, off in flight.values():
+            tp = TopicPartition(topic, p)
+            starts[tp] = min(starts.get(tp, off), off)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers,
+                                    enable_auto_commit=False)
+        await consumer.start()
+        found: set[str] = set()
+        try:
+            consumer.assign(list(starts))
+            for tp, off in starts.items():
+                consumer.seek(tp, off)
+            left = set(starts)
+            deadline = time.monotonic() + 30
+            while left and time.monotonic() < deadline:
+                for msgs in (await consumer.getmany(*left, timeout_ms=500)).values():
+                    found |= {c for m in msgs if (c := decode_candidate(m.value or b"").id)
+                              in flight}
+                # Done with a partition once read to the high watermark a fetch reported
+                # (ListOffsets may answer short of the end on Tansu).
+                for tp in list(left):
+                    hw = consumer.highwater(tp)
+                    if hw is not None and await consumer.position(tp) >= hw:
+                        left.discard(tp)
+            if left:
+                raise TimeoutError("push topic not read to its end; the next pass retries")
+        finally:
+            await consumer.stop()
+        return found
+
+    async def close(self) -> None:
+        if self._kafka is not None:
+            await self._kafka.stop()
 
 
 def _payload(v: Verdict) -> ev.PushDecision:

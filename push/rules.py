@@ -23,7 +23,8 @@ DAY_S: Final = 86400.0
 WEEK_S: Final = 7 * DAY_S
 # Priority of each reason: a coupon that is about to lapse beats a reminder.
 PRIORITY: Final[dict[str, int]] = {"offer_expiring": 80, "cart_abandon": 70,
-                                    "back_in_stock": 65, "price_drop": 60, "winback": 50}
+                                    "back_in_stock": 65, "price_drop": 60, "replenish": 55,
+                                    "winback": 50, "tier_nudge": 45}
 Outcome = Literal["emitted", "held", "dropped"]
 
 

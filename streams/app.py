@@ -24,6 +24,7 @@ from feature_store.redis_store import RedisStore
 from feature_store.updates import Folder
 from models.online import ModelHolder, UserVectorUpdater
 from push.drain import PushDrainer
+from push.sweep import sweep as push_sweep
 from push.watch import ItemWatchers
 from streams.pipeline import BatchProcessor, Record
 from streams.timers import refresh_population, retrain_if_due
@@ -155,6 +156,22 @@ def build_app(settings: Settings) -> faust.App:
                 return
             if result.claimed:
                 log.info("push drain: %s", result)
+
+        @app.on_before_shutdown.connect
+        async def close_drainer(app: faust.App, **kwargs: Any) -> None:
+            for d in drainer:
+                await d.close()
+
+    if settings.push.drain_interval_s > 0 and settings.push.sweep_interval_s > 0:
+        @app.timer(settings.push.sweep_interval_s)
+        async def sweep_push() -> None:
+            processor = await ctx.get()
+            if processor.producer is None:
+                return
+            try:
+                await push_sweep(settings, processor.store.client, processor.producer)
+            except Exception:  # the next sweep finds the same triggers
+                log.exception("push sweep failed")
 
     if w.retrain_interval_s > 0:
         @app.timer(w.retrain_interval_s)

@@ -310,6 +310,15 @@ class ItemChange(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     catalog_event_id: Id
 
 
+class PushSchedule(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A trigger the customer sweep found (replenishment due, close to the next tier)."""
+
+    reason: Literal["replenish", "tier_nudge"]
+    # replenish: "<item>@<last purchase ts>"; tier_nudge: "<next tier>@<month>@<gap>".
+    ref: Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[^|]+$")]
+    due_ts: float
+
+
 class ConsentUpdated(Event, tag="consent.updated"):
     payload: Consent
 
@@ -328,12 +337,19 @@ class PushItemChanged(Event, tag="push.item_changed"):
     payload: ItemChange
 
 
+class PushScheduled(Event, tag="push.scheduled"):
+    """Written by the push sweep (push/sweep.py) with an id derived from the trigger, so a
+    repeated sweep adds nothing."""
+
+    payload: PushSchedule
+
+
 AnyEvent: TypeAlias = (
     ProductViewed | CartItemAdded | CartItemRemoved | ProductFavorited | OrderPlaced
     | OrderCancelled | ReviewSubmitted | ComplaintFiled | PreferenceStated
     | CatalogItemUpserted | CatalogItemRemoved | UserErased
     | OfferIssued | OfferRedeemed | OfferExpired | LifecycleChanged
-    | ConsentUpdated | PushDecided | PushItemChanged
+    | ConsentUpdated | PushDecided | PushItemChanged | PushScheduled
 )
 EVENT_TYPES: Final = {cls.__struct_config__.tag: cls for cls in AnyEvent.__args__}  # type: ignore[attr-defined]
 CATALOG_TYPES: Final = frozenset({"catalog.item_upserted", "catalog.item_removed"})

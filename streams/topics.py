@@ -120,6 +120,15 @@ class EventProducer:
     async def send_raw(self, topic: str, value: bytes, key: bytes | None = None) -> None:
         await (await self._producer.send(topic, key=key, value=value))
 
+    async def send_to(self, topic: str, value: bytes, key: bytes, partition: int) -> int:
+        """One record to one partition; returns its offset once the broker acked it."""
+        meta = await (await self._producer.send(topic, key=key, value=value,
+                                                partition=partition))
+        return int(meta.offset)
+
+    async def partitions(self, topic: str) -> int:
+        return len(await self._producer.partitions_for(topic))
+
     async def send_deadletters(self, letters: Iterable[DeadLetter]) -> None:
         enc = msgspec.json.encode
         futures = [await self._producer.send(

@@ -24,7 +24,7 @@ def isolated_settings(servers: dict[str, str], data_dir: Path, **worker: object)
     return Settings(
         kafka_url=servers["kafka_url"], redis_url=servers["redis_url"], data_dir=data_dir,
         topics={"events": f"t{tag}.events", "catalog": f"t{tag}.catalog",
-                "deadletter": f"t{tag}.dlq", "partitions": 4},
+                "deadletter": f"t{tag}.dlq", "push": f"t{tag}.push", "partitions": 4},
         worker={"app_id": f"aisle-{tag}", "batch_within_s": 0.02, "model_poll_s": 0.3,
                 **worker},
         features={"key_prefix": f"k{tag}", "shards": 4},

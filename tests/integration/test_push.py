@@ -6,6 +6,7 @@ duplicates nothing; the schedule and fatigue ledger are rebuilt from the log."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import subprocess
 from collections import Counter
@@ -16,15 +17,21 @@ from typing import Any
 import msgspec
 import pytest
 import redis
+import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 
 from aisle.settings import PushSettings, Settings
 from aisle.stack import Stack, aisle_argv, child_env
 from feature_store.keys import Keys
+from feature_store.redis_store import RedisStore
+from feature_store.updates import Folder
 from push.candidate import Candidate, decode_candidate
-from streams.events import decode_event
+from push.drain import PushDrainer
+from push.sweep import sweep
+from streams.events import decode_event, encode_event
 from streams.lag import end_offsets
-from streams.topics import EventProducer
+from streams.pipeline import BatchProcessor, Record
+from streams.topics import EventProducer, ensure_topics
 from tests.integration.conftest import isolated_settings
 from tests.integration.faults_util import live_equals_rebuild, restart_worker
 from tests.integration.util import catalog, eventually, uid
@@ -286,6 +293,51 @@ def test_price_drop_and_restock_reach_the_watchers(stack: Stack, store: redis.Re
     assert by_user[fan].reason == "back_in_stock" and by_user[fan].items[0].item_id == "p4"
 
 
+def test_sweep_finds_replenishment_and_tier_nudges(stack: Stack, store: redis.Redis) -> None:
+    """A customer who buys a 135.00 hamper every 10 days, last time 9 days ago: the next
+    one runs out tomorrow (replenish), and 270 spent is 30 short of silver (300): the
+    saved teapot (30.00 since its price drop) closes the gap (tier nudge)."""
+    s = stack.settings
+    clock = clock_of(store, s)
+    user = uid("rep")
+    send(s, [catalog("p5", "Hamper", minutes=0, price=135.0, stock=50)])
+    send(s, [ev("order.placed", user, clock - timedelta(days=d), {
+                "order_id": uid("o"), "lines": [
+                    {"item_id": "p5", "quantity": 1, "unit_price": 135.0}]})
+             for d in (19, 9)]
+             + [ev("product.favorited", user, clock - timedelta(days=1), {"item_id": "p3"})])
+    k = Keys(s.features.key_prefix, s.features.shards)
+    eventually(lambda: store.hlen(k.user(user, "orders")) == 2 and
+               store.zcard(k.user(user, "fav")) == 1, timeout=20)
+    written = asyncio.run(_sweep(s))
+    assert written >= 2
+    got = eventually(lambda: len(candidates(s, {user})) == 2 and candidates(s, {user}),
+                     timeout=30)
+    by_reason = {c.data.reason: c.data for c in got}
+    assert [(i.item_id, i.title) for i in by_reason["replenish"].items] == [("p5", "Hamper")]
+    assert by_reason["replenish"].variables["days_left"] == "1"
+    nudge = by_reason["tier_nudge"]
+    assert nudge.variables["next_tier"] == "silver" and nudge.variables["gap"] == "30.00"
+    assert [i.item_id for i in nudge.items] == ["p3"]
+    assert asyncio.run(_sweep(s)) == written  # the same triggers, deduped by event id
+    assert len(candidates(s, {user})) == 2
+
+
+async def _sweep(settings: Settings) -> int:
+    client = aioredis.Redis.from_url(settings.redis_url or "")
+    try:
+        async with EventProducer(settings) as producer:
+            return await sweep(settings, client, producer)
+    finally:
+        await client.aclose()
+
+
+def clock_of(store: redis.Redis, settings: Settings) -> datetime:
+    k = Keys(settings.features.key_prefix, settings.features.shards)
+    ts = max(float(store.hget(k.meta(sh), "maxts") or 0) for sh in range(k.shards))
+    return datetime.fromtimestamp(ts, UTC)
+
+
 def test_push_tail_prints_candidates(stack: Stack) -> None:
     env = {**os.environ, **child_env(stack.settings)}
     out = subprocess.run([*aisle_argv("push", "tail", "--from-beginning", "--json",
@@ -343,6 +395,74 @@ def test_an_item_just_pushed_is_not_the_top_web_recommendation(
         assert top(uid("anyone"))[0] == "p1"
         ranked = eventually(lambda: (r := top(pushed)) and "p1" in r and r, timeout=20)
         assert ranked[0] != "p1"
+
+
+class Killed(Exception):
+    pass
+
+
+class DiesMidSend(EventProducer):
+    """A producer whose worker dies after Kafka acked the first ``survive`` candidates."""
+
+    survive = 2
+
+    async def send_to(self, topic: str, value: bytes, key: bytes, partition: int) -> int:
+        if self.survive <= 0:
+            raise Killed
+        self.survive -= 1
+        return await super().send_to(topic, value, key, partition)
+
+
+def test_candidates_in_flight_when_a_worker_died_go_out_exactly_once(
+        servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The drain in process, over its own topics and keys: the first drainer dies with two
+    of five candidates acked and three never sent; the next one finds the two on the topic
+    and sends only the three."""
+    s = isolated_settings(servers, tmp_path_factory.mktemp("flight")).model_copy(
+        update={"push": PushSettings(lease_s=0.2)})
+    # All in one shard: one batch of five, as one worker sends them.
+    k = Keys(s.features.key_prefix, s.features.shards)
+    users = sorted(itertools.islice((u for u in iter(lambda: uid("f"), None)
+                                     if k.shard_of(u) == 0), 5))
+    t = DAY0 + timedelta(days=30)
+    docs = [ev("cart.item_added", u, t, {"item_id": "p1"}) for u in users]
+    docs.append(ev("product.viewed", uid("clock"), t + timedelta(hours=2), {"item_id": "p1"}))
+    asyncio.run(_drain_twice(s, [decode_event(msgspec.json.encode(d)) for d in docs]))
+    per_user = Counter(c.subject for c in candidates(s, set(users)))
+    assert per_user == dict.fromkeys(users, 1)
+
+
+async def _drain_twice(s: Settings, events: list[Any]) -> None:
+    await ensure_topics(s)
+    client = aioredis.Redis.from_url(s.redis_url or "")
+    keys = Keys(s.features.key_prefix, s.features.shards)
+    processor = BatchProcessor(RedisStore(client, keys, 86400.0),
+                               Folder(keys, s.features, s.model, s.push), None,
+                               respect_rebuild=False)
+
+    async def apply(evs: list[Any], first: int) -> None:
+        await processor.process([Record("t", 0, first + i, None, encode_event(e))
+                                 for i, e in enumerate(evs)])
+
+    try:
+        await apply(events, 0)
+        async with DiesMidSend(s) as dying:
+            dead = PushDrainer(s, client, dying)
+            with pytest.raises(Killed):
+                await dead.drain()
+            await dead.close()
+        shard = keys.shard_of(events[0].user_id)
+        assert await client.hlen(keys.push_sending(shard)) == 5
+        assert not await client.exists(keys.push_sent(shard))
+        assert len(await _candidates(s)) == 2  # acked, never marked sent
+        await asyncio.sleep(0.3)  # the dead worker's leases lapse
+        async with EventProducer(s) as producer:
+            drainer = PushDrainer(s, client, producer)
+            for _ in range(3):
+                await drainer.drain()
+            await drainer.close()
+    finally:
+        await client.aclose()
 
 
 def test_schedule_and_fatigue_ledger_are_rebuilt_from_the_log(stack: Stack) -> None:
