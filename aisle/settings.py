@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -148,6 +148,15 @@ class PushSettings(BaseModel):
     web_repeat_window_s: float = Field(86400.0, ge=0)
     # Where the candidates say they come from (CloudEvents ``source``).
     source: str = "aisle/push"
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        from zoneinfo import available_timezones
+
+        if name not in available_timezones():
+            raise ValueError(f"unknown time zone {name!r} (want an IANA name)")
+        return name
 
 
 class Settings(BaseSettings):

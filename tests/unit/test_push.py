@@ -225,3 +225,32 @@ def test_erasure_leaves_no_trace_in_push_state() -> None:
     apply(store, [ev.UserErased(event_id="x", occurred_at=at(70), user_id="u1")])
     assert not [k for k, v in store.data.items() if "u1" in k or "u1" in (v or {})
                 if not k.endswith((":seen", ":stats", ":meta", ":wm"))]
+
+
+def test_settings_reject_an_unknown_default_time_zone() -> None:
+    with pytest.raises(ValueError, match="time zone"):
+        PushSettings(default_timezone="Europe/Atlantis")
+
+
+def test_sweep_finds_replenishment_and_tier_gap_with_stable_ids() -> None:
+    from models.customer import load_segment_rules
+    from models.customer_types import CustomerFacts, Purchase
+    from push.sweep import EMPTY, sweep_events
+
+    day = 86400.0
+    buys = tuple(Purchase(f"o{d}", "soap", NOON - d * day, 1, 135.0, "home") for d in (19, 9))
+    facts = CustomerFacts(
+        user_id="u1", first_seen_ts=NOON - 19 * day, last_seen_ts=NOON - 9 * day,
+        first_order_ts=NOON - 19 * day, last_order_ts=NOON - 9 * day, orders=2,
+        monetary=270.0, purchases=buys, promo_orders=0, sources={"web": 2},
+        spend_by_month={"2024-04": 135.0, "2024-05": 135.0}, favorites=(), categories={})
+    rules = load_segment_rules()
+    got = sweep_events(facts, EMPTY, NOON, Settings(), rules)
+    assert sorted((e.payload.reason, e.payload.ref) for e in got) == [
+        ("replenish", f"soap@{int(NOON - 9 * day)}"), ("tier_nudge", "silver@2024-05@30.00")]
+    assert got[0].payload.due_ts <= NOON
+    assert [e.event_id for e in sweep_events(facts, EMPTY, NOON, Settings(), rules)] == \
+        [e.event_id for e in got]
+    # Five days earlier the run-out (in 6 days) was further off than the 3-day lead.
+    earlier = sweep_events(facts, EMPTY, NOON - 5 * day, Settings(), rules)
+    assert "replenish" not in {e.payload.reason for e in earlier}
