@@ -192,6 +192,16 @@ class PushDrainer:
     # ------------------------------------------------------------ drafts, by reason
     def _draft(self, t: Trigger, st: CustomerPush, items: dict[str, CandidateItem | None],
                clock: float, infos: dict[str, ItemInfo]) -> Draft:
+        try:
+            return self._draft_of(t, st, items, clock, infos)
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            # A trigger written by hand (POST /v1/events) that makes no sense: decide it
+            # (dropped) rather than stall the shard on it forever.
+            log.warning("push: malformed trigger %r: %r", t.member[:200], exc)
+            return Draft(t, "winback", expires_ts=clock + 1, drop="malformed_trigger")
+
+    def _draft_of(self, t: Trigger, st: CustomerPush, items: dict[str, CandidateItem | None],
+                  clock: float, infos: dict[str, ItemInfo]) -> Draft:
         if t.reason == "cart_abandon":
             return self._cart_draft(t, st, items)
         if t.reason == "offer_expiring":

@@ -43,7 +43,7 @@ class Trigger:
         >>> Trigger.parse("u1|offer_expiring|of-9", 5.0).key
         'offer_expiring|of-9'
         """
-        user, reason, ref = member.split("|", 2)
+        user, reason, ref = (member.split("|", 2) + ["", ""])[:3]
         return cls(user, reason, ref, due_ts)
 
     @property

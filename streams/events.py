@@ -286,7 +286,7 @@ class PushDecision(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """What the push drain decided about one due trigger (see push/drain.py)."""
 
     # The trigger as scheduled: "<reason>|<ref>" (the user is the envelope's user_id).
-    trigger: Annotated[str, Meta(min_length=1, max_length=300)]
+    trigger: Annotated[str, Meta(min_length=2, max_length=300, pattern=r"^[a-z_]+\|")]
     # Its due time as stored (Unix seconds): the fold removes the trigger only if it was
     # not rescheduled since (a later cart add moves the abandonment check).
     due_ts: float

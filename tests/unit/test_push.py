@@ -254,3 +254,11 @@ def test_sweep_finds_replenishment_and_tier_gap_with_stable_ids() -> None:
     # Five days earlier the run-out (in 6 days) was further off than the 3-day lead.
     earlier = sweep_events(facts, EMPTY, NOON - 5 * day, Settings(), rules)
     assert "replenish" not in {e.payload.reason for e in earlier}
+
+
+def test_a_trigger_written_by_hand_is_parsed_not_fatal() -> None:
+    assert Trigger.parse("u1|nonsense", 1.0) == Trigger("u1", "nonsense", "", 1.0)
+    with pytest.raises(ev.DecodeError):
+        ev.decode_event(b'{"type":"push.decided","event_id":"d","user_id":"u1",'
+                        b'"occurred_at":"2024-05-01T00:00:00Z","payload":{"trigger":"x",'
+                        b'"due_ts":1.0,"outcome":"held","rule":"r"}}')
