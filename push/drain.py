@@ -29,10 +29,10 @@ import logging
 import time
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib.resources import files
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import redis.asyncio as aioredis
@@ -56,6 +56,9 @@ from push.rules import Draft, Fatigue, Trigger, Verdict, decide
 from serving.offers import gap_closers
 from streams import events as ev
 from streams.topics import EventProducer
+
+if TYPE_CHECKING:
+    from serving.crm import CustomerService
 
 log = logging.getLogger(__name__)
 CLAIM = files("push").joinpath("claim.lua").read_text()
@@ -93,6 +96,7 @@ class PushDrainer:
         self.reader = FeatureReader(client, self.keys, ttl=0.0)
         self._claim = client.register_script(CLAIM)
         self._kafka: AIOKafkaConsumer | None = None
+        self._customers: CustomerService | None = None
 
     async def drain(self) -> DrainResult:
         """One pass over every shard."""
@@ -140,6 +144,11 @@ class PushDrainer:
     async def _decide_user(self, user: str, triggers: Sequence[Trigger], clock: float,
                            ) -> list[Verdict]:
         state = await self._read(user)
+        if any(t.reason == "winback" for t in triggers) and state.fatigue.known \
+                and state.fatigue.opted_in and not _live_winback(state, clock):
+            issued = await self._issue_winback_offer(user)
+            if issued is not None:
+                state = replace(state, offers={**state.offers, issued[0]: issued[1]})
         watched = [t.ref for t in triggers if t.reason in ("price_drop", "back_in_stock")]
         watched += [t.ref.split("@")[0] for t in triggers if t.reason == "replenish"]
         if any(t.reason == "tier_nudge" for t in triggers):
@@ -255,10 +264,9 @@ class PushDrainer:
         expires = t.due_ts + self.s.winback_ttl_s
         if st.last_order_ts is not None and st.last_order_ts >= t.due_ts:
             return Draft(t, "winback", expires_ts=expires, drop="purchased")
-        # The customer's live win-back offer from the offer policy, if one was issued.
-        live = [(oid, d) for oid, d in st.offers.items()
-                if d.get("kind") == "winback_coupon" and oid not in st.offer_states
-                and float(d["expires_ts"]) > clock]
+        # The customer's live win-back offer from the offer policy (issued just now if
+        # the policy grants one).
+        live = _live_winback(st, clock)
         offer = _offer(*max(live, key=lambda od: od[1]["expires_ts"])) if live else None
         ids = list(live[0][1].get("items", [])) if live else list(st.favorites)
         shown = tuple(_pick(ids, items))[:MAX_ITEMS]
@@ -314,6 +322,25 @@ class PushDrainer:
                      dedupe_key=f"tier_nudge:{tier}@{month}",
                      variables={"next_tier": tier, "gap": gap,
                                 "currency": infos[picks[0]].currency})
+
+    async def _issue_winback_offer(self, user: str) -> tuple[str, dict[str, Any]] | None:
+        """Ask the offer policy (serving/offers.py, the same one the API applies) for this
+        customer's offer now; record it as ``offer.issued`` if it is a win-back coupon.
+        Offer ids are deterministic, so the API and the drain issue the same one."""
+        from serving.crm import CustomerService, PopulationHolder
+
+        if self._customers is None:
+            self._customers = CustomerService(FeatureReader(self.client, self.keys), self.keys,
+                                              PopulationHolder(self.client, self.keys))
+        await self._customers.population.refresh()
+        view = await self._customers.view(user)
+        offer = (await self._customers.decide(view)).issue
+        if offer is None or offer.kind != "winback_coupon":
+            return None
+        await self._customers.record_issue(offer, self.producer.send_events)
+        return offer.offer_id, {"kind": offer.kind, "discount_pct": offer.discount_pct,
+                                "items": list(offer.items), "expires_ts": offer.expires_at,
+                                "reason": offer.reason}
 
     # ------------------------------------------------------------ sending
     def _candidate(self, v: Verdict, user: str, clock: float) -> Candidate:
@@ -409,6 +436,12 @@ class PushDrainer:
     async def close(self) -> None:
         if self._kafka is not None:
             await self._kafka.stop()
+
+
+def _live_winback(st: CustomerPush, clock: float) -> list[tuple[str, dict[str, Any]]]:
+    return [(oid, d) for oid, d in st.offers.items()
+            if d.get("kind") == "winback_coupon" and oid not in st.offer_states
+            and float(d["expires_ts"]) > clock]
 
 
 def _payload(v: Verdict) -> ev.PushDecision:

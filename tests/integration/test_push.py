@@ -237,6 +237,26 @@ def test_caps_let_the_highest_priority_through(stack: Stack, store: redis.Redis)
     assert stats(s, store)["dropped:cap_day"] >= 1
 
 
+def test_winback_carries_the_offer_the_policy_issues(stack: Stack, store: redis.Redis) -> None:
+    """A customer quiet for 200 days turns churned: the offer policy (offers-v1: dormant
+    → 15 % on what they bought, 24 h) issues the coupon, and the push carries it."""
+    s = stack.settings
+    t = DAY0 + timedelta(days=4, hours=2)
+    user = uid("wb")
+    send(s, [ev("order.placed", user, t - timedelta(days=200), {"order_id": uid("o"), "lines": [
+        {"item_id": "p2", "quantity": 3, "unit_price": 6.5}]})])
+    k = Keys(s.features.key_prefix, s.features.shards)
+    eventually(lambda: store.hlen(k.user(user, "orders")) == 1, timeout=20)
+    send(s, [ev("lifecycle.changed", user, t, {"stage": "churned", "previous": "at_risk"})])
+    got = eventually(lambda: candidates(s, {user}), timeout=30)
+    assert len(got) == 1 and got[0].data.reason == "winback"
+    offer = got[0].data.offer
+    assert offer is not None and offer.kind == "winback_coupon" and offer.discount_pct == 15.0
+    assert [i.item_id for i in got[0].data.items] == ["p2"]
+    # On record, as the API would have issued it: the same offer on the profile.
+    eventually(lambda: store.hexists(k.user(user, "offers"), offer.offer_id), timeout=20)
+
+
 def test_redeemed_offer_and_order_after_winback_are_not_pushed(
         stack: Stack, store: redis.Redis) -> None:
     s = stack.settings
