@@ -262,3 +262,12 @@ def test_a_trigger_written_by_hand_is_parsed_not_fatal() -> None:
         ev.decode_event(b'{"type":"push.decided","event_id":"d","user_id":"u1",'
                         b'"occurred_at":"2024-05-01T00:00:00Z","payload":{"trigger":"x",'
                         b'"due_ts":1.0,"outcome":"held","rule":"r"}}')
+
+
+def test_published_schema_file_is_current() -> None:
+    """docs/push.schema.json is what the push team reads; `aisle push schema > …` renews it."""
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "docs" / "push.schema.json"
+    assert json.loads(path.read_text()) == candidate.json_schema()
