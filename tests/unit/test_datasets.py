@@ -24,9 +24,8 @@ from aisle.datasets import (
     titles,
 )
 from streams import events as ev
-from tests.conftest import SHARED
 
-DATA = SHARED
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 ONLINE_RETAIL = DATA / "online_retail" / "online_retail.csv.gz"
 TAOBAO = DATA / "taobao_userbehavior" / "userbehavior_sample.csv.gz"
 
