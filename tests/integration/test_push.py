@@ -410,9 +410,10 @@ def test_an_item_just_pushed_is_not_the_top_web_recommendation(
     with httpx.Client(base_url=stack.api_url or "", timeout=10) as api:
         def top(user: str) -> list[str]:
             body = api.get(f"/v1/users/{user}/recommendations?limit=5").json()
-            return [i["item_id"] for i in body["items"]]
+            # A degraded answer (the store slow under load) skips the ledger: ask again.
+            return [] if body["degraded"] else [i["item_id"] for i in body["items"]]
 
-        assert top(uid("anyone"))[0] == "p1"
+        assert eventually(lambda: top(uid("anyone")), timeout=20)[0] == "p1"
         ranked = eventually(lambda: (r := top(pushed)) and "p1" in r and r, timeout=20)
         assert ranked[0] != "p1"
 
