@@ -10,7 +10,9 @@ import pytest
 
 from aisle.runtime import EmbeddedRuntime, start_broker, start_store
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+# Beside the repository; AISLE_TEST_SHARED_DATA points elsewhere (e.g. from a git worktree).
+SHARED = Path(os.environ.get("AISLE_TEST_SHARED_DATA")
+              or Path(__file__).resolve().parents[2] / "shared" / "data")
 ONLINE_RETAIL = SHARED / "online_retail" / "online_retail.csv.gz"
 TAOBAO = SHARED / "taobao_userbehavior" / "userbehavior_sample.csv.gz"
 
