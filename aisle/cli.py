@@ -203,6 +203,30 @@ def lag() -> None:
 from aisle.experiments_cli import app as experiments_app  # noqa: E402 (after the commands)
 
 app.add_typer(experiments_app, name="experiments")
+push_app = typer.Typer(no_args_is_help=True,
+                       help="Push-notification candidates (docs/push.md).")
+app.add_typer(push_app, name="push")
+
+
+@push_app.command("tail")
+def push_tail(
+    from_beginning: Annotated[bool, typer.Option(help="start at the oldest candidate")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="raw JSON, one per line")] = False,
+    count: Annotated[int, typer.Option(help="stop after this many (0: never)")] = 0,
+) -> None:
+    """Print candidates as the workers produce them (Ctrl-C stops)."""
+    from push.tail import tail
+
+    settings = _resolved()
+    asyncio.run(tail(settings, from_beginning=from_beginning, as_json=as_json, count=count))
+
+
+@push_app.command("schema")
+def push_schema() -> None:
+    """Print the JSON Schema of the candidate document (CloudEvents 1.0)."""
+    from push.candidate import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
 
 
 def main() -> None:

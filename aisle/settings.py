@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,6 +18,8 @@ class TopicSettings(BaseModel):
     events: str = "aisle.events"
     catalog: str = "aisle.catalog"
     deadletter: str = "aisle.deadletter"
+    # Push-notification candidates for the push system (CloudEvents JSON, key: customer).
+    push: str = "push.candidates"
     partitions: int = Field(8, ge=1, le=1024)
 
 
@@ -109,6 +111,65 @@ class ServingSettings(BaseModel):
     pages: bool = True
 
 
+class PushSettings(BaseModel):
+    """Push-notification candidates: triggers, fatigue caps, quiet hours (docs/push.md).
+    Times are on the log's clock, like offers, so a replay behaves like living through it."""
+
+    model_config = {"extra": "forbid"}
+
+    # How often each worker drains due triggers (wall seconds); 0 switches push off.
+    drain_interval_s: float = Field(2.0, ge=0)
+    # A claimed trigger comes back to the pool if its worker has not decided it by then.
+    lease_s: float = Field(30.0, gt=0)
+    claim_batch: int = Field(500, ge=1)
+    cart_abandon_delay_s: float = Field(3600.0, gt=0)
+    # Message lifetimes: after these a held or late candidate is dropped, not sent.
+    cart_abandon_ttl_s: float = Field(24 * 3600.0, gt=0)
+    winback_ttl_s: float = Field(72 * 3600.0, gt=0)
+    # "Your offer ends soon": this long before the offer expires.
+    offer_expiry_lead_s: float = Field(6 * 3600.0, gt=0)
+    winback_stages: list[str] = ["at_risk", "churned"]
+    # Price drop / back in stock: who watches an item (viewed, favourited, carted it within
+    # the window; the newest per shard), how large a drop counts, how long the news lasts.
+    watch_window_s: float = Field(30 * 86400.0, gt=0)
+    watchers_max: int = Field(500, ge=1)
+    price_drop_min_pct: float = Field(5.0, gt=0, lt=100)
+    item_change_ttl_s: float = Field(48 * 3600.0, gt=0)
+    # The customer sweep (replenishment due, tier nudges) runs this often; 0: never.
+    sweep_interval_s: float = Field(300.0, ge=0)
+    # Remind this long before the predicted run-out; the reminder lives this long.
+    replenish_lead_s: float = Field(3 * 86400.0, ge=0)
+    replenish_ttl_s: float = Field(4 * 86400.0, gt=0)
+    # Nudge customers at most this far (shop currency) from the next member tier.
+    tier_gap_max: float = Field(40.0, gt=0)
+    tier_nudge_ttl_s: float = Field(48 * 3600.0, gt=0)
+    # Customers who never sent consent.updated: may they get pushes? (app permission given)
+    default_opt_in: bool = True
+    default_timezone: str = "Europe/London"
+    # Quiet hours, local time of the customer: [start, end) in whole hours; wraps midnight.
+    quiet_start_h: int = Field(21, ge=0, le=23)
+    quiet_end_h: int = Field(9, ge=0, le=23)
+    max_per_day: int = Field(2, ge=0)
+    max_per_week: int = Field(5, ge=0)
+    max_per_reason_day: int = Field(1, ge=0)
+    max_per_reason_week: int = Field(3, ge=0)
+    # The same dedupe key (reason + subject) is not pushed again within this window.
+    dedupe_window_s: float = Field(7 * 86400.0, ge=0)
+    # Items pushed within this window are not the top web recommendation; 0: no rule.
+    web_repeat_window_s: float = Field(86400.0, ge=0)
+    # Where the candidates say they come from (CloudEvents ``source``).
+    source: str = "aisle/push"
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        from zoneinfo import available_timezones
+
+        if name not in available_timezones():
+            raise ValueError(f"unknown time zone {name!r} (want an IANA name)")
+        return name
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="AISLE_", env_nested_delimiter="__", extra="forbid"
@@ -123,6 +184,7 @@ class Settings(BaseSettings):
     features: FeatureSettings = FeatureSettings()
     model: ModelSettings = ModelSettings()
     serving: ServingSettings = ServingSettings()
+    push: PushSettings = PushSettings()
 
     @property
     def bootstrap_servers(self) -> str:

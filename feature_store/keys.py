@@ -51,6 +51,10 @@ USER_SUFFIXES: Final = (
     "xreq",      # hash request_id -> "exp=variant;..." exposures not clicked yet
     "xreql",     # list of request ids, newest first (bounds xreq)
     "xshown",    # hash request_id -> "<ts> ,item,item," what the answer showed, and when
+    "consent",   # hash ts, push (1/0), tz: what the customer agreed to (consent.updated)
+    "pushlog",   # zset "<candidate_id>|<reason>" -> ts pushed (frequency caps), newest 100
+    "pushkeys",  # hash dedupe key -> ts last pushed
+    "pushitems",  # hash item -> ts last pushed (the fatigue ledger the website reads)
 )
 DERIVED_USER_SUFFIXES: Final = frozenset({"vec"})
 
@@ -130,6 +134,33 @@ class Keys:
 
     def experiment_stats(self, shard: int, experiment_id: str) -> str:
         return f"{self.experiment_stats_prefix(shard)}{experiment_id}"
+    # -- push notifications, per shard (docs/push.md)
+    def push_due(self, shard: int) -> str:
+        """zset "<user>|<reason>|<ref>" -> due time (log clock): triggers waiting to fire."""
+        return f"{self.tag(shard)}:push:due"
+
+    def push_lease(self, shard: int) -> str:
+        """zset trigger -> wall-clock lease expiry of the worker that claimed it."""
+        return f"{self.tag(shard)}:push:lease"
+
+    def push_sent(self, shard: int) -> str:
+        """hash candidate id -> wall time Kafka acked it, until its decision is folded."""
+        return f"{self.tag(shard)}:push:sent"
+
+    def push_sending(self, shard: int) -> str:
+        """hash candidate id -> [partition, offset before sending, decision]: in flight."""
+        return f"{self.tag(shard)}:push:sending"
+
+    def push_stats(self, shard: int) -> str:
+        """hash "<outcome>:<rule>" -> count of decisions (emitted by reason, dropped by rule)."""
+        return f"{self.tag(shard)}:push:stats"
+
+    def push_watch(self, shard: int, item_id: str) -> str:
+        """zset customer -> last interest time: who in this shard watches the item."""
+        return f"{self.tag(shard)}:push:watch:{item_id}"
+
+    def push_watch_prefix(self, shard: int) -> str:
+        return f"{self.tag(shard)}:push:watch:"
 
     # -- outside the shards
     def model_tag(self) -> str:

@@ -281,3 +281,16 @@ class MemoryStore:
                               ("r2", 2 * r * amount + amount * amount), ("rx", amount * x),
                               ("ro", r + amount * n + amount)):
                 self._xinc(st, v, day, metric, d)
+    def _op_zremle(self, o: Op) -> None:
+        z = self._zset(o[1])
+        if o[2] in z and z[o[2]] <= float(o[3]):
+            del z[o[2]]
+
+    def _op_unwatch(self, o: Op) -> None:
+        for item in list(self.data.get(o[1], {})):
+            self.data.get(o[2] + item, {}).pop(o[3], None)
+
+    def _op_zremprefix(self, o: Op) -> None:
+        z = self._zset(o[1])
+        for member in [m for m in z if m.startswith(o[2])]:
+            del z[member]

@@ -106,6 +106,21 @@ OPS.cancel = function(o)
   redis.call('HINCRBYFLOAT', kspend, month, fmt(-amount))
 end
 OPS.hsetnx = function(o) redis.call('HSETNX', o[2], o[3], o[4]) end
+OPS.zremle = function(o)
+  local old = num(redis.call('ZSCORE', o[2], o[3]), nil)
+  if old and old <= o[4] then redis.call('ZREM', o[2], o[3]) end
+end
+OPS.unwatch = function(o)
+  for _, item in ipairs(redis.call('ZRANGE', o[2], 0, -1)) do
+    redis.call('ZREM', o[3] .. item, o[4])
+  end
+end
+OPS.zremprefix = function(o)
+  local n = #o[3]
+  for _, m in ipairs(redis.call('ZRANGE', o[2], 0, -1)) do
+    if string.sub(m, 1, n) == o[3] then redis.call('ZREM', o[2], m) end
+  end
+end
 OPS.del = function(o)
   for i = 2, #o do redis.call('DEL', o[i]) end
 end

@@ -38,18 +38,24 @@ Opcodes
                        per exposure, for every experiment of that answer
 ``xconvert k_xp st_prefix kind ts day amount window`` a cart (kind "cart") or an order:
                        counted for every experiment whose attribution window covers ``ts``
+``zremle k m score``   remove the member if its score is <= score (a push trigger that
+                       was not rescheduled since it was decided)
+``unwatch k_ia prefix m`` remove m from ``prefix + item`` for every item of zset k_ia
+                       (an erased customer leaves every watchers index)
+``zremprefix k prefix`` remove every member that starts with prefix (an erased
+                       customer's push triggers; O(size of k), erasures are rare)
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
-from aisle.settings import FeatureSettings, ModelSettings
+from aisle.settings import FeatureSettings, ModelSettings, PushSettings
 from feature_store.keys import Keys
 from streams import events as ev
 
@@ -88,6 +94,7 @@ class Folder:
     keys: Keys
     features: FeatureSettings
     model: ModelSettings
+    push: PushSettings = field(default_factory=PushSettings)
 
     def shard(self, event: ev.Event) -> int:
         return self.keys.shard_of(event.routing_key)
@@ -98,7 +105,8 @@ class Folder:
         whatever order the two topics interleave in."""
         ops = self._fold(event)
         ops += self._attribution(event)
-        if event.user_id is not None and not isinstance(event, ev.UserErased):
+        if event.user_id is not None and not isinstance(
+                event, ev.UserErased | ev.PushDecided | ev.PushItemChanged | ev.PushScheduled):
             rfm = self._u(event, "rfm")
             ops += [["hmin", rfm, "first_seen", event.ts], ["hmax", rfm, "last_seen", event.ts],
                     ["hinc", self._u(event, "src"), event.source, 1]]
@@ -127,23 +135,41 @@ class Folder:
                 return [["hnewer", key, event.ts, "removed", 1]]
             case ev.UserErased():
                 uid = _uid(event)
-                return [["del", *self.keys.user_keys(uid)],
+                watch = self.keys.push_watch_prefix(self.shard(event))
+                return [["unwatch", self._u(event, "ia"), watch, uid],
+                        ["zremprefix", self.keys.push_due(self.shard(event)), f"{uid}|"],
+                        ["del", *self.keys.user_keys(uid)],
                         ["srem", self.keys.users(self.shard(event)), uid]]
             case ev.OfferIssued():
                 p = event.payload
                 doc = {**msgspec.to_builtins(p), "issued_at": event.ts,
                        "expires_ts": p.expires_at.timestamp()}
-                return [["hset", self._u(event, "offers"), p.offer_id, _json(doc)]]
+                due = doc["expires_ts"] - self.push.offer_expiry_lead_s
+                return [["hset", self._u(event, "offers"), p.offer_id, _json(doc)],
+                        self._schedule(event, f"offer_expiring|{p.offer_id}", due)]
             case ev.OfferRedeemed():
                 return [["hsetnx", self._u(event, "ostate"), event.payload.offer_id, "redeemed"]]
             case ev.OfferExpired():
                 return [["hsetnx", self._u(event, "ostate"), event.payload.offer_id, "expired"]]
             case ev.LifecycleChanged():
                 stage = event.payload.stage
-                return [["lpush", self._u(event, "life"), _json([stage, event.ts]), 50]]
+                ops = [["lpush", self._u(event, "life"), _json([stage, event.ts]), 50]]
+                if stage in self.push.winback_stages:
+                    ops.append(self._schedule(event, f"winback|{stage}", event.ts))
+                return ops
             case (ev.ExperimentCreated() | ev.ExperimentUpdated() | ev.ExperimentStopped()
                   | ev.ExperimentExposed()):
                 return self._experiment(event)
+            case ev.ConsentUpdated():
+                return self._consent(event)
+            case ev.PushDecided():
+                return self._push_decided(event)
+            case ev.PushScheduled():
+                p = event.payload
+                return [self._schedule(event, f"{p.reason}|{p.ref}", p.due_ts)]
+            case ev.PushItemChanged():
+                p = event.payload
+                return [self._schedule(event, f"{p.change}|{p.item_id}", event.ts)]
         raise TypeError(f"no fold for {type(event).__name__}")  # pragma: no cover
 
     # ------------------------------------------------------------ helpers
@@ -173,13 +199,17 @@ class Folder:
         ops: list[Op] = [["sadd", self.keys.users(shard), _uid(event)],
                          self._ia(event, item, weight), self._trend(shard, item, weight, ts)]
         ops += self._affinity(event, event.payload.category, weight)
+        watch = self.keys.push_watch(shard, item)  # price drop / back in stock
+        ops += [["zmax", watch, _uid(event), ts], ["ztrim", watch, self.push.watchers_max]]
         if isinstance(event, ev.ProductViewed):
             views = self._u(event, "views")
             ops += [["zmax", views, item, ts], ["ztrim", views, self.features.recent_views_max]]
         elif isinstance(event, ev.ProductFavorited):
             ops.append(["zmax", self._u(event, "fav"), item, ts])
         else:
-            ops.append(["hinc", self._u(event, "cart"), item, event.payload.quantity])
+            ops += [["hinc", self._u(event, "cart"), item, event.payload.quantity],
+                    # The latest add wins: the check runs a delay after the last one.
+                    self._schedule(event, "cart_abandon|", ts + self.push.cart_abandon_delay_s)]
         if event.session_id:
             ops.append(["session", self._u(event, "sess"), self._u(event, "sitems"),
                         event.session_id, item, ts, self.features.session_items_max,
@@ -321,6 +351,39 @@ class Folder:
                 return [["xconvert", self._u(event, "xp"), prefix, "order", event.ts,
                          day_of(event.ts), amount, window]]
         return []
+
+    # ------------------------------------------------------------ push notifications
+    def _schedule(self, event: ev.Event, trigger: str, due: float) -> Op:
+        """A push trigger for this customer, due at ``due`` on the log's clock."""
+        return ["zmax", self.keys.push_due(self.shard(event)), f"{_uid(event)}|{trigger}", due]
+
+    def _consent(self, event: ev.ConsentUpdated) -> list[Op]:
+        p = event.payload
+        fields: list[Any] = []
+        if p.push is not None:
+            fields += ["push", int(p.push)]
+        if p.timezone is not None:
+            fields += ["tz", p.timezone]
+        return [["hnewer", self._u(event, "consent"), event.ts, *fields]] if fields else []
+
+    def _push_decided(self, event: ev.PushDecided) -> list[Op]:
+        p, shard = event.payload, self.shard(event)
+        trigger = f"{_uid(event)}|{p.trigger}"
+        ops: list[Op] = [["zremle", self.keys.push_due(shard), trigger, p.due_ts],
+                         ["zremle", self.keys.push_lease(shard), trigger, 1e300],
+                         ["hinc", self.keys.push_stats(shard), f"{p.outcome}:{p.rule}", 1]]
+        if p.candidate_id:
+            ops += [["hdel", self.keys.push_sent(shard), p.candidate_id],
+                    ["hdel", self.keys.push_sending(shard), p.candidate_id]]
+        if p.outcome == "held" and p.hold_until_ts is not None:
+            ops.append(["zmax", self.keys.push_due(shard), trigger, p.hold_until_ts])
+        elif p.outcome == "emitted":
+            log = self._u(event, "pushlog")
+            ops += [["zmax", log, f"{p.candidate_id}|{p.rule}", event.ts], ["ztrim", log, 100]]
+            if p.dedupe_key:
+                ops.append(["hmax", self._u(event, "pushkeys"), p.dedupe_key, event.ts])
+            ops += [["hmax", self._u(event, "pushitems"), item, event.ts] for item in p.items]
+        return ops
 
 
 def day_of(ts: float) -> str:

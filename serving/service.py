@@ -210,9 +210,29 @@ class RecommendationService:
             more = self._select(fill, await self._infos(list(fill.scores), flags), limit,
                                 exclude | {x.item_id for x in items}, keep, bool(flags))
             items += more[: limit - len(items)]
+        items = await self._not_just_pushed(user_id, items, flags)
         if art is not None and vec is not None:
             await self._explain_picks(items, art, state, flags)
         return Answer(items, art.version if art else None, strategy, bool(flags))
+
+    async def _not_just_pushed(self, user_id: str, items: list[Scored], flags: list[str],
+                               ) -> list[Scored]:
+        """The push fatigue ledger, shared with the website: an item pushed to this
+        customer within ``push.web_repeat_window_s`` is not the top recommendation too
+        (it stays in the list, one place down or more)."""
+        window = self.settings.push.web_repeat_window_s
+        if window <= 0 or len(items) < 2:
+            return items
+        key = self.reader.keys.user(user_id, "pushitems")
+        pushed, clock = await asyncio.gather(
+            self._safe(self.reader.client.hgetall(key), {}, flags),
+            self._safe(self.reader.clock(), 0.0, flags))
+        recent = {k.decode() if isinstance(k, bytes) else k for k, ts in pushed.items()
+                  if clock - float(ts) < window}
+        fresh = next((i for i, x in enumerate(items) if x.item_id not in recent), None)
+        if not recent or fresh in (None, 0):
+            return items
+        return [items[fresh], *items[:fresh], *items[fresh + 1:]]
 
     def _vector(self, art: ModelArtifact | None, state: UserState) -> np.ndarray | None:
         if art is None:

@@ -23,6 +23,9 @@ from feature_store.keys import Keys
 from feature_store.redis_store import RedisStore
 from feature_store.updates import Folder
 from models.online import ModelHolder, UserVectorUpdater
+from push.drain import PushDrainer
+from push.sweep import sweep as push_sweep
+from push.watch import ItemWatchers
 from streams.pipeline import BatchProcessor, Record
 from streams.timers import refresh_population, retrain_if_due
 from streams.topics import EventProducer, ensure_topics
@@ -57,8 +60,10 @@ class WorkerContext:
         producer = self._producer = EventProducer(s)
         await producer.__aenter__()
         vectors = UserVectorUpdater(client, keys, self.holder, s.model.half_life_d * 86400)
+        watchers = ItemWatchers(client, keys, s.push) if s.push.drain_interval_s > 0 else None
         return BatchProcessor(RedisStore(client, keys, s.features.dedupe_window_s),
-                              Folder(keys, s.features, s.model), producer, vectors)
+                              Folder(keys, s.features, s.model, s.push), producer, vectors,
+                              watchers=watchers)
 
     async def close(self) -> None:
         if self.holder is not None:
@@ -135,6 +140,38 @@ def build_app(settings: Settings) -> faust.App:
                 await refresh_population(settings, processor.store.client, processor.producer)
             except Exception:  # stale stats are better than a stopped worker
                 log.exception("population refresh failed; keeping the previous stats")
+
+    if settings.push.drain_interval_s > 0:
+        drainer: list[PushDrainer] = []
+
+        @app.timer(settings.push.drain_interval_s)
+        async def drain_push() -> None:
+            processor = await ctx.get()
+            if not drainer and processor.producer is not None:
+                drainer.append(PushDrainer(settings, processor.store.client, processor.producer))
+            try:
+                result = await drainer[0].drain()
+            except (RedisError, OSError, KafkaError) as exc:  # claimed triggers come back
+                log.warning("push drain failed (%r); leases expire, the next pass retries", exc)
+                return
+            if result.claimed:
+                log.info("push drain: %s", result)
+
+        @app.on_before_shutdown.connect
+        async def close_drainer(app: faust.App, **kwargs: Any) -> None:
+            for d in drainer:
+                await d.close()
+
+    if settings.push.drain_interval_s > 0 and settings.push.sweep_interval_s > 0:
+        @app.timer(settings.push.sweep_interval_s)
+        async def sweep_push() -> None:
+            processor = await ctx.get()
+            if processor.producer is None:
+                return
+            try:
+                await push_sweep(settings, processor.store.client, processor.producer)
+            except Exception:  # the next sweep finds the same triggers
+                log.exception("push sweep failed")
 
     if w.retrain_interval_s > 0:
         @app.timer(w.retrain_interval_s)

@@ -12,9 +12,11 @@ not decode is a :class:`DecodeError` with a reason and goes to the dead-letter t
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Final, Literal, TypeAlias
+from zoneinfo import available_timezones
 
 import msgspec
 from msgspec import Meta
@@ -373,6 +375,92 @@ class ExperimentExposed(Event, tag="experiment.exposed"):
     experiment; ``event_id`` is derived from the request id, so a retry is a duplicate)."""
 
     payload: Exposure
+# ---------------------------------------------------------------- push notifications
+
+@functools.cache
+def _zones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+def _valid_zone(name: str) -> None:
+    # The IANA list, not ZoneInfo(name): that would open any path-like name as a file.
+    if name not in _zones():
+        raise ValueError(f"unknown time zone {name!r} (want an IANA name, e.g. Europe/London)")
+
+
+class Consent(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """What the customer agreed to; fields left out keep their previous value."""
+
+    # Push messages allowed (opt-in) or not (opt-out).
+    push: bool | None = None
+    # IANA time zone for quiet hours, e.g. "Europe/London"; None keeps the known one.
+    timezone: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
+
+    def __post_init__(self) -> None:
+        if self.timezone is not None:
+            _valid_zone(self.timezone)
+
+
+class PushDecision(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """What the push drain decided about one due trigger (see push/drain.py)."""
+
+    # The trigger as scheduled: "<reason>|<ref>" (the user is the envelope's user_id).
+    trigger: Annotated[str, Meta(min_length=2, max_length=300, pattern=r"^[a-z_]+\|")]
+    # Its due time as stored (Unix seconds): the fold removes the trigger only if it was
+    # not rescheduled since (a later cart add moves the abandonment check).
+    due_ts: float
+    outcome: Literal["emitted", "held", "dropped"]
+    # emitted: the reason; held: why; dropped: the rule that suppressed it.
+    rule: Short
+    candidate_id: Id | None = None
+    dedupe_key: Short | None = None
+    items: Annotated[list[Id], Meta(max_length=50)] = []
+    hold_until_ts: float | None = None
+
+
+class ItemChange(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """An item this customer watched got cheaper or came back in stock."""
+
+    item_id: Id
+    change: Literal["price_drop", "back_in_stock"]
+    price: Price
+    previous_price: Price
+    # The catalog event that changed it (one change, one push trigger per watcher).
+    catalog_event_id: Id
+
+
+class PushSchedule(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A trigger the customer sweep found (replenishment due, close to the next tier)."""
+
+    reason: Literal["replenish", "tier_nudge"]
+    # replenish: "<item>@<last purchase ts>"; tier_nudge: "<next tier>@<month>@<gap>".
+    ref: Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[^|]+$")]
+    due_ts: float
+
+
+class ConsentUpdated(Event, tag="consent.updated"):
+    payload: Consent
+
+
+class PushDecided(Event, tag="push.decided"):
+    """Aisle's push drain decided a trigger (the worker writes it; replay restores the
+    fatigue ledger and the schedule from it)."""
+
+    payload: PushDecision
+
+
+class PushItemChanged(Event, tag="push.item_changed"):
+    """Written by the worker that applied a catalog change, once per watching customer,
+    so the trigger lands in the customer's own shard."""
+
+    payload: ItemChange
+
+
+class PushScheduled(Event, tag="push.scheduled"):
+    """Written by the push sweep (push/sweep.py) with an id derived from the trigger, so a
+    repeated sweep adds nothing."""
+
+    payload: PushSchedule
 
 
 AnyEvent: TypeAlias = (
@@ -381,6 +469,7 @@ AnyEvent: TypeAlias = (
     | CatalogItemUpserted | CatalogItemRemoved | UserErased
     | OfferIssued | OfferRedeemed | OfferExpired | LifecycleChanged
     | ExperimentCreated | ExperimentUpdated | ExperimentStopped | ExperimentExposed
+    | ConsentUpdated | PushDecided | PushItemChanged | PushScheduled
 )
 EVENT_TYPES: Final = {cls.__struct_config__.tag: cls for cls in AnyEvent.__args__}  # type: ignore[attr-defined]
 CATALOG_TYPES: Final = frozenset({"catalog.item_upserted", "catalog.item_removed"})

@@ -19,7 +19,8 @@ from feature_store.memory_store import BatchEvent
 from feature_store.redis_store import RedisStore
 from feature_store.updates import Folder
 from models.online import UserVectorUpdater
-from streams.events import DecodeError, decode_event
+from push.watch import ItemWatchers
+from streams.events import CatalogItemUpserted, DecodeError, decode_event
 from streams.topics import DeadLetter, EventProducer
 
 log = logging.getLogger(__name__)
@@ -66,13 +67,14 @@ class Counters:
 class BatchProcessor:
     def __init__(self, store: RedisStore, folder: Folder, producer: EventProducer | None,
                  vectors: UserVectorUpdater | None = None, respect_rebuild: bool = True,
-                 ) -> None:
+                 watchers: ItemWatchers | None = None) -> None:
         self.store = store
         self.folder = folder
         self.keys: Keys = folder.keys
         self.producer = producer
         self.vectors = vectors
         self.respect_rebuild = respect_rebuild
+        self.watchers = watchers
         self.counters = Counters()
 
     async def wait_while_rebuilding(self) -> None:
@@ -88,6 +90,7 @@ class BatchProcessor:
         batches: dict[tuple[int, str], list[BatchEvent]] = {}
         letters: list[DeadLetter] = []
         users: dict[str, float] = {}
+        upserts: list[CatalogItemUpserted] = []
         for rec in records:
             try:
                 event = decode_event(rec.value or b"")
@@ -96,6 +99,8 @@ class BatchProcessor:
                                              rec.key, rec.value))
                 continue
             ops = self.folder.fold(event)
+            if isinstance(event, CatalogItemUpserted):
+                upserts.append(event)
             source = f"{rec.topic}/{rec.partition}"
             shard = self.folder.shard(event)
             batches.setdefault((shard, source), []).append(
@@ -106,6 +111,9 @@ class BatchProcessor:
         if letters:
             await self._deadletter(letters)
         result = BatchResult(records=len(records), deadletters=len(letters))
+        if self.watchers is not None and self.producer is not None and upserts:
+            # Before applying: the comparison needs the item as it was (push/watch.py).
+            await self.watchers.before_apply(upserts, self.producer)
         result.applied, result.duplicates, result.already_applied = await self._apply(batches)
         if result.applied:
             # Group-wide count of applied events (the retrain schedule reads it) and each

@@ -42,7 +42,8 @@ async def rebuild_from_log(settings: Settings) -> dict[str, float]:
         holder = ModelHolder(client, settings.features.key_prefix)
         await holder.refresh()
         vectors = UserVectorUpdater(client, keys, holder, settings.model.half_life_d * 86400)
-        processor = BatchProcessor(store, Folder(keys, settings.features, settings.model),
+        folder = Folder(keys, settings.features, settings.model, settings.push)
+        processor = BatchProcessor(store, folder,
                                    producer=None, vectors=vectors, respect_rebuild=False)
         for topic in (settings.topics.catalog, settings.topics.events):
             await _replay_topic(settings, topic, processor)

@@ -39,8 +39,8 @@ async def ensure_topics(settings: Settings) -> None:
     try:
         existing = set(await admin.list_topics())
         t = settings.topics
-        wanted = [NewTopic(name, t.partitions, 1) for name in (t.events, t.catalog, t.deadletter)
-                  if name not in existing]
+        names = (t.events, t.catalog, t.deadletter, t.push)
+        wanted = [NewTopic(name, t.partitions, 1) for name in names if name not in existing]
         if wanted:
             with contextlib.suppress(TopicAlreadyExistsError):  # a concurrent creator won
                 await admin.create_topics(wanted)
@@ -119,6 +119,15 @@ class EventProducer:
 
     async def send_raw(self, topic: str, value: bytes, key: bytes | None = None) -> None:
         await (await self._producer.send(topic, key=key, value=value))
+
+    async def send_to(self, topic: str, value: bytes, key: bytes, partition: int) -> int:
+        """One record to one partition; returns its offset once the broker acked it."""
+        meta = await (await self._producer.send(topic, key=key, value=value,
+                                                partition=partition))
+        return int(meta.offset)
+
+    async def partitions(self, topic: str) -> int:
+        return len(await self._producer.partitions_for(topic))
 
     async def send_deadletters(self, letters: Iterable[DeadLetter]) -> None:
         enc = msgspec.json.encode

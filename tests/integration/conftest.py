@@ -24,12 +24,15 @@ def isolated_settings(servers: dict[str, str], data_dir: Path, **worker: object)
     return Settings(
         kafka_url=servers["kafka_url"], redis_url=servers["redis_url"], data_dir=data_dir,
         topics={"events": f"t{tag}.events", "catalog": f"t{tag}.catalog",
-                "deadletter": f"t{tag}.dlq", "partitions": 4},
+                "deadletter": f"t{tag}.dlq", "push": f"t{tag}.push", "partitions": 4},
         worker={"app_id": f"aisle-{tag}", "batch_within_s": 0.02, "model_poll_s": 0.3,
                 **worker},
         features={"key_prefix": f"k{tag}", "shards": 4},
         model={"factors": 16, "iterations": 8},
         serving={"port": 0, "admin_api_key": ADMIN_KEY, "cors_origins": ["https://shop.example"]},
+        # Off unless a test turns it on (test_push.py): a drain writes push.decided events
+        # on its own schedule, which would race the "caught up, now compare" checks.
+        push={"drain_interval_s": 0},
     )
 
 

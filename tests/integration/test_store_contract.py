@@ -85,8 +85,21 @@ def _crm_event(rng: random.Random, i: int, common: dict) -> ev.AnyEvent:
         lines = [ev.OrderLine(item_id="i1", quantity=1, unit_price=5.0)]
         return ev.OrderPlaced(payload=ev.Order(order_id=f"po{i}", lines=lines, offer_id=offer),
                               **common)
-    return ev.LifecycleChanged(payload=ev.LifecycleChange(stage=rng.choice(["growing", "at_risk"])),
-                               **common)
+    if k < 0.85:
+        return ev.LifecycleChanged(
+            payload=ev.LifecycleChange(stage=rng.choice(["growing", "at_risk"])), **common)
+    if k < 0.9:
+        return ev.ConsentUpdated(payload=ev.Consent(push=rng.random() < 0.5,
+                                                    timezone="Asia/Shanghai"), **common)
+    # A push decision on the cart trigger: due as scheduled or earlier (the cart was
+    # added again since: the trigger must stay), emitted or held.
+    ts = common["occurred_at"].timestamp()
+    outcome = rng.choice(["emitted", "held", "dropped"])
+    return ev.PushDecided(payload=ev.PushDecision(
+        trigger="cart_abandon|", due_ts=ts + rng.choice([-600.0, 0.0, 3600.0]), outcome=outcome,
+        rule="cart_abandon", candidate_id=f"pc{i}", dedupe_key="cart_abandon:x",
+        items=["i1", "i2"] if outcome == "emitted" else [],
+        hold_until_ts=ts + 7200 if outcome == "held" else None), **common)
 
 
 async def _run_both(redis_url: str, events: list[ev.AnyEvent]) -> tuple[dict, dict]:
