@@ -38,6 +38,9 @@ class WorkerSettings(BaseModel):
     # sweep; 0 disables the schedule (run `aisle stats` instead).
     population_interval_s: float = Field(300.0, ge=0)
     model_poll_s: float = 2.0
+    # The consumer hands one agent whole fetched batches instead of Faust's per-message
+    # events (streams/batching.py); false restores stock agents with take_events.
+    batch_consumer: bool = True
 
 
 class FeatureSettings(BaseModel):

@@ -67,6 +67,7 @@ from aisle.replay import replay_file
 from aisle.settings import Settings
 from aisle.stack import Stack
 from benchmarks.bench_foldin import ROOT, machine, write_result
+from benchmarks.common import SHARED_DATA
 from benchmarks.ingest_memory import breakdown
 from benchmarks.ingest_probe import (
     AppliedProbe,
@@ -85,7 +86,7 @@ from models.train import train_once
 from streams.lag import end_offsets
 from streams.topics import ensure_topics
 
-DATA = ROOT.parent / "shared" / "data"
+DATA = SHARED_DATA
 TAOBAO = DATA / "taobao_userbehavior" / "userbehavior_sample.csv.gz"
 RETAIL = DATA / "online_retail" / "online_retail.csv.gz"
 QUICK_ROWS = 20_000

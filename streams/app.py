@@ -23,7 +23,8 @@ from feature_store.keys import Keys
 from feature_store.redis_store import RedisStore
 from feature_store.updates import Folder
 from models.online import ModelHolder, UserVectorUpdater
-from streams.pipeline import BatchProcessor, Record
+from streams.batching import BatchApp, FetchedBatch, batch_consumer
+from streams.pipeline import BatchProcessor, BatchResult, Record
 from streams.timers import refresh_population, retrain_if_due
 from streams.topics import EventProducer, ensure_topics
 
@@ -71,7 +72,8 @@ class WorkerContext:
 
 def build_app(settings: Settings) -> faust.App:
     w = settings.worker
-    app = faust.App(
+    app_type = BatchApp if w.batch_consumer else faust.App
+    app = app_type(
         w.app_id,
         broker=f"kafka://{settings.bootstrap_servers}",
         store="memory://",
@@ -95,29 +97,45 @@ def build_app(settings: Settings) -> faust.App:
     )
     ctx = WorkerContext(settings)
     app.aisle_context = ctx  # type: ignore[attr-defined]
-    topics = [app.topic(name, value_serializer="raw", key_serializer="raw",
-                        partitions=settings.topics.partitions)
-              for name in (settings.topics.events, settings.topics.catalog)]
+
+    async def apply(records: list[Record]) -> BatchResult:
+        # A batch must never be acked unapplied. Retrying is safe (watermarks + dedupe).
+        delay = 0.2
+        while True:
+            try:
+                return await (await ctx.get()).process(records)
+            except (RedisError, OSError, KafkaError) as exc:
+                log.warning("batch not applied (%r); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 5.0)
 
     async def run_batches(stream: Any) -> None:
         async for events in stream.take_events(w.batch_max, within=w.batch_within_s):
             records = [Record(e.message.topic, e.message.partition, e.message.offset,
                               e.message.key, e.message.value) for e in events]
-            # take_events acks the batch when this body ends, even by an exception: a
-            # batch must never leave unapplied. Retrying is safe (watermarks + dedupe).
-            delay = 0.2
-            while True:
-                try:
-                    result = await (await ctx.get()).process(records)
-                    break
-                except (RedisError, OSError, KafkaError) as exc:
-                    log.warning("batch not applied (%r); retrying in %.1fs", exc, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(2 * delay, 5.0)
-            log.debug("batch: %s", result)
+            # take_events acks the batch when this body ends, even by an exception:
+            # hence apply() retries until the batch is in.
+            log.debug("batch: %s", await apply(records))
 
-    for topic in topics:
-        app.agent(topic, name=f"fold-{topic.get_topic_name()}")(run_batches)
+    async def run_fetched_batches(stream: Any) -> None:
+        # The consumer hands this agent whole fetched batches (streams/batching.py);
+        # the stream itself stays empty. One agent, so a partition's batches apply in order.
+        consumer = batch_consumer(app)
+        while True:
+            batch: FetchedBatch = await consumer.next_batch()
+            log.debug("batch: %s", await apply(batch.records))
+            consumer.ack_batch(batch)
+
+    if w.batch_consumer:
+        both = app.topic(settings.topics.events, settings.topics.catalog,
+                         value_serializer="raw", key_serializer="raw",
+                         partitions=settings.topics.partitions)
+        app.agent(both, name="fold-batches")(run_fetched_batches)
+    else:
+        for name in (settings.topics.events, settings.topics.catalog):
+            topic = app.topic(name, value_serializer="raw", key_serializer="raw",
+                              partitions=settings.topics.partitions)
+            app.agent(topic, name=f"fold-{topic.get_topic_name()}")(run_batches)
 
     @app.task
     async def create_topics() -> None:

@@ -10,7 +10,10 @@ import pytest
 
 from aisle.runtime import EmbeddedRuntime, start_broker, start_store
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+# The repo's sibling shared/ (a git worktree one level deeper finds it further up).
+SHARED = next((p / "shared" / "data" for p in Path(__file__).resolve().parents[2:]
+               if (p / "shared" / "data").is_dir()),
+              Path(__file__).resolve().parents[2] / "shared" / "data")
 ONLINE_RETAIL = SHARED / "online_retail" / "online_retail.csv.gz"
 TAOBAO = SHARED / "taobao_userbehavior" / "userbehavior_sample.csv.gz"
 
