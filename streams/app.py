@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import faust
 import redis.asyncio as aioredis
@@ -23,12 +24,13 @@ from feature_store.keys import Keys
 from feature_store.redis_store import RedisStore
 from feature_store.updates import Folder
 from models.online import ModelHolder, UserVectorUpdater
-from streams.batching import BatchApp, FetchedBatch, batch_consumer
-from streams.pipeline import BatchProcessor, BatchResult, Record
+from streams.batching import BatchApp, batch_consumer
+from streams.pipeline import BatchProcessor, BatchResult, PreparedBatch, Record
 from streams.timers import refresh_population, retrain_if_due
 from streams.topics import EventProducer, ensure_topics
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class WorkerContext:
@@ -98,12 +100,12 @@ def build_app(settings: Settings) -> faust.App:
     ctx = WorkerContext(settings)
     app.aisle_context = ctx  # type: ignore[attr-defined]
 
-    async def apply(records: list[Record]) -> BatchResult:
+    async def retried(step: Callable[[], Awaitable[T]]) -> T:
         # A batch must never be acked unapplied. Retrying is safe (watermarks + dedupe).
         delay = 0.2
         while True:
             try:
-                return await (await ctx.get()).process(records)
+                return await step()
             except (RedisError, OSError, KafkaError) as exc:
                 log.warning("batch not applied (%r); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
@@ -114,17 +116,37 @@ def build_app(settings: Settings) -> faust.App:
             records = [Record(e.message.topic, e.message.partition, e.message.offset,
                               e.message.key, e.message.value) for e in events]
             # take_events acks the batch when this body ends, even by an exception:
-            # hence apply() retries until the batch is in.
-            log.debug("batch: %s", await apply(records))
+            # hence the retries until the batch is in.
+            result = await retried(lambda r=records: _process(r))
+            log.debug("batch: %s", result)
+
+    async def _process(records: list[Record]) -> BatchResult:
+        return await (await ctx.get()).process(records)
+
+    async def _write(prepared: PreparedBatch) -> BatchResult:
+        processor = await ctx.get()
+        await processor.wait_while_rebuilding()
+        return await processor.apply(prepared)
 
     async def run_fetched_batches(stream: Any) -> None:
         # The consumer hands this agent whole fetched batches (streams/batching.py);
-        # the stream itself stays empty. One agent, so a partition's batches apply in order.
+        # the stream itself stays empty. One agent, so a partition's batches are written
+        # in order: batch N+1 is decoded and folded while the store applies batch N, and
+        # sent only once N is in. Each batch is acked when its write is done.
         consumer = batch_consumer(app)
+        processor = await retried(ctx.get)
+        writing: asyncio.Task[BatchResult] | None = None
         while True:
-            batch: FetchedBatch = await consumer.next_batch()
-            log.debug("batch: %s", await apply(batch.records))
-            consumer.ack_batch(batch)
+            batch = await consumer.next_batch()
+            try:
+                prepared = processor.prepare(batch.records)
+                if writing is not None:
+                    await asyncio.shield(writing)
+            except BaseException:
+                consumer.release_batch(batch)
+                raise
+            writing = asyncio.ensure_future(retried(lambda p=prepared: _write(p)))
+            writing.add_done_callback(lambda done, b=batch: consumer.settle_batch(b, done))
 
     if w.batch_consumer:
         both = app.topic(settings.topics.events, settings.topics.catalog,

@@ -89,6 +89,23 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 self._idle.set()
             notify(self._waiting_for_ack)
 
+    def release_batch(self, batch: FetchedBatch) -> None:
+        """Forget a batch that will not be applied: it stays unacked, so uncommitted."""
+        with ack_lock:
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.set()
+            notify(self._waiting_for_ack)
+
+    def settle_batch(self, batch: FetchedBatch, write: asyncio.Future[Any]) -> None:
+        """Done-callback of a batch's write: ack it if the write succeeded."""
+        if write.cancelled() or write.exception() is not None:
+            if not write.cancelled():
+                log.error("batch not applied, left uncommitted: %r", write.exception())
+            self.release_batch(batch)
+        else:
+            self.ack_batch(batch)
+
     async def wait_empty(self) -> None:
         """Faust's ``wait_empty``, after the batches handed to the agent are applied."""
         if self._inflight:
