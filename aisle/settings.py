@@ -41,6 +41,9 @@ class WorkerSettings(BaseModel):
     # The consumer hands one agent whole fetched batches instead of Faust's per-message
     # events (streams/batching.py); false restores stock agents with take_events.
     batch_consumer: bool = True
+    # A worker freezes its start-up objects out of the garbage collector and collects
+    # after this many allocations (Python's default: 700); 0 leaves the GC alone.
+    gc_gen0_threshold: int = Field(20_000, ge=0)
 
 
 class FeatureSettings(BaseModel):

@@ -24,7 +24,7 @@ from feature_store.keys import Keys
 from feature_store.redis_store import RedisStore
 from feature_store.updates import Folder
 from models.online import ModelHolder, UserVectorUpdater
-from streams.batching import BatchApp, batch_consumer
+from streams.batching import BatchApp, batch_consumer, quiet_gc
 from streams.pipeline import BatchProcessor, BatchResult, PreparedBatch, Record
 from streams.timers import refresh_population, retrain_if_due
 from streams.topics import EventProducer, ensure_topics
@@ -52,6 +52,7 @@ class WorkerContext:
     async def _open(self) -> BatchProcessor:
         s = self.settings
         threadpool_limits(1, "blas")  # fold-in solves are small: threads cost more than they give
+        quiet_gc(s.worker.gc_gen0_threshold)
         client = aioredis.Redis.from_url(s.redis_url or "", decode_responses=False)
         keys = Keys(s.features.key_prefix, s.features.shards)
         self.holder = ModelHolder(client, s.features.key_prefix)
