@@ -223,8 +223,23 @@ async def run_phase(loaded: Loaded, prober: Prober, name: str, seconds: float,
     return row
 
 
+async def related_items(loaded: Loaded, candidates: list[str]) -> list[str]:
+    """The items with related items of their own: a view of one of them makes a new
+    customer's recommendations personal (a view of an item nobody else touched cannot)."""
+    async with httpx.AsyncClient(base_url=loaded.api_url, timeout=10.0) as api:
+        keep = []
+        for item in candidates:
+            body = (await api.get(f"/v1/items/{quote(item, safe='')}/related")).json()
+            if body.get("strategy") == "related":
+                keep.append(item)
+    if not keep:
+        raise RuntimeError("no item has related items: was the model trained?")
+    return keep
+
+
 async def measure(loaded: Loaded, args: argparse.Namespace) -> list[dict[str, Any]]:
-    items = sorted(set(item_ids(loaded, random.Random(3), popular=50, others=200)))
+    items = await related_items(loaded, sorted(set(item_ids(loaded, random.Random(3),
+                                                             popular=50, others=200))))
     prober = Prober(loaded, items)
     try:
         return [await run_phase(loaded, prober, "idle", args.seconds, 0.0),

@@ -98,6 +98,7 @@ def build_app(settings: Settings) -> faust.App:
         web_enabled=False,
         id_format="{id}",
     )
+    app.aisle_fetch_max_wait_ms = w.fetch_max_wait_ms  # type: ignore[attr-defined]
     ctx = WorkerContext(settings)
     app.aisle_context = ctx  # type: ignore[attr-defined]
 
