@@ -1,8 +1,8 @@
 """Freshness: from an event's produce to its effect in the API, idle and under load.
 
-Run from the repo root: ``python -m benchmarks.bench_freshness [--seconds 40]
+Run from the repo root: ``python -m benchmarks.bench_freshness [--quick] [--seconds 40]
 [--event-rate 5000] [--limit-rows 40000]``. Writes ``benchmarks/results/freshness.json``
-and prints a table.
+(``freshness_quick.json``) and prints a table.
 
 Starts the stack on Online Retail and trains (``serving_stack``: one worker, one API),
 then probes in two phases of ``--seconds`` each, in the same run:
@@ -273,8 +273,12 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=40.0, help="probing time per phase")
     p.add_argument("--event-rate", type=float, default=5000.0, help="background events/s")
     p.add_argument("--limit-rows", type=int, default=40_000, help="Online Retail rows")
-    p.add_argument("--out", default="freshness", help="result file stem")
+    p.add_argument("--out", default=None, help="result file stem (freshness[_quick])")
+    p.add_argument("--quick", action="store_true", help="15 s per phase")
     args = p.parse_args()
+    if args.quick:
+        args.seconds = min(args.seconds, 15.0)
+    args.out = args.out or ("freshness_quick" if args.quick else "freshness")
     with loaded_stack(RETAIL, args.limit_rows, console.print,
                       extra_env={"AISLE_WORKER__RETRAIN_INTERVAL_S": "0",
                                  "AISLE_WORKER__POPULATION_INTERVAL_S": "0"}) as loaded:
