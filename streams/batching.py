@@ -129,6 +129,16 @@ class BatchConsumer(faust_aiokafka.Consumer):
         else:
             self.ack_batch(batch)
 
+    def _new_offset(self, tp: TP) -> int | None:
+        # Faust checks for a hole at the head of the acked offsets only when it is more
+        # than one offset wide and the committed offset is not 0: fine for messages
+        # acked one by one in order, not for a batch that was released unapplied while
+        # later ones were acked. The committed offset is the next one to apply.
+        acked, committed = self._acked[tp], self._committed_offset[tp]
+        if acked and committed is not None and min(acked) > committed:
+            return None
+        return cast(int | None, super()._new_offset(tp))
+
     async def wait_empty(self) -> None:
         """Faust's ``wait_empty``, after the batches handed to the agent are applied."""
         if self._inflight:
@@ -199,8 +209,10 @@ class BatchConsumer(faust_aiokafka.Consumer):
             out.extend(Record(r.topic, r.partition, r.offset, r.key, r.value) for r in recs)
             first, last = recs[0].offset, recs[-1].offset
             # Offsets the log skipped (compaction, transaction markers) count as acked
-            # too, so the commit can move past them: ack the whole span.
-            spans[tp] = (first if last_read is None else min(first, last_read + 1), last)
+            # too, so the commit can move past them: the span reaches back to the read
+            # offset (after a seek, the committed one; else the last one read, acked
+            # again harmlessly: acks are a set).
+            spans[tp] = (first if last_read is None else min(first, last_read), last)
             read_offset[tp] = last
             self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
         return FetchedBatch(out, spans) if out else None
