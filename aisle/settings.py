@@ -40,6 +40,16 @@ class WorkerSettings(BaseModel):
     # sweep; 0 disables the schedule (run `aisle stats` instead).
     population_interval_s: float = Field(300.0, ge=0)
     model_poll_s: float = 2.0
+    # The consumer hands one agent whole fetched batches instead of Faust's per-message
+    # events (streams/batching.py); false restores stock agents with take_events.
+    batch_consumer: bool = True
+    # A worker freezes its start-up objects out of the garbage collector and collects
+    # after this many allocations (Python's default: 700); 0 leaves the GC alone.
+    gc_gen0_threshold: int = Field(20_000, ge=0)
+    # How long a fetch may wait at the broker for records (with batch_consumer). The
+    # embedded broker holds a fetch about this long even when records arrive, so it
+    # bounds freshness; lower costs idle fetch round trips.
+    fetch_max_wait_ms: int = Field(20, ge=1, le=5000)
 
 
 class FeatureSettings(BaseModel):

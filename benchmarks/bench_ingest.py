@@ -17,7 +17,9 @@ prefix of its own:
      customers into the model (trained once with ``train_once`` on b's state);
   d  ``BatchProcessor`` driven by a plain aiokafka consumer in this process (what
      ``aisle rebuild`` does): b's work without Faust;
-  e  two workers in one group (the partitions split between them).
+  e  two workers in one group (the partitions split between them);
+  s  one worker with stock Faust agents (``worker.batch_consumer=false``: per-message
+     events through ``take_events``), the way b ran before ``streams/batching.py``.
 
 The machine has 2 cores and is shared, so the baseline runs before every variant and
 after the last, a variant's ratio is to the mean of the two baselines around it, the
@@ -67,6 +69,7 @@ from aisle.replay import replay_file
 from aisle.settings import Settings
 from aisle.stack import Stack
 from benchmarks.bench_foldin import ROOT, machine, write_result
+from benchmarks.common import SHARED_DATA
 from benchmarks.ingest_memory import breakdown
 from benchmarks.ingest_probe import (
     AppliedProbe,
@@ -85,7 +88,7 @@ from models.train import train_once
 from streams.lag import end_offsets
 from streams.topics import ensure_topics
 
-DATA = ROOT.parent / "shared" / "data"
+DATA = SHARED_DATA
 TAOBAO = DATA / "taobao_userbehavior" / "userbehavior_sample.csv.gz"
 RETAIL = DATA / "online_retail" / "online_retail.csv.gz"
 QUICK_ROWS = 20_000
@@ -100,6 +103,7 @@ LABELS = {
     "c": "1 worker + model fold-in",
     "d": "BatchProcessor, no Faust",
     "e": "2 workers, one group",
+    "s": "1 worker, stock Faust agents",
 }
 
 # Wide enough for the tables when the output goes to a file.
@@ -214,6 +218,9 @@ def _reader_row(code: str, timing: ReadTiming, meter: CpuMeter) -> dict[str, Any
 async def workers(bench: Bench, w: Workload, code: str, rnd: int, count: int,
                   model: ModelArtifact | None = None) -> dict[str, Any]:
     s = w.variant(f"{code}{rnd}")
+    if code == "s":
+        s = s.model_copy(update={"worker": s.worker.model_copy(
+            update={"batch_consumer": False})})
     keys = Keys(s.features.key_prefix, s.features.shards)
     lock = keys.control("rebuild")
     await bench.client.set(lock, b"benchmark")
@@ -324,6 +331,7 @@ async def _variant(bench: Bench, w: Workload, code: str, rnd: int) -> dict[str, 
         "c": lambda: _with_model(bench, w, rnd),
         "d": lambda: in_process(bench, w, rnd),
         "e": lambda: workers(bench, w, "e", rnd, 2),
+        "s": lambda: workers(bench, w, "s", rnd, 1),
     }
     return await steps[code]()
 
@@ -373,13 +381,14 @@ async def _vectors(client: aioredis.Redis, s: Settings) -> tuple[int, int]:
     return sum(await pipe.execute()), len(users)
 
 
-async def run(stack: Stack, quick: bool, retail: bool, rounds: int) -> dict[str, Any]:
+async def run(stack: Stack, quick: bool, retail: bool, rounds: int,
+              codes: str = "bcdes") -> dict[str, Any]:
     base = stack.settings
     client = aioredis.Redis.from_url(base.redis_url or "", decode_responses=False)
     pids = {p.name: p.proc.pid for p in stack.embedded.processes}
     bench = Bench(client, {"valkey": pids["valkey"], "broker": pids["broker"]})
     tag = time.strftime("%H%M%S")
-    plan = [(workload(base, "taobao", tag), TAOBAO, QUICK_ROWS if quick else None, "bcde")]
+    plan = [(workload(base, "taobao", tag), TAOBAO, QUICK_ROWS if quick else None, codes)]
     if retail and not quick:
         plan.append((workload(base, "online_retail", tag), RETAIL, None, "bd"))
     out: dict[str, Any] = {}
@@ -478,6 +487,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_ROWS:,} Taobao rows")
     parser.add_argument("--retail", action="store_true", help="also Online Retail (a, b, d)")
+    parser.add_argument("--variants", default="bcdes", help="which of b, c, d, e, s to run")
     parser.add_argument("--rounds", type=int, default=None,
                         help=f"rounds of every variant (default {ROUNDS}, --quick 1)")
     args = parser.parse_args()
@@ -486,7 +496,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="aisle-bench-ingest-"))
     stack = Stack.start(bench_settings(tmp), workers=0, api=False)
     try:
-        workloads = asyncio.run(run(stack, args.quick, args.retail, rounds))
+        workloads = asyncio.run(run(stack, args.quick, args.retail, rounds,
+                                         args.variants))
     except BaseException:
         console.print(f"[red]failed; the logs are kept in {tmp}[/red]")
         raise

@@ -5,6 +5,11 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
+# The real data sets live in shared/ beside the repo (further up for a git worktree).
+SHARED_DATA = next((p / "shared" / "data" for p in Path(__file__).resolve().parents[1:]
+                    if (p / "shared" / "data").is_dir()),
+                   Path(__file__).resolve().parents[2] / "shared" / "data")
+
 
 def cpu_model() -> str:
     """The CPU's model name (from /proc/cpuinfo where there is one)."""

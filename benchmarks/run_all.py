@@ -15,6 +15,7 @@ BENCHMARKS = [
     ("benchmarks.bench_training", False),
     ("benchmarks.bench_retrain", False),
     ("benchmarks.bench_ingest", True),
+    ("benchmarks.bench_freshness", True),
     ("benchmarks.bench_serving", True),
     ("benchmarks.eval_customer", False),
     ("benchmarks.bench_memory", True),

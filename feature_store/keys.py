@@ -65,6 +65,12 @@ def _shard(routing_key: str, shards: int) -> int:
     return zlib.crc32(routing_key.encode()) % shards
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _user_base(prefix: str, shards: int, user_id: str) -> str:
+    # Cached for the same reason: a fold builds six or more keys of one customer.
+    return f"{{{prefix}:{_shard(user_id, shards)}}}:u:{user_id}:"
+
+
 @dataclass(frozen=True, slots=True)
 class Keys:
     prefix: str = "a"
@@ -96,7 +102,7 @@ class Keys:
 
     # -- per customer
     def user(self, user_id: str, suffix: str) -> str:
-        return f"{self.tag(self.shard_of(user_id))}:u:{user_id}:{suffix}"
+        return _user_base(self.prefix, self.shards, user_id) + suffix
 
     def user_keys(self, user_id: str) -> list[str]:
         return [self.user(user_id, s) for s in USER_SUFFIXES]

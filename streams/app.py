@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import faust
 import redis.asyncio as aioredis
@@ -26,11 +27,13 @@ from models.online import ModelHolder, UserVectorUpdater
 from push.drain import PushDrainer
 from push.sweep import sweep as push_sweep
 from push.watch import ItemWatchers
-from streams.pipeline import BatchProcessor, Record
+from streams.batching import BatchApp, batch_consumer, quiet_gc
+from streams.pipeline import BatchProcessor, BatchResult, PreparedBatch, Record
 from streams.timers import refresh_population, retrain_if_due
 from streams.topics import EventProducer, ensure_topics
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class WorkerContext:
@@ -52,6 +55,7 @@ class WorkerContext:
     async def _open(self) -> BatchProcessor:
         s = self.settings
         threadpool_limits(1, "blas")  # fold-in solves are small: threads cost more than they give
+        quiet_gc(s.worker.gc_gen0_threshold)
         client = aioredis.Redis.from_url(s.redis_url or "", decode_responses=False)
         keys = Keys(s.features.key_prefix, s.features.shards)
         self.holder = ModelHolder(client, s.features.key_prefix)
@@ -76,7 +80,8 @@ class WorkerContext:
 
 def build_app(settings: Settings) -> faust.App:
     w = settings.worker
-    app = faust.App(
+    app_type = BatchApp if w.batch_consumer else faust.App
+    app = app_type(
         w.app_id,
         broker=f"kafka://{settings.bootstrap_servers}",
         store="memory://",
@@ -98,31 +103,68 @@ def build_app(settings: Settings) -> faust.App:
         web_enabled=False,
         id_format="{id}",
     )
+    app.aisle_fetch_max_wait_ms = w.fetch_max_wait_ms  # type: ignore[attr-defined]
     ctx = WorkerContext(settings)
     app.aisle_context = ctx  # type: ignore[attr-defined]
-    topics = [app.topic(name, value_serializer="raw", key_serializer="raw",
-                        partitions=settings.topics.partitions)
-              for name in (settings.topics.events, settings.topics.catalog)]
+
+    async def retried(step: Callable[[], Awaitable[T]]) -> T:
+        # A batch must never be acked unapplied. Retrying is safe (watermarks + dedupe).
+        delay = 0.2
+        while True:
+            try:
+                return await step()
+            except (RedisError, OSError, KafkaError) as exc:
+                log.warning("batch not applied (%r); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 5.0)
 
     async def run_batches(stream: Any) -> None:
         async for events in stream.take_events(w.batch_max, within=w.batch_within_s):
             records = [Record(e.message.topic, e.message.partition, e.message.offset,
                               e.message.key, e.message.value) for e in events]
-            # take_events acks the batch when this body ends, even by an exception: a
-            # batch must never leave unapplied. Retrying is safe (watermarks + dedupe).
-            delay = 0.2
-            while True:
-                try:
-                    result = await (await ctx.get()).process(records)
-                    break
-                except (RedisError, OSError, KafkaError) as exc:
-                    log.warning("batch not applied (%r); retrying in %.1fs", exc, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(2 * delay, 5.0)
+            # take_events acks the batch when this body ends, even by an exception:
+            # hence the retries until the batch is in.
+            result = await retried(lambda r=records: _process(r))
             log.debug("batch: %s", result)
 
-    for topic in topics:
-        app.agent(topic, name=f"fold-{topic.get_topic_name()}")(run_batches)
+    async def _process(records: list[Record]) -> BatchResult:
+        return await (await ctx.get()).process(records)
+
+    async def _write(prepared: PreparedBatch) -> BatchResult:
+        processor = await ctx.get()
+        await processor.wait_while_rebuilding()
+        return await processor.apply(prepared)
+
+    async def run_fetched_batches(stream: Any) -> None:
+        # The consumer hands this agent whole fetched batches (streams/batching.py);
+        # the stream itself stays empty. One agent, so a partition's batches are written
+        # in order: batch N+1 is decoded and folded while the store applies batch N, and
+        # sent only once N is in. Each batch is acked when its write is done.
+        consumer = batch_consumer(app)
+        processor = await retried(ctx.get)
+        writing: asyncio.Task[BatchResult] | None = None
+        while True:
+            batch = await consumer.next_batch()
+            try:
+                prepared = processor.prepare(batch.records)
+                if writing is not None:
+                    await asyncio.shield(writing)
+            except BaseException:
+                consumer.release_batch(batch)
+                raise
+            writing = asyncio.ensure_future(retried(lambda p=prepared: _write(p)))
+            writing.add_done_callback(lambda done, b=batch: consumer.settle_batch(b, done))
+
+    if w.batch_consumer:
+        both = app.topic(settings.topics.events, settings.topics.catalog,
+                         value_serializer="raw", key_serializer="raw",
+                         partitions=settings.topics.partitions)
+        app.agent(both, name="fold-batches")(run_fetched_batches)
+    else:
+        for name in (settings.topics.events, settings.topics.catalog):
+            topic = app.topic(name, value_serializer="raw", key_serializer="raw",
+                              partitions=settings.topics.partitions)
+            app.agent(topic, name=f"fold-{topic.get_topic_name()}")(run_batches)
 
     @app.task
     async def create_topics() -> None:

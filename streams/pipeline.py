@@ -64,6 +64,18 @@ class Counters:
         t.seconds += r.seconds
 
 
+@dataclass(slots=True)
+class PreparedBatch:
+    """A batch decoded and folded, not yet written."""
+
+    records: int
+    batches: dict[tuple[int, str], list[BatchEvent]]
+    letters: list[DeadLetter]
+    users: dict[str, float]
+    # Catalog upserts: push watchers compare them with the items as stored (push/watch.py).
+    upserts: list[CatalogItemUpserted] = field(default_factory=list)
+
+
 class BatchProcessor:
     def __init__(self, store: RedisStore, folder: Folder, producer: EventProducer | None,
                  vectors: UserVectorUpdater | None = None, respect_rebuild: bool = True,
@@ -87,10 +99,16 @@ class BatchProcessor:
         started = time.perf_counter()
         if self.respect_rebuild:
             await self.wait_while_rebuilding()
+        return await self.apply(self.prepare(records), started)
+
+    def prepare(self, records: Sequence[Record]) -> PreparedBatch:
+        """Decode and fold: pure CPU, no I/O, so a worker can run it for the next batch
+        while the store applies this one (see ``streams/app.py``)."""
         batches: dict[tuple[int, str], list[BatchEvent]] = {}
         letters: list[DeadLetter] = []
         users: dict[str, float] = {}
         upserts: list[CatalogItemUpserted] = []
+        fold, shard_of = self.folder.fold, self.folder.shard
         for rec in records:
             try:
                 event = decode_event(rec.value or b"")
@@ -98,23 +116,33 @@ class BatchProcessor:
                 letters.append(DeadLetter.of(exc.reason, rec.topic, rec.partition, rec.offset,
                                              rec.key, rec.value))
                 continue
-            ops = self.folder.fold(event)
+            ops = fold(event)
             if isinstance(event, CatalogItemUpserted):
                 upserts.append(event)
             source = f"{rec.topic}/{rec.partition}"
-            shard = self.folder.shard(event)
-            batches.setdefault((shard, source), []).append(
-                (event.event_id, rec.offset, event.ts, ops))
-            if event.user_id is not None and any(op[0] == "zlog" and op[1].endswith(":ia")
-                                                 for op in ops):
-                users[event.user_id] = max(users.get(event.user_id, 0.0), event.ts)
+            ts = event.ts
+            batches.setdefault((shard_of(event), source), []).append(
+                (event.event_id, rec.offset, ts, ops))
+            uid = event.user_id
+            if uid is not None and ts > users.get(uid, 0.0) and any(
+                    op[0] == "zlog" and op[1].endswith(":ia") for op in ops):
+                users[uid] = ts
+        return PreparedBatch(len(records), batches, letters, users, upserts)
+
+    async def apply(self, prepared: PreparedBatch, started: float | None = None,
+                    ) -> BatchResult:
+        """Write a prepared batch: dead letters, one Lua call per (shard, source), the
+        applied counters, then the fold-in of the customers it touched."""
+        started = time.perf_counter() if started is None else started
+        letters, users = prepared.letters, prepared.users
         if letters:
             await self._deadletter(letters)
-        result = BatchResult(records=len(records), deadletters=len(letters))
-        if self.watchers is not None and self.producer is not None and upserts:
+        result = BatchResult(records=prepared.records, deadletters=len(letters))
+        if self.watchers is not None and self.producer is not None and prepared.upserts:
             # Before applying: the comparison needs the item as it was (push/watch.py).
-            await self.watchers.before_apply(upserts, self.producer)
-        result.applied, result.duplicates, result.already_applied = await self._apply(batches)
+            await self.watchers.before_apply(prepared.upserts, self.producer)
+        result.applied, result.duplicates, result.already_applied = await self._apply(
+            prepared.batches)
         if result.applied:
             # Group-wide count of applied events (the retrain schedule reads it) and each
             # worker's share (operators see who does the work).

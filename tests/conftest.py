@@ -10,9 +10,12 @@ import pytest
 
 from aisle.runtime import EmbeddedRuntime, start_broker, start_store
 
-# Beside the repository; AISLE_TEST_SHARED_DATA points elsewhere (e.g. from a git worktree).
-SHARED = Path(os.environ.get("AISLE_TEST_SHARED_DATA")
-              or Path(__file__).resolve().parents[2] / "shared" / "data")
+# The repo's sibling shared/ (a git worktree one level deeper finds it further up);
+# AISLE_TEST_SHARED_DATA points elsewhere.
+SHARED = Path(os.environ.get("AISLE_TEST_SHARED_DATA") or next(
+    (p / "shared" / "data" for p in Path(__file__).resolve().parents[2:]
+     if (p / "shared" / "data").is_dir()),
+    Path(__file__).resolve().parents[2] / "shared" / "data"))
 ONLINE_RETAIL = SHARED / "online_retail" / "online_retail.csv.gz"
 TAOBAO = SHARED / "taobao_userbehavior" / "userbehavior_sample.csv.gz"
 

@@ -20,6 +20,7 @@ from aisle.replay import replay_file
 from aisle.runtime import start_broker, start_store
 from aisle.settings import Settings
 from aisle.stack import Stack
+from benchmarks.ingest_probe import wait_group
 from models.train import train_once
 from streams.lag import wait_caught_up
 from streams.topics import ensure_topics
@@ -114,14 +115,25 @@ def test_workers_joining_and_leaving_mid_stream_build_the_rebuilt_state(
         scale_stack: Stack) -> None:
     """A second worker joins while the first works through ~9k events (partitions move
     to it mid-stream); later the first is stopped (SIGTERM, killed if it takes over 10 s)
-    with work left, and the second takes over every partition."""
+    while events flow, and the second takes over every partition.
+
+    The phases wait for the group rather than for a count of events: a batching worker
+    can finish a slice before a newcomer has even joined."""
     stack = scale_stack
     first = stack.workers[0]
-    replay = BackgroundReplay(stack.settings, [(ONLINE_RETAIL, 20_000), (TAOBAO, 3_000)])
+    replay = BackgroundReplay(stack.settings, [(ONLINE_RETAIL, 20_000)])
     replay.start()
     wait_applied(stack.settings, 1_000, timeout=120)
     second = stack.add_worker()
-    wait_applied(stack.settings, applied_count(stack.settings) + 3_000, timeout=120)
+    asyncio.run(wait_group(stack.settings, 2, timeout=60, stable_for=0.5))
+    replay.finish(timeout=120)
+    replay = BackgroundReplay(stack.settings, [(TAOBAO, 3_000)])  # for both workers
+    replay.start()
+    replay.finish(timeout=120)
+    # Rows 3,000-6,000 are new (the first 3,000 again are duplicates to drop).
+    replay = BackgroundReplay(stack.settings, [(TAOBAO, 6_000)])
+    replay.start()
+    wait_applied(stack.settings, applied_count(stack.settings) + 300, timeout=120)
     first.stop()
     stack.workers.remove(first)
     replay.finish(timeout=120)
