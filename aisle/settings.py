@@ -77,6 +77,9 @@ class ModelSettings(BaseModel):
     top_k_similar: int = 50
     seed: int = 42
     keep_versions: int = 2
+    # Items bought/viewed by fewer customers are never ALS neighbours (they still get
+    # neighbours): keeps the all-pairs similar-items step off the n² path (models/train.py).
+    similar_min_support: int = Field(2, ge=1)
 
 
 class ServingSettings(BaseModel):

@@ -101,7 +101,7 @@ async def steps(s: Settings, client: aioredis.Redis) -> dict[str, float]:
     params = als_params(s)
     out["fit_als_s"], (_, items) = timed_sync(lambda: fit_als(inter, params))
     out["similar_items_s"], (sim_ids, sim_scores) = timed_sync(
-        lambda: shrunk_similar_items(items, inter, m.top_k_similar))
+        lambda: shrunk_similar_items(items, inter, m.top_k_similar, m.similar_min_support))
     art = ModelArtifact(
         version=new_version(), created_at=time.time(), ref_ts=ref_ts, params=vars(params),
         item_ids=list(inter.item_ids), item_factors=items, similar_ids=sim_ids,
