@@ -23,12 +23,12 @@ import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
-from benchmarks.common import cpu_model
+from benchmarks.common import cpu_model, shared_data
 from models.als import ALSParams, FoldIn, fit_als
 from models.matrix import Interactions, build_interactions
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "online_retail" / "online_retail.csv.gz"
+DATA = shared_data(ROOT) / "online_retail" / "online_retail.csv.gz"
 RESULTS = ROOT / "benchmarks" / "results"
 SAMPLE_USERS = 1000
 

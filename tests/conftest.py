@@ -10,7 +10,10 @@ import pytest
 
 from aisle.runtime import EmbeddedRuntime, start_broker, start_store
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+# Beside the repository; a git worktree (wt/<name>) sits one level deeper.
+SHARED = next((base / "shared" / "data" for base in Path(__file__).resolve().parents[2:4]
+               if (base / "shared" / "data").is_dir()),
+              Path(__file__).resolve().parents[2] / "shared" / "data")
 ONLINE_RETAIL = SHARED / "online_retail" / "online_retail.csv.gz"
 TAOBAO = SHARED / "taobao_userbehavior" / "userbehavior_sample.csv.gz"
 
