@@ -10,10 +10,10 @@ Per dataset (Online Retail, the Taobao slice):
 1. Time split (``benchmarks/quality_data.py``): the last 15% of interaction events are
    the test period; everything before is the training log.
 2. The training log goes through the worker's own code (``BatchProcessor``) into a
-   Valkey of this run's own. The model is trained with ``train_once`` when 90% of the
-   training interactions are in; the last 10% then stream in with per-batch fold-in.
-   That state answers as **streaming**. Then ``train_once`` again on the whole training
-   log: **full retrain**, the headline row.
+   Valkey of this run's own. The model is trained with ``train_once`` a week before the
+   cut (Online Retail; 12 minutes on Taobao); the rest of the log then streams in with
+   per-batch fold-in. That state answers as **streaming**. Then ``train_once`` again on
+   the whole training log: **full retrain**, the headline row.
 3. Answers come from ``serving.service.RecommendationService`` — the API's code path,
    customer intelligence included — for a seeded sample of test customers (those with a
    training history and something in the test period).
@@ -56,7 +56,7 @@ from benchmarks.quality_baselines import (
     item_knn,
     popularity,
 )
-from benchmarks.quality_data import DATASETS, Split, load, test_split, touched
+from benchmarks.quality_data import DATASETS, Split, load, test_split
 from benchmarks.quality_served import StoreSession, recommend, related
 from models.artifacts import ModelArtifact
 from models.evaluation import evaluate, hit_at_k
@@ -65,7 +65,10 @@ K = 20
 RELATED_K = 10
 MAX_USERS = 1500
 MAX_ANCHORS = 1500
-STREAM_SHARE = 0.10
+# How long before the cut the streaming model was last retrained: a week of Online
+# Retail's year (the workers' default schedule retrains hourly, so this is the harder
+# case), 12 minutes of Taobao's 2-hour slice (10% of it).
+STREAM_GAP_S = {"online_retail": 7 * 86400.0, "taobao": 12 * 60.0}
 SEED = 7
 console = Console(width=None if sys.stdout.isatty() else 150)
 
@@ -85,9 +88,8 @@ def sample_users(split: Split, n: int) -> list[str]:
     return sorted(np.random.default_rng(SEED).choice(users, n, replace=False).tolist())
 
 
-def stream_cut(split: Split) -> float:
-    stamps = np.array([ev.ts for ev in split.train if touched(ev)])
-    return float(np.quantile(stamps, 1.0 - STREAM_SHARE))
+def stream_cut(split: Split, name: str) -> float:
+    return split.cut_ts - STREAM_GAP_S[name]
 
 
 async def served(session: StoreSession, split: Split, users: list[str],
@@ -136,16 +138,16 @@ def als_neighbours(art: ModelArtifact, items: list[str]) -> dict[str, list[str]]
 
 
 async def served_run(split: Split, users: list[str], pairs: list[tuple[str, set[str]]],
-                     settings: Settings, streaming: bool = True) -> dict[str, Any]:
+                     settings: Settings, stream_from: float = np.inf) -> dict[str, Any]:
     """Replay, train, answer: the served rows (streaming and full retrain) and related."""
     session = StoreSession.open(settings)
     out: dict[str, Any] = {"seconds": {}}
     t = out["seconds"]
     try:
-        cut = stream_cut(split) if streaming else np.inf
-        head = [ev for ev in split.train if ev.ts < cut]
-        tail = [ev for ev in split.train if ev.ts >= cut]
+        head = [ev for ev in split.train if ev.ts < stream_from]
+        tail = [ev for ev in split.train if ev.ts >= stream_from]
         t["replay_head"] = await session.replay(head)
+        console.print(f"  replayed {len(head):,} events in {t['replay_head']:.0f}s")
         if tail:
             started = time.perf_counter()
             first = await session.train()
@@ -170,6 +172,7 @@ async def served_run(split: Split, users: list[str], pairs: list[tuple[str, set[
             out["related_als_only"] = related_hits(als_neighbours(art, items), pairs,
                                                    len(split.catalog))
         out["train_stats"] = art.stats
+        console.print(f"  served path: { {k: round(v, 1) for k, v in t.items()} }")
         await session.wipe()
     finally:
         await session.close()
@@ -215,7 +218,8 @@ async def evaluate_dataset(name: str, redis_url: str, data_dir: Path, max_users:
                   f"{len(split.truth(False))}, {len(pairs)} related anchors")
     base = baselines(split, users, pairs)
     settings = eval_settings(redis_url, data_dir, f"q{name[:2]}")
-    ours = await served_run(split, users, pairs, settings)
+    ours = await served_run(split, users, pairs, settings, stream_cut(split, name))
+    ours["stream_gap_s"] = STREAM_GAP_S[name]
     return {"dataset": name, "file": DATASETS[name].name, "events": len(events),
             "train_events": len(split.train),
             "cut": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(split.cut_ts)),
