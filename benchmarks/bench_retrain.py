@@ -17,7 +17,8 @@ the clock runs. Then, alternating, ``RUNS`` times each (medians reported):
   implicit's own threads on all cores, as ``fit_als`` runs it;
 * the steps of ``train_once`` one by one (the same functions, the model published
   under a scratch prefix), to show where the end-to-end time goes; beside the snapshot
-  read, the per-customer ZRANGE read it replaced (same rows, checked).
+  read, the per-customer ZRANGE read it replaced (same rows, checked); ``read_matrix``
+  (bulk read + array-built matrix, what ``train_once`` runs) beside read + rows → matrix.
 
 Target, not asserted: end to end ≤ 2 × bare fit.
 """
@@ -50,7 +51,13 @@ from feature_store.keys import Keys
 from models.als import ALSParams, fit_als
 from models.artifacts import ModelArtifact, new_version, publish_model
 from models.matrix import Interactions, build_interactions, decayed_weight
-from models.train import read_consumable, read_snapshot, shrunk_similar_items, train_once
+from models.train import (
+    read_consumable,
+    read_matrix,
+    read_snapshot,
+    shrunk_similar_items,
+    train_once,
+)
 from streams.lag import wait_caught_up
 
 RUNS = 3
@@ -102,7 +109,12 @@ async def steps(s: Settings, client: aioredis.Redis) -> dict[str, float]:
         raise AssertionError("the bulk snapshot read differs from the per-key read")
     out["read_consumable_s"], consumable = await timed(
         lambda: read_consumable(client, keys, f.consumable_rebuy_share, f.consumable_min_buyers))
-    out["build_matrix_s"], inter = timed_sync(lambda: build_interactions(iter(rows)))
+    out["build_matrix_from_rows_s"], inter = timed_sync(lambda: build_interactions(iter(rows)))
+    out["read_matrix_s"], (direct, _) = await timed(
+        lambda: read_matrix(client, keys, m.half_life_d * 86400))
+    if (direct.user_ids, direct.item_ids) != (inter.user_ids, inter.item_ids) or \
+            (direct.matrix != inter.matrix).nnz:
+        raise AssertionError("read_matrix differs from build_interactions(read_snapshot)")
     params = als_params(s)
     out["fit_als_s"], (_, items) = timed_sync(lambda: fit_als(inter, params))
     out["similar_items_s"], (sim_ids, sim_scores) = timed_sync(

@@ -19,7 +19,7 @@ from feature_store.keys import Keys
 from feature_store.snapshot import read_interactions
 from models.als import ALSParams, fit_als, similar_items
 from models.artifacts import ModelArtifact, new_version, publish_model
-from models.matrix import Interactions, build_interactions, decayed_weight
+from models.matrix import Interactions, decayed_weight, interactions_from_histories
 
 log = logging.getLogger(__name__)
 LOCK_TTL_S = 900
@@ -29,16 +29,22 @@ class TrainingBusy(RuntimeError):
     """Another process holds the training lock."""
 
 
+async def read_ref_ts(client: aioredis.Redis, keys: Keys) -> float:
+    """The newest event time any shard has seen: the moment the snapshot is taken at."""
+    pipe = client.pipeline(transaction=False)
+    for shard in range(keys.shards):
+        pipe.hget(keys.meta(shard), "maxts")
+    return max([float(v) for v in await pipe.execute() if v] or [0.0])
+
+
 async def read_snapshot(client: aioredis.Redis, keys: Keys, half_life_s: float,
                         ) -> tuple[list[tuple[str, str, float]], float]:
     """Every customer's decayed interactions, as of the newest event time in the store.
 
-    Rows are by customer (sorted), then in each ``ia`` zset's order.
+    Rows are by customer (sorted), then in each ``ia`` zset's order. (``train_once``
+    builds its matrix from the histories directly; rows are for tools and tests.)
     """
-    pipe = client.pipeline(transaction=False)
-    for shard in range(keys.shards):
-        pipe.hget(keys.meta(shard), "maxts")
-    ref_ts = max([float(v) for v in await pipe.execute() if v] or [0.0])
+    ref_ts = await read_ref_ts(client, keys)
     histories = await read_interactions(client, keys, "ia")
     rows: list[tuple[str, str, float]] = []
     for uid in sorted(histories):
@@ -46,6 +52,14 @@ async def read_snapshot(client: aioredis.Redis, keys: Keys, half_life_s: float,
         weights = decayed_weight(logw, ref_ts, half_life_s)
         rows += zip([uid] * len(items), items, weights.tolist(), strict=True)
     return rows, ref_ts
+
+
+async def read_matrix(client: aioredis.Redis, keys: Keys, half_life_s: float,
+                      ) -> tuple[Interactions, float]:
+    """The snapshot as the users × items matrix, as of the newest event time."""
+    ref_ts = await read_ref_ts(client, keys)
+    histories = await read_interactions(client, keys, "ia")
+    return interactions_from_histories(histories, ref_ts, half_life_s), ref_ts
 
 
 async def read_consumable(client: aioredis.Redis, keys: Keys, share: float, min_buyers: int,
@@ -117,13 +131,12 @@ async def train_once(settings: Settings, client: aioredis.Redis | None = None,
     try:
         started = time.perf_counter()
         m, f = settings.model, settings.features
-        rows, ref_ts = await read_snapshot(client, keys, m.half_life_d * 86400)
-        if not rows:
+        (inter, ref_ts), consumable = await asyncio.gather(
+            read_matrix(client, keys, m.half_life_d * 86400),
+            read_consumable(client, keys, f.consumable_rebuy_share, f.consumable_min_buyers))
+        if not inter.user_ids or inter.matrix.nnz == 0:
             raise ValueError("no interactions in the store yet: replay or send events first")
-        consumable = await read_consumable(client, keys, f.consumable_rebuy_share,
-                                           f.consumable_min_buyers)
         read_s = time.perf_counter() - started
-        inter = build_interactions(iter(rows))
         params = ALSParams(factors=m.factors, regularization=m.regularization,
                            iterations=m.iterations, alpha=m.alpha, seed=m.seed)
         art = await asyncio.to_thread(fit_artifact, inter, ref_ts, params, m.top_k_similar,
