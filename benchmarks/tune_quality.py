@@ -5,8 +5,8 @@ Writes ``benchmarks/results/tune_quality.json``.
 
 The validation split (``quality_data.validation_split``) trains on the training log
 minus its last 15% of interactions and validates on that 15%: the test period of
-``eval_quality`` is never read. Both datasets are tuned together, since one set of
-defaults serves both; a trial's objective is its mean gain over the current defaults.
+``eval_quality`` is never read. The search optimises Online Retail (see ``TUNED``); a
+trial's objective is its mean relative gain over the current defaults.
 
 Stage A, the model (random search, seeded): factors, regularization, alpha, iterations,
 decay half-life and the view/favourite/cart/purchase weights. Each trial builds the
@@ -18,9 +18,9 @@ it can try many points.
 
 Stage B, the served blend (random search, seeded): ``serving.blend_*`` and
 ``features.consumable_rebuy_share``, through the served path of ``eval_quality`` (the
-validation training log replayed into Valkey once per dataset with stage A's winner,
+validation training log replayed into Valkey once with stage A's winner,
 then per trial a retrain — the consumable flags are computed at training — and answers
-from ``RecommendationService``). Objective: the mean, over both datasets, of the
+from ``RecommendationService``). Objective: the mean of the
 relative gains in NDCG@20 (all items), NDCG@20 (new items) and related-items hit rate.
 
 The winners are adopted as defaults only if they beat the defaults on these splits.
@@ -63,12 +63,17 @@ from streams.events import CartItemAdded, OrderPlaced, ProductFavorited, Product
 K = 20
 SEED = 11
 VAL_USERS = 1000
-SERVED_USERS = 300
-SERVED_ANCHORS = 400
+SERVED_USERS = 400
+SERVED_ANCHORS = 600
 console = Console(width=None if sys.stdout.isatty() else 150)
 
 MODEL_KEYS = ("factors", "regularization", "alpha", "iterations", "half_life_d",
               "weight_view", "weight_favorite", "weight_cart", "weight_purchase")
+# The dataset the search optimises. Taobao's slice is 2 hours: the model alone finds a
+# handful of its validation items (NDCG@20 ~0.002 over 3,000 customers), which is noise
+# to a search, and its served path takes ~10 minutes per state on 2 shared cores; its
+# scores for the defaults and the winner are recorded beside, not optimised.
+TUNED = "online_retail"
 SERVED_KEYS = ("blend_als", "blend_copurchase", "blend_coview", "blend_session",
                "consumable_rebuy_share")
 
@@ -201,32 +206,34 @@ async def open_served(split: Split, redis_url: str, tmp: Path, prefix: str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=16, help="stage A random points")
-    parser.add_argument("--served-trials", type=int, default=6, help="stage B random points")
+    parser.add_argument("--trials", type=int, default=24, help="stage A random points")
+    parser.add_argument("--served-trials", type=int, default=8, help="stage B random points")
     args = parser.parse_args()
     tree = tree_state()
     splits = {name: validation_split(load(name)) for name in sorted(DATASETS)}
     users = {name: sample_users(sp, VAL_USERS) for name, sp in splits.items()}
     base = defaults()
 
-    console.print("stage A: the model (validation NDCG@20, new items)")
+    console.print("stage A: the model (validation NDCG@20 on Online Retail, all and new items)")
     stage_a = search("model", args.trials, sample_model,
-                     lambda p: {f"{name}_{k}": v for name in splits
-                                for k, v in model_score(splits[name], users[name], p).items()},
-                     base)
+                     lambda p: model_score(splits[TUNED], users[TUNED], p), base)
     best_a = max(stage_a, key=lambda r: r["gain_vs_defaults"])
     console.print(f"stage A winner: trial {best_a['trial']} {best_a['gain_vs_defaults']:+.3f}")
+    # Taobao's validation scores for the model alone, defaults vs winner: recorded only.
+    taobao_check = {label: model_score(splits["taobao"], users["taobao"], point)
+                    for label, point in (("defaults", base), ("winner", best_a["params"]))}
+    console.print(f"taobao check (not optimised): {taobao_check}")
     # Kept as soon as it is known: stage B takes much longer.
     write_result("tune_quality.json", {"benchmark": "tune_quality", "partial": True,
                                        "defaults": base, "stage_a": stage_a,
-                                       "stage_a_winner": best_a})
+                                       "stage_a_winner": best_a, "taobao_check": taobao_check})
 
     console.print("stage B: the served blend (validation, through the store and service)")
     tmp = Path(tempfile.mkdtemp(prefix="aisle-tune-"))
     store, redis_url = start_store(tmp)
     try:
-        stage_b, final = asyncio.run(stage_b_search(splits, redis_url, tmp, base,
-                                                    best_a["params"], args.served_trials))
+        stage_b, final = asyncio.run(stage_b_search({TUNED: splits[TUNED]}, redis_url, tmp,
+                                                    base, best_a["params"], args.served_trials))
     finally:
         store.stop()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -236,6 +243,7 @@ def main() -> None:
                                                       time.gmtime(sp.cut_ts)),
                                  "customers": len(users[n])} for n, sp in splits.items()},
               "defaults": base, "stage_a": stage_a, "stage_a_winner": best_a,
+              "taobao_check": taobao_check,
               "stage_b": stage_b, "final": final}
     console.print(f"wrote {write_result('tune_quality.json', result)}")
 
