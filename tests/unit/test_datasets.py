@@ -24,8 +24,9 @@ from aisle.datasets import (
     titles,
 )
 from streams import events as ev
+from tests.conftest import SHARED
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+DATA = SHARED
 ONLINE_RETAIL = DATA / "online_retail" / "online_retail.csv.gz"
 TAOBAO = DATA / "taobao_userbehavior" / "userbehavior_sample.csv.gz"
 
