@@ -17,6 +17,8 @@ BENCHMARKS = [
     ("benchmarks.bench_ingest", True),
     ("benchmarks.bench_serving", True),
     ("benchmarks.eval_customer", False),
+    ("benchmarks.bench_similar", False),   # ~1 minute quiet (all pairs at 85k items)
+    ("benchmarks.eval_quality", False),    # ~10 minutes: replays both datasets twice
     ("benchmarks.bench_soak", False),  # 10 minutes
 ]
 
