@@ -11,8 +11,8 @@ import redis.asyncio as aioredis
 
 from feature_store.keys import Keys
 from feature_store.snapshot import read_interactions
-from models.matrix import decayed_weight
-from models.train import read_snapshot
+from models.matrix import build_interactions, decayed_weight
+from models.train import read_matrix, read_snapshot
 
 pytestmark = pytest.mark.integration
 HALF_LIFE_S = 30 * 86400.0
@@ -64,6 +64,11 @@ def test_bulk_read_equals_per_key_reads(redis_url: str) -> None:
             expect = [(uid, item, float(decayed_weight(s, ref_ts, HALF_LIFE_S)))
                       for uid in sorted(want) for item, s in zip(*want[uid], strict=True)]
             assert rows == expect
+            # What train_once fits on: the same matrix as the rows make.
+            inter, _ = await read_matrix(r, keys, HALF_LIFE_S)
+            want_m = build_interactions(rows)
+            assert (inter.user_ids, inter.item_ids) == (want_m.user_ids, want_m.item_ids)
+            assert (inter.matrix != want_m.matrix).nnz == 0
         finally:
             await r.aclose()
     asyncio.run(main())
