@@ -26,10 +26,11 @@ async def fill(r: aioredis.Redis, keys: Keys, users: int) -> None:
         pipe.sadd(keys.users(keys.shard_of(uid)), uid)
         n = int(rng.integers(0, 6))  # some customers have an empty (absent) zset
         if n:
-            # Scores as the store writes them: log weights carrying ts / tau (~1e4).
+            # Scores as the store writes them: log weights carrying ts / tau (~455 at
+            # maxts below with a 30-day half-life), so the weights come out near 1.
             pipe.zadd(keys.user(uid, "ia"),
                       {f"i{j}": float(s) for j, s in
-                       zip(rng.choice(50, n, replace=False), 2e4 + rng.standard_normal(n),
+                       zip(rng.choice(50, n, replace=False), 455.0 + rng.standard_normal(n),
                            strict=True)})
     pipe.hset(keys.meta(0), "maxts", "1700000000.5")
     await pipe.execute()
