@@ -69,7 +69,8 @@ class FeatureSettings(BaseModel):
     affinity_half_life_d: float = 30.0
     # An item counts as a consumable (fine to recommend again) when this share of
     # its buyers bought it in two or more orders, unless the catalog says otherwise.
-    consumable_rebuy_share: float = 0.25
+    # Tuned on Online Retail's validation split (benchmarks/tune_quality.py; was 0.25).
+    consumable_rebuy_share: float = 0.1
     consumable_min_buyers: int = 5
     # A/B attribution: carts and orders count for an experiment's variant from the
     # customer's first exposure until this long after their latest one.
@@ -84,19 +85,26 @@ class FeatureSettings(BaseModel):
 class ModelSettings(BaseModel):
     model_config = {"extra": "forbid"}
 
-    factors: int = Field(64, ge=2, le=1024)
-    regularization: float = 0.05
-    iterations: int = 15
-    alpha: float = 4.0
-    half_life_d: float = 120.0
+    # factors, regularization, iterations, alpha, half-life and the purchase weight won a
+    # random search on Online Retail's validation split (benchmarks/tune_quality.py,
+    # results/tune_quality.json; were 64, 0.05, 15, 4.0, 120 d, 5.0). Online Retail has
+    # no views, carts or favourites, so their weights are not tuned.
+    factors: int = Field(96, ge=2, le=1024)
+    regularization: float = 0.06
+    iterations: int = 20
+    alpha: float = 0.54
+    half_life_d: float = 30.0
     weight_view: float = 1.0
     weight_favorite: float = 2.0
     weight_cart: float = 3.0
-    weight_purchase: float = 5.0
+    weight_purchase: float = 10.0
     weight_review_good: float = 2.0
     top_k_similar: int = 50
     seed: int = 42
     keep_versions: int = 2
+    # Items bought/viewed by fewer customers are never ALS neighbours (they still get
+    # neighbours): keeps the all-pairs similar-items step off the n² path (models/train.py).
+    similar_min_support: int = Field(2, ge=1)
 
 
 class ServingSettings(BaseModel):
@@ -107,10 +115,12 @@ class ServingSettings(BaseModel):
     max_limit: int = 100
     max_batch: int = 500
     max_body_bytes: int = 1_000_000
+    # Tuned with the model above, through the served path (tune_quality.py stage B;
+    # were 1.0, 0.6, 0.3, 0.5).
     blend_als: float = 1.0
-    blend_copurchase: float = 0.6
+    blend_copurchase: float = 2.5
     blend_coview: float = 0.3
-    blend_session: float = 0.5
+    blend_session: float = 2.0
     cache_ttl_s: float = 2.0
     # Admin operations (erasure, ...) need this key; unset, they are switched off.
     admin_api_key: SecretStr | None = None

@@ -16,7 +16,9 @@ the clock runs. Then, alternating, ``RUNS`` times each (medians reported):
   ``alpha``, as ``models/als.py`` uses it), float32, BLAS pinned to one thread and
   implicit's own threads on all cores, as ``fit_als`` runs it;
 * the steps of ``train_once`` one by one (the same functions, the model published
-  under a scratch prefix), to show where the end-to-end time goes.
+  under a scratch prefix), to show where the end-to-end time goes; beside the snapshot
+  read, the per-customer ZRANGE read it replaced (same rows, checked); ``read_matrix``
+  (bulk read + array-built matrix, what ``train_once`` runs) beside read + rows → matrix.
 
 Target, not asserted: end to end ≤ 2 × bare fit.
 """
@@ -48,8 +50,14 @@ from benchmarks.bench_ingest import machine_info, tree_state
 from feature_store.keys import Keys
 from models.als import ALSParams, fit_als
 from models.artifacts import ModelArtifact, new_version, publish_model
-from models.matrix import Interactions, build_interactions
-from models.train import read_consumable, read_snapshot, shrunk_similar_items, train_once
+from models.matrix import Interactions, build_interactions, decayed_weight
+from models.train import (
+    read_consumable,
+    read_matrix,
+    read_snapshot,
+    shrunk_similar_items,
+    train_once,
+)
 from streams.lag import wait_caught_up
 
 RUNS = 3
@@ -95,13 +103,22 @@ async def steps(s: Settings, client: aioredis.Redis) -> dict[str, float]:
         lambda: read_snapshot(client, keys, m.half_life_d * 86400))
     out["read_snapshot_redis_only_s"], _ = await timed(
         lambda: fetch_raw(client, keys))
+    out["read_snapshot_per_key_s"], (old_rows, _) = await timed(
+        lambda: read_snapshot_per_key(client, keys, m.half_life_d * 86400))
+    if old_rows != rows:
+        raise AssertionError("the bulk snapshot read differs from the per-key read")
     out["read_consumable_s"], consumable = await timed(
         lambda: read_consumable(client, keys, f.consumable_rebuy_share, f.consumable_min_buyers))
-    out["build_matrix_s"], inter = timed_sync(lambda: build_interactions(iter(rows)))
+    out["build_matrix_from_rows_s"], inter = timed_sync(lambda: build_interactions(iter(rows)))
+    out["read_matrix_s"], (direct, _) = await timed(
+        lambda: read_matrix(client, keys, m.half_life_d * 86400))
+    if (direct.user_ids, direct.item_ids) != (inter.user_ids, inter.item_ids) or \
+            (direct.matrix != inter.matrix).nnz:
+        raise AssertionError("read_matrix differs from build_interactions(read_snapshot)")
     params = als_params(s)
     out["fit_als_s"], (_, items) = timed_sync(lambda: fit_als(inter, params))
     out["similar_items_s"], (sim_ids, sim_scores) = timed_sync(
-        lambda: shrunk_similar_items(items, inter, m.top_k_similar))
+        lambda: shrunk_similar_items(items, inter, m.top_k_similar, m.similar_min_support))
     art = ModelArtifact(
         version=new_version(), created_at=time.time(), ref_ts=ref_ts, params=vars(params),
         item_ids=list(inter.item_ids), item_factors=items, similar_ids=sim_ids,
@@ -113,6 +130,32 @@ async def steps(s: Settings, client: aioredis.Redis) -> dict[str, float]:
                               keep=m.keep_versions))
     out["artifact_mb"] = len(blob) / 2**20
     return out
+
+
+async def read_snapshot_per_key(client: aioredis.Redis, keys: Keys, half_life_s: float,
+                                ) -> tuple[list[tuple[str, str, float]], float]:
+    """The snapshot read before ``feature_store/snapshot.py``: one pipelined ZRANGE per
+    customer (kept here as the baseline the bulk read is measured against)."""
+    pipe = client.pipeline(transaction=False)
+    for shard in range(keys.shards):
+        pipe.hget(keys.meta(shard), "maxts")
+        pipe.smembers(keys.users(shard))
+    res = await pipe.execute()
+    ref_ts = max([float(v) for v in res[0::2] if v] or [0.0])
+    users = sorted(u.decode() for members in res[1::2] for u in members)
+    rows: list[tuple[str, str, float]] = []
+    for start in range(0, len(users), 1000):
+        chunk = users[start:start + 1000]
+        pipe = client.pipeline(transaction=False)
+        for uid in chunk:
+            pipe.zrange(keys.user(uid, "ia"), 0, -1, withscores=True)
+        for uid, hist in zip(chunk, await pipe.execute(), strict=True):
+            if hist:
+                items = [m.decode() for m, _ in hist]
+                weights = decayed_weight(np.fromiter((s for _, s in hist), float, len(hist)),
+                                         ref_ts, half_life_s)
+                rows += zip([uid] * len(items), items, weights.tolist(), strict=True)
+    return rows, ref_ts
 
 
 async def fetch_raw(client: aioredis.Redis, keys: Keys) -> int:

@@ -19,3 +19,4 @@ def cpu_model() -> str:
         return platform.processor()
     return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")),
                 platform.processor())
+

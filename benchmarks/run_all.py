@@ -22,6 +22,8 @@ BENCHMARKS = [
     ("benchmarks.bench_widget", False),  # needs chromium (make browser)
     ("benchmarks.sim_experiments", True),
     ("benchmarks.bench_experiments_serving", False),
+    ("benchmarks.bench_similar", False),   # ~1 minute quiet (all pairs at 85k items)
+    ("benchmarks.eval_quality", False),    # ~10 minutes: replays both datasets twice
     ("benchmarks.bench_soak", False),  # 10 minutes
 ]
 

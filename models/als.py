@@ -118,25 +118,35 @@ class FoldIn:
 
 
 def similar_items(item_factors: np.ndarray, top_k: int,
-                  block_bytes: int = SIMILAR_BLOCK_BYTES) -> tuple[np.ndarray, np.ndarray]:
+                  block_bytes: int = SIMILAR_BLOCK_BYTES,
+                  candidates: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-k cosine neighbours of every item, never itself: ``(ids int32, scores float32)``.
 
-    Shape ``(n, min(top_k, n - 1))``; best first, ties by lower index. Scored in row
+    Shape ``(n, min(top_k, m - 1))`` for ``m`` candidates; best first, ties by lower
+    index. ``candidates`` (sorted item indices) restricts who can be a neighbour — every
+    item still gets neighbours, but the cost is ``n × m`` instead of ``n²``. Scored in row
     blocks of at most ``block_bytes`` so 100k items need no 40 GB similarity matrix.
     An item with an all-zero vector (never trained on) scores 0 against everything.
     """
     n = len(item_factors)
-    k = max(0, min(top_k, n - 1))
+    cand = np.arange(n) if candidates is None else np.asarray(candidates, dtype=np.int64)
+    m = len(cand)
+    k = max(0, min(top_k, m - 1))
     unit = _unit_rows(item_factors)
+    unit_c = unit[cand] if candidates is not None else unit
+    # Where each item sits among the candidates (-1: not one), to never pick itself.
+    own = np.full(n, -1, dtype=np.int64)
+    own[cand] = np.arange(m)
     ids = np.empty((n, k), dtype=np.int32)
     scores = np.empty((n, k), dtype=np.float32)
-    step = max(1, min(SIMILAR_BLOCK_ROWS, block_bytes // (4 * max(n, 1))))
+    step = max(1, min(SIMILAR_BLOCK_ROWS, block_bytes // (4 * max(m, 1))))
     for start in range(0, n, step):
         stop = min(n, start + step)
-        sims = unit[start:stop] @ unit.T
-        sims[np.arange(stop - start), np.arange(start, stop)] = -np.inf  # never itself
+        sims = unit[start:stop] @ unit_c.T
+        rows = np.flatnonzero(own[start:stop] >= 0)
+        sims[rows, own[start:stop][rows]] = -np.inf  # never itself
         best = top_k_rows(sims, k)
-        ids[start:stop] = best
+        ids[start:stop] = cand[best]
         scores[start:stop] = np.take_along_axis(sims, best, axis=1)
     return ids, scores
 

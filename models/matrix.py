@@ -11,7 +11,7 @@ writes the ``ia`` zsets these functions read.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -102,6 +102,34 @@ def build_interactions(rows: Iterable[tuple[str, str, float]],
     matrix.eliminate_zeros()
     matrix.sort_indices()
     return Interactions(user_ids, item_vocab, matrix.astype(np.float32))
+
+
+def interactions_from_histories(histories: Mapping[str, tuple[Sequence[str], np.ndarray]],
+                                ref_ts: float, half_life_s: float) -> Interactions:
+    """The matrix of per-customer histories ``{user: (items, forward-decayed log weights)}``
+    as of ``ref_ts``: the same as :func:`build_interactions` on their rows, built with
+    array operations (the full retrain reads 10⁵–10⁸ of them).
+
+    >>> h = {"u2": (["b", "a"], np.log([1.0, 2.0])), "u1": (["a"], np.log([3.0]))}
+    >>> inter = interactions_from_histories(h, 0.0, math.inf)
+    >>> inter.user_ids, inter.item_ids, inter.matrix.toarray().tolist()
+    (['u1', 'u2'], ['a', 'b'], [[3.0, 0.0], [2.0, 1.0]])
+    """
+    users = sorted(u for u, (items, _) in histories.items() if len(items))
+    if not users:
+        return Interactions([], [], sp.csr_matrix((0, 0), dtype=np.float32))
+    lengths = np.fromiter((len(histories[u][0]) for u in users), np.int64, len(users))
+    flat = [item for u in users for item in histories[u][0]]
+    logw = np.concatenate([np.asarray(histories[u][1], dtype=np.float64) for u in users])
+    item_ids, item_codes = _sorted_codes(flat)
+    matrix = sp.csr_matrix(
+        (decayed_weight(logw, ref_ts, half_life_s),
+         (np.repeat(np.arange(len(users)), lengths), item_codes)),
+        shape=(len(users), len(item_ids)))
+    matrix.sum_duplicates()  # as COO → CSR would: an item twice in one history adds up
+    matrix.eliminate_zeros()
+    matrix.sort_indices()
+    return Interactions(users, item_ids, matrix.astype(np.float32))
 
 
 def _columns(rows: Iterable[tuple[str, str, float]]) -> tuple[list[str], list[str], np.ndarray]:

@@ -16,9 +16,10 @@ import redis.asyncio as aioredis
 
 from aisle.settings import Settings
 from feature_store.keys import Keys
+from feature_store.snapshot import read_interactions
 from models.als import ALSParams, fit_als, similar_items
 from models.artifacts import ModelArtifact, new_version, publish_model
-from models.matrix import Interactions, build_interactions, decayed_weight
+from models.matrix import Interactions, decayed_weight, interactions_from_histories
 
 log = logging.getLogger(__name__)
 LOCK_TTL_S = 900
@@ -28,30 +29,37 @@ class TrainingBusy(RuntimeError):
     """Another process holds the training lock."""
 
 
-async def read_snapshot(client: aioredis.Redis, keys: Keys, half_life_s: float,
-                        ) -> tuple[list[tuple[str, str, float]], float]:
-    """Every customer's decayed interactions, as of the newest event time in the store."""
+async def read_ref_ts(client: aioredis.Redis, keys: Keys) -> float:
+    """The newest event time any shard has seen: the moment the snapshot is taken at."""
     pipe = client.pipeline(transaction=False)
     for shard in range(keys.shards):
         pipe.hget(keys.meta(shard), "maxts")
-        pipe.smembers(keys.users(shard))
-    res = await pipe.execute()
-    ref_ts = max([float(v) for v in res[0::2] if v] or [0.0])
-    users = sorted(u.decode() for members in res[1::2] for u in members)
+    return max([float(v) for v in await pipe.execute() if v] or [0.0])
+
+
+async def read_snapshot(client: aioredis.Redis, keys: Keys, half_life_s: float,
+                        ) -> tuple[list[tuple[str, str, float]], float]:
+    """Every customer's decayed interactions, as of the newest event time in the store.
+
+    Rows are by customer (sorted), then in each ``ia`` zset's order. (``train_once``
+    builds its matrix from the histories directly; rows are for tools and tests.)
+    """
+    ref_ts = await read_ref_ts(client, keys)
+    histories = await read_interactions(client, keys, "ia")
     rows: list[tuple[str, str, float]] = []
-    for start in range(0, len(users), 1000):
-        chunk = users[start:start + 1000]
-        pipe = client.pipeline(transaction=False)
-        for uid in chunk:
-            pipe.zrange(keys.user(uid, "ia"), 0, -1, withscores=True)
-        for uid, hist in zip(chunk, await pipe.execute(), strict=True):
-            if not hist:
-                continue
-            items = [m.decode() for m, _ in hist]
-            weights = decayed_weight(np.fromiter((s for _, s in hist), float, len(hist)),
-                                     ref_ts, half_life_s)
-            rows += zip([uid] * len(items), items, weights.tolist(), strict=True)
+    for uid in sorted(histories):
+        items, logw = histories[uid]
+        weights = decayed_weight(logw, ref_ts, half_life_s)
+        rows += zip([uid] * len(items), items, weights.tolist(), strict=True)
     return rows, ref_ts
+
+
+async def read_matrix(client: aioredis.Redis, keys: Keys, half_life_s: float,
+                      ) -> tuple[Interactions, float]:
+    """The snapshot as the users × items matrix, as of the newest event time."""
+    ref_ts = await read_ref_ts(client, keys)
+    histories = await read_interactions(client, keys, "ia")
+    return interactions_from_histories(histories, ref_ts, half_life_s), ref_ts
 
 
 async def read_consumable(client: aioredis.Redis, keys: Keys, share: float, min_buyers: int,
@@ -76,14 +84,20 @@ SUPPORT_SHRINK = 5.0
 
 
 def shrunk_similar_items(item_factors: np.ndarray, inter: Interactions, top_k: int,
-                         ) -> tuple[np.ndarray, np.ndarray]:
+                         min_support: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Cosine neighbours, shrunk by how many customers back each neighbour.
 
     An item seen by one or two customers gets an arbitrary vector that can sit close to
     anything; ``n / (n + 5)`` keeps such items from crowding out well-supported ones.
+    Only items with ``min_support`` customers or more can be neighbours (every item still
+    gets neighbours): on Taobao 85% of the items have one customer, whose shrunk scores
+    (1/6 at best) rarely make a top list anyway, and leaving them out makes the all-pairs
+    step ~6x cheaper. With fewer supported items than ``top_k``, all items are candidates.
     """
     support = np.diff(inter.matrix.tocsc().indptr).astype(np.float32)
-    ids, scores = similar_items(item_factors, 2 * top_k)
+    cand = np.flatnonzero(support >= min_support)
+    ids, scores = similar_items(item_factors, 2 * top_k,
+                                candidates=cand if len(cand) > top_k else None)
     shrunk = scores * (support[ids] / (support[ids] + SUPPORT_SHRINK))
     order = np.argsort(-shrunk, axis=1, kind="stable")[:, :top_k]
     return (np.take_along_axis(ids, order, axis=1),
@@ -91,11 +105,11 @@ def shrunk_similar_items(item_factors: np.ndarray, inter: Interactions, top_k: i
 
 
 def fit_artifact(inter: Interactions, ref_ts: float, params: ALSParams, top_k: int,
-                 consumable: dict[str, bool]) -> ModelArtifact:
+                 consumable: dict[str, bool], min_support: int = 1) -> ModelArtifact:
     started = time.perf_counter()
     _, item_factors = fit_als(inter, params)
     fit_s = time.perf_counter() - started
-    sim_ids, sim_scores = shrunk_similar_items(item_factors, inter, top_k)
+    sim_ids, sim_scores = shrunk_similar_items(item_factors, inter, top_k, min_support)
     return ModelArtifact(
         version=new_version(), created_at=time.time(), ref_ts=ref_ts,
         params=vars(params).copy(), item_ids=list(inter.item_ids), item_factors=item_factors,
@@ -117,17 +131,16 @@ async def train_once(settings: Settings, client: aioredis.Redis | None = None,
     try:
         started = time.perf_counter()
         m, f = settings.model, settings.features
-        rows, ref_ts = await read_snapshot(client, keys, m.half_life_d * 86400)
-        if not rows:
+        (inter, ref_ts), consumable = await asyncio.gather(
+            read_matrix(client, keys, m.half_life_d * 86400),
+            read_consumable(client, keys, f.consumable_rebuy_share, f.consumable_min_buyers))
+        if not inter.user_ids or inter.matrix.nnz == 0:
             raise ValueError("no interactions in the store yet: replay or send events first")
-        consumable = await read_consumable(client, keys, f.consumable_rebuy_share,
-                                           f.consumable_min_buyers)
         read_s = time.perf_counter() - started
-        inter = build_interactions(iter(rows))
         params = ALSParams(factors=m.factors, regularization=m.regularization,
                            iterations=m.iterations, alpha=m.alpha, seed=m.seed)
         art = await asyncio.to_thread(fit_artifact, inter, ref_ts, params, m.top_k_similar,
-                                      consumable)
+                                      consumable, m.similar_min_support)
         if events_applied is None:
             events_applied = int(await client.get(keys.control("applied")) or 0)
         art.stats["events_applied"] = events_applied

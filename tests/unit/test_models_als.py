@@ -188,3 +188,21 @@ def test_blend_normalises_each_source_by_its_max() -> None:
     out = blend(({"a": 10.0, "b": 5.0}, 1.0), ({"b": 2.0, "c": -1.0}, 2.0), ({"z": 0.0}, 9.0))
     assert out == {"b": 2.5, "a": 1.0, "c": 0.0}
     assert list(out) == ["b", "a", "c"]
+
+
+def test_similar_items_among_candidates_match_a_direct_computation() -> None:
+    items = np.random.default_rng(8).standard_normal((40, 5)).astype(np.float32)
+    cand = np.array([1, 4, 5, 9, 20, 21, 33, 39])
+    ids, scores = similar_items(items, 3, candidates=cand, block_bytes=4 * 8 * 7)
+    assert ids.shape == (40, 3)
+    assert set(ids.ravel().tolist()) <= set(cand.tolist())
+    assert not (ids == np.arange(40)[:, None]).any()  # a candidate is never its own
+    unit = items / np.linalg.norm(items, axis=1, keepdims=True)
+    direct = np.full((40, 40), -np.inf, dtype=np.float32)
+    direct[:, cand] = (unit @ unit.T)[:, cand]
+    np.fill_diagonal(direct, -np.inf)
+    np.testing.assert_allclose(scores, np.sort(direct, axis=1)[:, ::-1][:, :3], rtol=1e-5)
+    np.testing.assert_allclose(scores, np.take_along_axis(direct, ids.astype(int), 1), rtol=1e-5)
+    # every item a candidate: the same answer as no restriction
+    full = similar_items(items, 3)
+    np.testing.assert_array_equal(similar_items(items, 3, candidates=np.arange(40))[0], full[0])

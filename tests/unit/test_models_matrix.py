@@ -102,3 +102,28 @@ def test_build_is_order_independent(rows: list[tuple[str, str, float]], seed: in
     a, b = build_interactions(rows), build_interactions(shuffled)
     assert (a.user_ids, a.item_ids) == (b.user_ids, b.item_ids)
     assert (a.matrix != b.matrix).nnz == 0
+
+
+def test_matrix_from_histories_equals_matrix_from_rows() -> None:
+    from models.matrix import decayed_weight, interactions_from_histories
+
+    rng = np.random.default_rng(3)
+    half_life, ref = 30 * 86400.0, 1.3e9
+    histories = {}
+    for u in range(200):
+        items = [f"i{j}" for j in rng.choice(60, int(rng.integers(1, 12)), replace=False)]
+        # log weights as the store keeps them: near ref_ts / tau, so weights near 1
+        histories[f"u{u:03d}"] = (items, ref * math.log(2) / half_life
+                                  + rng.standard_normal(len(items)) * 3)
+    histories["u_gone"] = ([], np.zeros(0))  # no interactions: no row, as with no rows
+    rows = [(u, i, float(decayed_weight(w, ref, half_life)))
+            for u, (items, logw) in histories.items() for i, w in zip(items, logw, strict=True)]
+    want = build_interactions(rows)
+    got = interactions_from_histories(histories, ref, half_life)
+    assert got.item_ids == want.item_ids
+    assert got.user_ids == want.user_ids == sorted(set(histories) - {"u_gone"})
+    np.testing.assert_array_equal(got.matrix.indptr, want.matrix.indptr)
+    np.testing.assert_array_equal(got.matrix.indices, want.matrix.indices)
+    np.testing.assert_array_equal(got.matrix.data, want.matrix.data)  # bit-exact
+    assert got.matrix.dtype == want.matrix.dtype == np.float32
+    assert interactions_from_histories({}, ref, half_life).matrix.shape == (0, 0)
