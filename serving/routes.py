@@ -48,6 +48,7 @@ from serving.schemas import (
 )
 from serving.service import Answer
 from streams.events import (
+    ENGINE_TYPES,
     DecodeError,
     ExperimentCreated,
     ExperimentRef,
@@ -57,6 +58,7 @@ from streams.events import (
     UserErased,
     decode_event,
     decode_events,
+    event_type,
 )
 
 log = logging.getLogger(__name__)
@@ -249,6 +251,15 @@ async def post_events(request: Request) -> Response:
     if len(events) > serving.max_batch:
         REJECTED.labels("too_many").inc()
         raise PayloadTooLarge(f"at most {serving.max_batch} events per request")
+    engine = sorted({t for e in events if (t := event_type(e)) in ENGINE_TYPES})
+    if engine:
+        try:
+            require_admin(request)
+        except (Forbidden, Unauthorized) as exc:
+            REJECTED.labels("engine_type").inc()
+            raise type(exc)(f"{', '.join(engine)}: written by Aisle or an admin operation "
+                            f"(DELETE /v1/users/{{id}}, /v1/admin/experiments); posting it "
+                            f"needs the admin key ({exc})") from None
     try:
         producer = await state.producer.get()
         async with asyncio.timeout(5):

@@ -473,6 +473,14 @@ AnyEvent: TypeAlias = (
 )
 EVENT_TYPES: Final = {cls.__struct_config__.tag: cls for cls in AnyEvent.__args__}  # type: ignore[attr-defined]
 CATALOG_TYPES: Final = frozenset({"catalog.item_upserted", "catalog.item_removed"})
+# Written by Aisle itself (offers, lifecycle sweep, push drain, experiment exposures) or
+# by an admin operation (erasure, experiment definitions). The public events endpoint
+# takes them only with the admin key: anyone else could erase a customer, start an
+# experiment or fake a push decision.
+ENGINE_TYPES: Final = frozenset({
+    "user.erased", "offer.issued", "lifecycle.changed",
+    "experiment.created", "experiment.updated", "experiment.stopped", "experiment.exposed",
+    "push.decided", "push.scheduled", "push.item_changed"})
 
 
 def _entity_id(event: Event) -> str:

@@ -63,6 +63,11 @@ def by_variant(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def test_admin_api_validates_and_records(api: httpx.Client, world: dict) -> None:
     assert api.post("/v1/admin/experiments", json=SPEC).status_code == 401
+    # Nor through the public events endpoint, which shops and browsers call.
+    sneaky = {"type": "experiment.created", "event_id": uid("e"), "occurred_at": now_iso(),
+              "payload": {**SPEC, "id": f"{XID}-sneaky"}}
+    r = api.post("/v1/events", json=sneaky)
+    assert r.status_code == 401 and "experiment.created" in r.json()["detail"]
     bad = {**SPEC, "variants": [{"name": "a", "weight": 1, "params": {"blend_alss": 1}},
                                 {"name": "b", "weight": 1}]}
     r = api.post("/v1/admin/experiments", json=bad, headers=ADMIN)

@@ -19,7 +19,7 @@ from models.train import train_once
 from streams.lag import wait_caught_up
 from streams.rebuild import rebuild_from_log
 from tests.conftest import ONLINE_RETAIL, TAOBAO
-from tests.integration.conftest import isolated_settings
+from tests.integration.conftest import ADMIN_KEY, isolated_settings
 from tests.integration.util import catalog, event, eventually, uid
 
 pytestmark = pytest.mark.integration
@@ -153,7 +153,15 @@ def test_a_stated_dislike_filters_everywhere(api, stack, store, model_version) -
 
 def test_erasure_leaves_no_key_of_the_customer(api, stack, store) -> None:
     user = customers(stack, store)[1]
-    assert api.post("/v1/events", json=event("user.erased", {}, user, minutes=10**6)
+    erase = event("user.erased", {}, user, minutes=10**6)
+    # An engine event type on the public endpoint needs the admin key (anyone could erase).
+    refused = api.post("/v1/events", json=erase)
+    assert refused.status_code == 401, refused.text
+    assert "user.erased" in refused.json()["detail"]
+    assert api.post("/v1/events", json=erase, headers={"Authorization": "Bearer nope"}
+                    ).status_code == 401
+    assert list(store.scan_iter(match=f"{{{stack.settings.features.key_prefix}:*:u:{user}:*"))
+    assert api.post("/v1/events", json=erase, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
                     ).status_code == 202
     # Only this stack's keys: other modules' stacks share the Valkey with other prefixes.
     pattern = f"{{{stack.settings.features.key_prefix}:*:u:{user}:*"
