@@ -153,7 +153,8 @@ def write_plot(doc: dict[str, Any], path: Path) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        console.print("[red]--plot needs matplotlib: pip install -e '.[bench]'[/red]")
+        # Escaped: rich would read "[bench]" as markup and print "pip install -e '.'".
+        console.print("[red]--plot needs matplotlib: pip install -e '.\\[bench]'[/red]")
         raise typer.Exit(2) from None
     series = doc.get("series") or []
     fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)

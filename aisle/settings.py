@@ -122,6 +122,11 @@ class ServingSettings(BaseModel):
     blend_coview: float = 0.3
     blend_session: float = 2.0
     cache_ttl_s: float = 2.0
+    # Related items for anonymous visitors (product pages): the same for everyone and
+    # moved by co-purchase counts over thousands of orders, so half a minute old is fresh
+    # enough (a stock-out shows within it). A new model version misses the cache at once;
+    # a cold item's answer keeps only cache_ttl_s.
+    related_cache_ttl_s: float = Field(30.0, ge=0)
     # Admin operations (erasure, ...) need this key; unset, they are switched off.
     admin_api_key: SecretStr | None = None
     # Origins allowed to call the API from a browser (the widget); none by default.

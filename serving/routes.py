@@ -304,13 +304,7 @@ async def erase_user(request: Request) -> Response:
     user_id = _id(request, "user_id")
     erased = UserErased(event_id=f"erase-{uuid.uuid4().hex}", occurred_at=datetime.now(UTC),
                         user_id=user_id, source="aisle.admin")
-    producer = await _state(request).producer.get()
-    try:
-        async with asyncio.timeout(5):
-            await producer.send_events([erased])
-    except (KafkaError, TimeoutError) as exc:
-        raise BrokerUnavailable(f"erasure not recorded, broker error: {exc!r}") from None
-    return json(Accepted(request_id(request), 1, [erased.event_id]), 202)
+    return await _record(request, erased, "erasure")
 
 
 async def healthz(request: Request) -> Response:
@@ -435,13 +429,15 @@ def _xid(request: Request) -> str:
     return str(value)
 
 
-async def _record(request: Request, event: Any) -> Response:
+async def _record(request: Request, event: Any, what: str = "experiment change",
+                  ) -> Response:
+    """Write one admin event; 202 once Kafka has it, 503 if the broker is away."""
     producer = await _state(request).producer.get()
     try:
         async with asyncio.timeout(5):
             await producer.send_events([event])
     except (KafkaError, TimeoutError) as exc:
-        raise BrokerUnavailable(f"experiment change not recorded: {exc!r}") from None
+        raise BrokerUnavailable(f"{what} not recorded, broker error: {exc!r}") from None
     return json(Accepted(request_id(request), 1, [event.event_id]), 202)
 
 

@@ -106,12 +106,12 @@ class RecommendationService:
         """Related items; with ``user_id``, that customer's dislikes and complaints apply.
 
         Answers without a customer are the same for everyone: they are cached for
-        ``cache_ttl_s`` per (item, limit, model version), as product pages repeat."""
+        ``related_cache_ttl_s`` per (item, limit, model version), as product pages repeat."""
         if user_id is None:
             key = (item_id, limit, self.holder.version)
             hit = self._related.get(key)
             now = time.monotonic()
-            if hit is not None and now - hit[0] < self.settings.serving.cache_ttl_s:
+            if hit is not None and now - hit[0] < self._related_ttl(hit[1], limit):
                 return hit[1]
             answer = await self._related_answer(item_id, limit, None)
             if not answer.degraded:
@@ -120,6 +120,14 @@ class RecommendationService:
                 self._related[key] = (now, answer)
             return answer
         return await self._related_answer(item_id, limit, user_id)
+
+    def _related_ttl(self, answer: Answer, limit: int) -> float:
+        """A full list from the item's own neighbours keeps for ``related_cache_ttl_s``;
+        a cold item's answer (filled from popular items) only for ``cache_ttl_s``, so its
+        first co-purchases show within seconds."""
+        s = self.settings.serving
+        full = answer.strategy == "related" and len(answer.items) >= limit
+        return s.related_cache_ttl_s if full else s.cache_ttl_s
 
     async def _related_answer(self, item_id: str, limit: int, user_id: str | None) -> Answer:
         flags: list[str] = []

@@ -208,7 +208,8 @@ def store_outage(servers: dict[str, str],
     settings = isolated_settings(servers, data_dir)
     # The API caches aggregates for cache_ttl_s; a short one makes every answer during the
     # outage need the store (a fresh cache may rightly answer without it, undegraded).
-    serving = settings.serving.model_copy(update={"cache_ttl_s": 0.1})
+    serving = settings.serving.model_copy(update={"cache_ttl_s": 0.1,
+                                                  "related_cache_ttl_s": 0.1})
     stack = Stack.start(settings.model_copy(update={"redis_url": valkey.url,
                                                     "serving": serving}),
                         workers=1, api=True)
@@ -230,7 +231,7 @@ def store_outage(servers: dict[str, str],
             outage.ask_all(api, "before", pages)
             # An unknown customer gets trending items: the list the API keeps in memory.
             outage.ask(api, "before", "popular", f"/v1/users/{uid()}/recommendations")
-            time.sleep(3 * serving.cache_ttl_s)  # nothing cached is fresh any more
+            time.sleep(3 * max(serving.cache_ttl_s, serving.related_cache_ttl_s))  # stale now
 
             valkey.freeze()
             try:
