@@ -167,7 +167,17 @@
     var self = this;
     this.timers.forEach(clearInterval);
     this.timers = [];
-    return Promise.all(this.slots().map(function (node) { return self.load(node); }));
+    var nodes = this.slots();
+    // With a related slot on the page, "recommended for you" leaves out what it shows:
+    // the two answers are asked for at once, and the recommended one asks for spares.
+    this.related = null;
+    this.pairWithRelated = nodes.some(function (n) {
+      return n.getAttribute("data-aisle-slot") === "related";
+    }) && !!this.opts.item;
+    var related = new Promise(function (resolve) { self.related = resolve; });
+    if (!this.pairWithRelated) this.related([]);
+    this.relatedShown = related;
+    return Promise.all(nodes.map(function (node) { return self.load(node); }));
   };
 
   Widget.prototype.request = function (kind) {
@@ -176,7 +186,8 @@
       return "/v1/items/" + enc(o.item) + "/related" + q + (o.user ? "&user_id=" + enc(o.user) : "");
     }
     if (kind === "recommended" && o.user) {
-      return "/v1/users/" + enc(o.user) + "/recommendations" + q +
+      var spare = this.pairWithRelated ? "?limit=" + Math.min(100, 2 * o.limit) : q;
+      return "/v1/users/" + enc(o.user) + "/recommendations" + spare +
         (o.item ? "&context_item=" + enc(o.item) : "");
     }
     if (kind === "offer" && o.user) return "/v1/users/" + enc(o.user) + "/offers";
@@ -189,7 +200,21 @@
     var section = this.frame(node, kind);
     if (!path) return Promise.resolve(this.collapse(section, "nothing to ask"));
     var self = this;
-    return this.fetchJson(path).then(function (body) {
+    var answer = this.fetchJson(path);
+    if (kind === "related") {
+      answer.then(function (body) {
+        self.related((body.items || []).map(function (it) { return it.item_id; }));
+      }, function () { self.related([]); });
+    } else if (kind === "recommended") {
+      answer = Promise.all([answer, this.relatedShown]).then(function (both) {
+        var body = both[0], taken = both[1];
+        var items = (body.items || []).filter(function (it) {
+          return taken.indexOf(it.item_id) < 0;
+        }).slice(0, self.opts.limit);
+        return Object.assign({}, body, {items: items});
+      });
+    }
+    return answer.then(function (body) {
       var shown = kind === "offer" ? self.renderOffer(section, body) : self.renderItems(section, body);
       if (!shown) self.collapse(section, "empty");
     }, function (err) {

@@ -209,6 +209,10 @@ def test_widget_renders_items_with_titles_and_a_ticking_offer(page: Any, shop: S
         assert all(c["reason"] for c in shown), "every item says why"
         assert section.locator("ul[role='list'] > li").count() == len(shown)
     assert ITEM not in {c["item"] for c in cards(related)}, "never the item itself"
+    # A new visitor's recommendations come from the same item; the page shows each once.
+    both = {c["item"] for c in cards(related)} & {c["item"] for c in cards(recommended)}
+    assert not both, both
+    assert len(cards(recommended)) == 6, "spares fill the slot to the default limit"
     assert cards(offer), "the offer names its items"
     assert "% off" in offer.locator(".aisle-deal").inner_text()
     assert offer.locator(".aisle-why").inner_text().startswith("Welcome")
