@@ -132,9 +132,9 @@ def stats() -> None:
     _logging(settings)
 
     async def run() -> int:
-        import redis.asyncio as aioredis
+        from feature_store.client import open_redis
 
-        client = aioredis.Redis.from_url(settings.redis_url or "")
+        client = open_redis(settings)
         try:
             async with EventProducer(settings) as producer:
                 return await refresh_population(settings, client, producer)

@@ -85,11 +85,10 @@ def _wait_model(api: httpx.Client, version: str, timeout: float = 30) -> None:
 
 
 def _top_customers(stack: Stack) -> list[str]:
-    import redis
-
+    from feature_store.client import open_redis_sync
     from feature_store.keys import Keys
 
-    r = redis.Redis.from_url(stack.settings.redis_url or "")
+    r = open_redis_sync(stack.settings)
     keys = Keys(stack.settings.features.key_prefix, stack.settings.features.shards)
     counts: list[tuple[float, str]] = []
     for shard in range(keys.shards):

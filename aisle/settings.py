@@ -202,6 +202,10 @@ class Settings(BaseSettings):
 
     kafka_url: str | None = None
     redis_url: str | None = None
+    # Redis Cluster: redis_url names one seed node (redis://host:port) and the client
+    # discovers the others, as redis-py's RedisCluster.from_url does. Without a URL,
+    # `aisle up` starts an embedded 3-primary cluster instead of one Valkey.
+    redis_cluster: bool = False
     data_dir: Path = Path(".aisle")
     log_level: str = "info"
     topics: TopicSettings = TopicSettings()

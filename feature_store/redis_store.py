@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from feature_store.canonical import canonical_value
+from feature_store.client import queue_evalsha
 from feature_store.keys import Keys
 from feature_store.memory_store import BatchEvent
 
@@ -59,8 +60,8 @@ class RedisStore:
         pipe = self.client.pipeline(transaction=False)
         for shard, source, batch in batches:
             k = self.keys
-            pipe.evalsha(sha, 3, k.watermarks(shard), k.seen(shard), k.meta(shard),
-                         _pack([source, self.window, batch]))
+            queue_evalsha(pipe, sha, [k.watermarks(shard), k.seen(shard), k.meta(shard)],
+                          [_pack([source, self.window, batch])])
         return list(await pipe.execute())
 
     async def dump(self, include_derived: bool = False) -> dict[str, Any]:
@@ -108,9 +109,10 @@ class RedisStore:
             if not key.startswith(skip):
                 doomed.append(raw)
         for start in range(0, len(doomed), 1000):
-            # One key per call keeps this valid on Redis Cluster (keys span slots).
+            # One key per call keeps this valid on Redis Cluster (keys span slots); the
+            # generic form because redis-py's async cluster pipeline makes unlink a coroutine.
             pipe = self.client.pipeline(transaction=False)
             for key in doomed[start:start + 1000]:
-                pipe.unlink(key)
+                pipe.execute_command("UNLINK", key)
             await pipe.execute()
         return len(doomed)

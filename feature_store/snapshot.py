@@ -16,6 +16,7 @@ from importlib.resources import files
 import numpy as np
 import redis.asyncio as aioredis
 
+from feature_store.client import queue_evalsha
 from feature_store.keys import Keys
 
 SCRIPT = files("feature_store").joinpath("snapshot.lua").read_text()
@@ -26,16 +27,16 @@ async def read_interactions(client: aioredis.Redis, keys: Keys, suffix: str = "i
                             page: int = PAGE_USERS) -> dict[str, tuple[list[str], np.ndarray]]:
     """``{user: (items, stored log weights float64)}`` for every customer with a non-empty
     ``suffix`` zset, items in the zset's order (by score, then member)."""
-    script = client.register_script(SCRIPT)
+    # SCRIPT LOAD reaches every primary of a cluster (a cluster pipeline loads nothing).
+    sha = str(await client.script_load(SCRIPT))
     out: dict[str, tuple[list[str], np.ndarray]] = {}
     cursors = {shard: b"0" for shard in range(keys.shards)}
     while cursors:
         pipe = client.pipeline(transaction=False)
         shards = sorted(cursors)
         for shard in shards:
-            await script(keys=[keys.users(shard)],
-                         args=[cursors[shard], page, f"{keys.tag(shard)}:u:", f":{suffix}"],
-                         client=pipe)
+            queue_evalsha(pipe, sha, [keys.users(shard)],
+                          [cursors[shard], page, f"{keys.tag(shard)}:u:", f":{suffix}"])
         for shard, reply in zip(shards, await pipe.execute(), strict=True):
             out.update(_parse(reply))
             if reply[0] in (b"0", 0, "0"):

@@ -15,6 +15,7 @@ import numpy as np
 import redis.asyncio as aioredis
 
 from aisle.settings import Settings
+from feature_store.client import open_redis
 from feature_store.keys import Keys
 from feature_store.snapshot import read_interactions
 from models.als import ALSParams, fit_als, similar_items
@@ -123,7 +124,7 @@ def fit_artifact(inter: Interactions, ref_ts: float, params: ALSParams, top_k: i
 async def train_once(settings: Settings, client: aioredis.Redis | None = None,
                      events_applied: int | None = None) -> ModelArtifact:
     own = client is None
-    client = client or aioredis.Redis.from_url(settings.redis_url or "", decode_responses=False)
+    client = client or open_redis(settings)
     keys = Keys(settings.features.key_prefix, settings.features.shards)
     lock = keys.control("train")
     if not await client.set(lock, b"1", nx=True, ex=LOCK_TTL_S):

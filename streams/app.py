@@ -14,12 +14,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import faust
-import redis.asyncio as aioredis
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 from threadpoolctl import threadpool_limits
 
 from aisle.settings import Settings
+from feature_store.client import open_redis
 from feature_store.keys import Keys
 from feature_store.redis_store import RedisStore
 from feature_store.updates import Folder
@@ -56,7 +56,7 @@ class WorkerContext:
         s = self.settings
         threadpool_limits(1, "blas")  # fold-in solves are small: threads cost more than they give
         quiet_gc(s.worker.gc_gen0_threshold)
-        client = aioredis.Redis.from_url(s.redis_url or "", decode_responses=False)
+        client = open_redis(s)
         keys = Keys(s.features.key_prefix, s.features.shards)
         self.holder = ModelHolder(client, s.features.key_prefix)
         await self.holder.refresh()

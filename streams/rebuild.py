@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 
 from aisle.settings import Settings
+from feature_store.client import open_redis
 from feature_store.keys import Keys
 from feature_store.redis_store import RedisStore
 from feature_store.updates import Folder
@@ -29,7 +30,7 @@ GRACE_S = 1.5
 
 
 async def rebuild_from_log(settings: Settings) -> dict[str, float]:
-    client = aioredis.Redis.from_url(settings.redis_url or "", decode_responses=False)
+    client = open_redis(settings)
     keys = Keys(settings.features.key_prefix, settings.features.shards)
     lock = keys.control("rebuild")
     started = time.monotonic()

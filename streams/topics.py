@@ -52,13 +52,12 @@ async def ensure_topics(settings: Settings) -> None:
 async def forget_watermarks(settings: Settings, topics: list[str]) -> None:
     if not settings.redis_url or not topics:
         return
-    import redis.asyncio as aioredis
-
+    from feature_store.client import open_redis
     from feature_store.keys import Keys
 
     keys = Keys(settings.features.key_prefix, settings.features.shards)
     fields = [f"{topic}/{p}" for topic in topics for p in range(settings.topics.partitions)]
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = open_redis(settings)
     try:
         pipe = client.pipeline(transaction=False)
         for shard in range(keys.shards):

@@ -1,0 +1,73 @@
+"""Every Redis connection Aisle opens comes from here: one Valkey/Redis, or a Redis Cluster.
+
+``AISLE_REDIS_URL`` names the server (``redis://host:port/0``). With
+``AISLE_REDIS_CLUSTER=true`` it names one seed node of a cluster and the client finds the
+others and follows the slot map (redis-py's ``RedisCluster.from_url``), so the same URL
+users give redis-py works here. The key layout (``docs/keys.md``) keeps every multi-key
+command, pipeline transaction and Lua script inside one hash slot, so callers use either
+client the same way; the differences that remain (SCAN and INFO go to every primary,
+scripts must be loaded on every primary) are handled where they happen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TypeAlias
+
+import redis
+import redis.asyncio as aioredis
+
+from aisle.settings import Settings
+
+AsyncRedis: TypeAlias = aioredis.Redis | aioredis.RedisCluster
+SyncRedis: TypeAlias = redis.Redis | redis.RedisCluster
+
+
+def _url(settings: Settings) -> str:
+    if not settings.redis_url:
+        raise RuntimeError("redis_url is not resolved; call aisle.runtime.resolve() first")
+    return settings.redis_url
+
+
+def open_redis(settings: Settings, *, decode_responses: bool = False,
+               **options: Any) -> AsyncRedis:
+    """An asyncio client for the configured store; ``options`` go to redis-py as they are
+    (timeouts, ``max_connections``, which is per node on a cluster)."""
+    if settings.redis_cluster:
+        return aioredis.RedisCluster.from_url(_url(settings), decode_responses=decode_responses,
+                                              **options)
+    return aioredis.Redis.from_url(_url(settings), decode_responses=decode_responses, **options)
+
+
+def open_redis_sync(settings: Settings, *, decode_responses: bool = False,
+                    **options: Any) -> SyncRedis:
+    """The blocking twin of :func:`open_redis` (demo, CLI checks, tests, benchmarks)."""
+    if settings.redis_cluster:
+        return redis.RedisCluster.from_url(_url(settings), decode_responses=decode_responses,
+                                           **options)
+    return redis.Redis.from_url(_url(settings), decode_responses=decode_responses, **options)
+
+
+def is_cluster(client: object) -> bool:
+    return isinstance(client, aioredis.RedisCluster | redis.RedisCluster)
+
+
+async def primaries_info(client: AsyncRedis, section: str) -> list[dict[str, Any]]:
+    """``INFO section`` of every primary (one entry on a single server): a cluster
+    answers INFO per node, and memory or command counts are the sum over nodes."""
+    if isinstance(client, aioredis.RedisCluster):
+        replies = await client.info(section, target_nodes=aioredis.RedisCluster.PRIMARIES)
+        return [dict(v) for v in replies.values()] if _per_node(replies) else [dict(replies)]
+    return [dict(await client.info(section))]
+
+
+def _per_node(reply: dict[str, Any]) -> bool:
+    # redis-py answers a multi-node INFO with {node name: info}, one node's INFO as is.
+    return bool(reply) and all(isinstance(v, dict) and ":" in str(k) for k, v in reply.items())
+
+
+def queue_evalsha(pipe: Any, sha: str, keys: Sequence[str], args: Sequence[Any]) -> None:
+    """Queue ``EVALSHA`` on a pipeline of either client. redis-py's cluster pipeline refuses
+    ``pipe.evalsha`` outright, but routes the generic command by its declared keys (one
+    slot, by the key layout), so both kinds of pipeline take this form."""
+    pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
