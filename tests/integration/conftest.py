@@ -14,6 +14,7 @@ import redis
 
 from aisle.settings import Settings
 from aisle.stack import Stack
+from feature_store.client import open_redis_sync
 
 pytestmark = pytest.mark.integration
 ADMIN_KEY = "test-admin-key-0123456789"
@@ -54,7 +55,7 @@ def api(stack: Stack) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="module")
 def store(stack: Stack) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(stack.settings.redis_url or "")
+    client = open_redis_sync(stack.settings)
     yield client
     client.close()
 

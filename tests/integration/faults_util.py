@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import redis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -21,6 +20,7 @@ from aisle.replay import replay_file
 from aisle.runtime import ManagedProcess
 from aisle.settings import Settings
 from aisle.stack import Stack
+from feature_store.client import open_redis_sync
 from feature_store.dump import dump_state
 from feature_store.keys import Keys
 from streams.lag import end_offsets, wait_caught_up
@@ -88,7 +88,7 @@ def keys_of(settings: Settings) -> Keys:
 
 def applied_count(settings: Settings) -> int:
     """The group-wide count of applied events (the workers keep it in Redis)."""
-    client = redis.Redis.from_url(settings.redis_url or "")
+    client = open_redis_sync(settings)
     try:
         return int(client.get(keys_of(settings).control("applied")) or 0)
     finally:
@@ -108,7 +108,7 @@ def wait_applied(settings: Settings, at_least: int, timeout: float) -> int:
 def watermarks(settings: Settings) -> dict[str, int]:
     """``topic/partition`` → highest offset applied, over all shards."""
     k = keys_of(settings)
-    client = redis.Redis.from_url(settings.redis_url or "")
+    client = open_redis_sync(settings)
     try:
         out: dict[str, int] = {}
         for shard in range(k.shards):
@@ -182,7 +182,7 @@ def live_equals_rebuild(settings: Settings, timeout: float = 120) -> tuple[int, 
 
 def worker_shares(settings: Settings) -> dict[int, int]:
     """pid → events that worker applied (each worker counts its own share in Redis)."""
-    client = redis.Redis.from_url(settings.redis_url or "")
+    client = open_redis_sync(settings)
     try:
         raw = client.hgetall(keys_of(settings).control("workers"))
     finally:

@@ -24,11 +24,11 @@ from urllib.parse import parse_qs, urlencode, urlparse
 
 import httpx
 import pytest
-import redis
 
 from aisle.replay import replay_file
 from aisle.runtime import free_port
 from aisle.stack import Stack
+from feature_store.client import open_redis_sync
 from feature_store.keys import Keys
 from models.train import train_once
 from streams.lag import wait_caught_up
@@ -257,7 +257,7 @@ def test_a_click_sends_a_view_with_its_request_id_and_changes_what_comes_next(
     assert target["request"] == answer
     # The real worker folds the view into the customer's state.
     keys = Keys(stack.settings.features.key_prefix, stack.settings.features.shards)
-    store = redis.Redis.from_url(stack.settings.redis_url or "")
+    store = open_redis_sync(stack.settings)
     try:
         eventually(lambda: store.zscore(keys.user(user, "views"), target["item"]) is not None)
     finally:

@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-import redis.asyncio as aioredis
 
 from aisle.replay import replay_file
 from aisle.stack import Stack
+from feature_store.client import open_redis, open_redis_sync
 from feature_store.keys import Keys
 from streams.lag import wait_caught_up
 from streams.timers import refresh_population
@@ -41,7 +41,7 @@ def stack(servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 async def _refresh(stack: Stack) -> int:
-    client = aioredis.Redis.from_url(stack.settings.redis_url or "")
+    client = open_redis(stack.settings)
     try:
         async with EventProducer(stack.settings) as producer:
             return await refresh_population(stack.settings, client, producer)
@@ -95,9 +95,8 @@ def test_a_dormant_customer_gets_one_winback_offer_that_expires(api, stack) -> N
     ])
     rfm = Keys(stack.settings.features.key_prefix, stack.settings.features.shards).user(user,
                                                                                          "rfm")
-    import redis
 
-    store = redis.Redis.from_url(stack.settings.redis_url or "")
+    store = open_redis_sync(stack.settings)
     eventually(lambda: store.hget(rfm, "orders"))
     profile = api.get(f"/v1/users/{user}/profile").json()
     assert profile["segment"] in {"dormant", "lost"}

@@ -21,6 +21,7 @@ from aisle.runtime import start_broker, start_store
 from aisle.settings import Settings
 from aisle.stack import Stack
 from benchmarks.ingest_probe import wait_group
+from feature_store.client import open_redis_sync
 from models.train import train_once
 from streams.lag import wait_caught_up
 from streams.topics import ensure_topics
@@ -176,7 +177,7 @@ def loaded(api: httpx.Client, version: str) -> bool:
 def known_customer(settings: Settings) -> str:
     """A customer with interactions: the API gives them a personal answer."""
     k = keys_of(settings)
-    client = redis.Redis.from_url(settings.redis_url or "")
+    client = open_redis_sync(settings)
     try:
         for shard in range(k.shards):
             for raw in sorted(client.smembers(k.users(shard))):
@@ -188,7 +189,7 @@ def known_customer(settings: Settings) -> str:
 
 
 def visible(settings: Settings, key: str) -> bool:
-    client = redis.Redis.from_url(settings.redis_url or "")
+    client = open_redis_sync(settings)
     try:
         return bool(client.exists(key))
     except redis.RedisError:
@@ -446,7 +447,7 @@ def test_an_event_after_the_broker_restart_is_not_taken_for_an_old_one(
     assert resp.status_code == 202, resp.text
     asyncio.run(wait_caught_up(stack.settings, timeout=60))
     views = keys_of(stack.settings).user(regular, "views")
-    client = redis.Redis.from_url(stack.settings.redis_url or "")
+    client = open_redis_sync(stack.settings)
     try:
         eventually(lambda: client.zscore(views, "new-after-restart") is not None,
                    timeout=3, every=0.2)

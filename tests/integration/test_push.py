@@ -17,11 +17,11 @@ from typing import Any
 import msgspec
 import pytest
 import redis
-import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 
 from aisle.settings import PushSettings, Settings
 from aisle.stack import Stack, aisle_argv, child_env
+from feature_store.client import open_redis, open_redis_sync
 from feature_store.keys import Keys
 from feature_store.redis_store import RedisStore
 from feature_store.updates import Folder
@@ -59,7 +59,7 @@ def stack(servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture(scope="module")
 def store(stack: Stack) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(stack.settings.redis_url or "")
+    client = open_redis_sync(stack.settings)
     yield client
     client.close()
 
@@ -344,7 +344,7 @@ def test_sweep_finds_replenishment_and_tier_nudges(stack: Stack, store: redis.Re
 
 
 async def _sweep(settings: Settings) -> int:
-    client = aioredis.Redis.from_url(settings.redis_url or "")
+    client = open_redis(settings)
     try:
         async with EventProducer(settings) as producer:
             return await sweep(settings, client, producer)
@@ -459,7 +459,7 @@ def test_candidates_in_flight_when_a_worker_died_go_out_exactly_once(
 
 async def _drain_twice(s: Settings, events: list[Any]) -> None:
     await ensure_topics(s)
-    client = aioredis.Redis.from_url(s.redis_url or "")
+    client = open_redis(s)
     keys = Keys(s.features.key_prefix, s.features.shards)
     processor = BatchProcessor(RedisStore(client, keys, 86400.0),
                                Folder(keys, s.features, s.model, s.push), None,

@@ -12,6 +12,7 @@ import redis
 
 from aisle.replay import replay_file
 from aisle.stack import Stack
+from feature_store.client import open_redis
 from feature_store.dump import dump_state
 from feature_store.keys import Keys
 from models.online import decode_vector
@@ -102,12 +103,10 @@ def test_recommendations_for_real_customers_skip_what_they_cannot_want(
 
 
 def _model(stack: Stack):  # type: ignore[no-untyped-def]
-    import redis.asyncio as aioredis
-
     from models.artifacts import load_current
 
     async def load():  # type: ignore[no-untyped-def]
-        client = aioredis.Redis.from_url(stack.settings.redis_url or "")
+        client = open_redis(stack.settings)
         try:
             return await load_current(client, stack.settings.features.key_prefix)
         finally:

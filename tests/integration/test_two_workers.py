@@ -7,10 +7,10 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
-import redis.asyncio as aioredis
 
 from aisle.replay import replay_file
 from aisle.stack import Stack
+from feature_store.client import open_redis, open_redis_sync
 from feature_store.dump import dump_state
 from models.artifacts import load_current
 from streams.lag import wait_caught_up
@@ -34,7 +34,7 @@ def stack(servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 async def _model_stats(stack: Stack) -> dict | None:
-    client = aioredis.Redis.from_url(stack.settings.redis_url or "")
+    client = open_redis(stack.settings)
     try:
         art = await load_current(client, stack.settings.features.key_prefix)
         return art.stats if art else None
@@ -55,11 +55,10 @@ def test_two_workers_build_the_state_a_rebuild_builds(stack: Stack) -> None:
 
 
 def test_both_workers_did_part_of_the_work(stack: Stack) -> None:
-    import redis
 
     from feature_store.keys import Keys
 
-    client = redis.Redis.from_url(stack.settings.redis_url or "")
+    client = open_redis_sync(stack.settings)
     keys = Keys(stack.settings.features.key_prefix, stack.settings.features.shards)
     shares = {k.decode(): int(v) for k, v in client.hgetall(keys.control("workers")).items()}
     client.close()
