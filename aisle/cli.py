@@ -48,6 +48,7 @@ def up(
     from aisle.stack import Stack
 
     settings = _settings()
+    _check_device(settings)
     stack = Stack.start(settings, workers=workers, api_port=port or None)
     path = stack.record()
     console.print(f"broker  {stack.settings.kafka_url}\nstore   {stack.settings.redis_url}\n"
@@ -73,6 +74,20 @@ def _wait_for_signal() -> None:
         time.sleep(0.2)
 
 
+def _check_device(settings: Settings, always: bool = False) -> None:
+    """Workers retrain on a schedule: a GPU they cannot use is an error at start, not in
+    an hour (AISLE_MODEL__DEVICE)."""
+    if not always and settings.worker.retrain_interval_s == 0:
+        return
+    from models.als import GPUUnavailable, resolve_device
+
+    try:
+        resolve_device(settings.model.device)
+    except GPUUnavailable as exc:
+        console.print(str(exc), style="red", markup=False)
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def worker() -> None:
     """Run one Faust worker (joins the consumer group; run several to scale out)."""
@@ -81,6 +96,7 @@ def worker() -> None:
     from streams.app import build_app
 
     settings = _resolved()
+    _check_device(settings)
     faust_app = build_app(settings)
     Worker(faust_app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
 
@@ -118,6 +134,7 @@ def train() -> None:
 
     settings = _resolved()
     _logging(settings)
+    _check_device(settings, always=True)
     art = asyncio.run(train_once(settings))
     console.print(f"published model {art.version}: {art.stats}")
 

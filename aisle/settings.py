@@ -7,6 +7,7 @@ No broker or store URL means "use the embedded runtime" (see :mod:`aisle.runtime
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -105,6 +106,10 @@ class ModelSettings(BaseModel):
     # Items bought/viewed by fewer customers are never ALS neighbours (they still get
     # neighbours): keeps the all-pairs similar-items step off the n² path (models/train.py).
     similar_min_support: int = Field(2, ge=1)
+    # Where full retrains run: "gpu" (implicit's CUDA ALS; a process that cannot use one
+    # refuses to start), "cpu", or "auto" (the GPU when implicit.gpu.HAS_CUDA). Fold-in
+    # and serving stay on the CPU either way.
+    device: Literal["cpu", "gpu", "auto"] = "auto"
 
 
 class ServingSettings(BaseModel):

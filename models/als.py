@@ -44,13 +44,16 @@ class ALSParams:
 
 
 def fit_als(inter: Interactions, params: ALSParams, *, num_threads: int = 0,
-            ) -> tuple[np.ndarray, np.ndarray]:
+            device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """Train on ``inter`` (weights, not confidences): ``(user_factors, item_factors)``.
 
     ``num_threads`` is implicit's own OpenMP pool (0 = all cores). BLAS is pinned to one
     thread: implicit calls it per user from each of its threads, and a threaded BLAS
-    under that oversubscribes the cores (implicit warns about it, rightly).
+    under that oversubscribes the cores (implicit warns about it, rightly). ``device``
+    "gpu" trains with implicit's CUDA ALS (see :func:`resolve_device`).
     """
+    if device == "gpu":
+        return _fit_als_gpu(inter, params)
     with threadpool_limits(1, "blas"):
         model = AlternatingLeastSquares(
             factors=params.factors, regularization=params.regularization,
@@ -155,3 +158,59 @@ def _unit_rows(factors: np.ndarray) -> np.ndarray:
     factors = np.asarray(factors, dtype=np.float32)
     norms = np.linalg.norm(factors, axis=1, keepdims=True)
     return np.divide(factors, norms, out=np.zeros_like(factors), where=norms > 0)
+
+
+# -- GPU retrains (model.device). implicit's CUDA ALS needs an NVIDIA GPU, implicit's
+# CUDA extension and RAPIDS' rmm package (pip install rmm-cu13); implicit.gpu.HAS_CUDA
+# says whether all three are there.
+DEVICES = ("cpu", "gpu", "auto")
+
+
+class GPUUnavailable(RuntimeError):
+    """model.device is "gpu" but implicit cannot train on a GPU in this process."""
+
+
+def resolve_device(device: str) -> str:
+    """"cpu" or "gpu" for a ``model.device`` setting: "auto" is the GPU when implicit has
+    CUDA, else the CPU; "gpu" without CUDA fails here, where a process starts, rather than
+    an hour later in its first scheduled retrain."""
+    if device not in DEVICES:
+        raise ValueError(f"model.device must be one of {', '.join(DEVICES)}, not {device!r}")
+    if device == "cpu":
+        return "cpu"
+    has_cuda, why = _cuda()
+    if has_cuda:
+        return "gpu"
+    if device == "auto":
+        return "cpu"
+    raise GPUUnavailable(
+        f"AISLE_MODEL__DEVICE=gpu, but implicit cannot train on a GPU here ({why}); "
+        "it needs an NVIDIA GPU, implicit's CUDA build and the rmm package "
+        "(pip install rmm-cu13). Set AISLE_MODEL__DEVICE=auto to use a GPU only where "
+        "there is one, or cpu.")
+
+
+def _cuda() -> tuple[bool, str]:
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:  # implicit warns why it has no GPU
+        warnings.simplefilter("always")
+        import implicit.gpu
+    if implicit.gpu.HAS_CUDA:
+        return True, ""
+    if caught:
+        return False, "; ".join(str(w.message) for w in caught)
+    return False, ("implicit.gpu.HAS_CUDA is false" if implicit.gpu.HAS_RMM
+                   else "implicit.gpu.HAS_CUDA is false: rmm is not installed")
+
+
+def _fit_als_gpu(inter: Interactions, params: ALSParams) -> tuple[np.ndarray, np.ndarray]:
+    from implicit.gpu.als import AlternatingLeastSquares as GpuALS
+
+    model = GpuALS(factors=params.factors, regularization=params.regularization,
+                   alpha=params.alpha, dtype=np.float32, iterations=params.iterations,
+                   calculate_training_loss=False, random_state=params.seed)
+    model.fit(inter.matrix, show_progress=False)
+    cpu = model.to_cpu()  # numpy factors: the artifact and the fold-in never see the GPU
+    return (np.ascontiguousarray(cpu.user_factors, dtype=np.float32),
+            np.ascontiguousarray(cpu.item_factors, dtype=np.float32))

@@ -18,7 +18,7 @@ from aisle.settings import Settings
 from feature_store.client import open_redis
 from feature_store.keys import Keys
 from feature_store.snapshot import read_interactions
-from models.als import ALSParams, fit_als, similar_items
+from models.als import ALSParams, fit_als, resolve_device, similar_items
 from models.artifacts import ModelArtifact, new_version, publish_model
 from models.matrix import Interactions, decayed_weight, interactions_from_histories
 
@@ -106,9 +106,10 @@ def shrunk_similar_items(item_factors: np.ndarray, inter: Interactions, top_k: i
 
 
 def fit_artifact(inter: Interactions, ref_ts: float, params: ALSParams, top_k: int,
-                 consumable: dict[str, bool], min_support: int = 1) -> ModelArtifact:
+                 consumable: dict[str, bool], min_support: int = 1,
+                 device: str = "cpu") -> ModelArtifact:
     started = time.perf_counter()
-    _, item_factors = fit_als(inter, params)
+    _, item_factors = fit_als(inter, params, device=device)
     fit_s = time.perf_counter() - started
     sim_ids, sim_scores = shrunk_similar_items(item_factors, inter, top_k, min_support)
     return ModelArtifact(
@@ -117,12 +118,13 @@ def fit_artifact(inter: Interactions, ref_ts: float, params: ALSParams, top_k: i
         similar_ids=sim_ids, similar_scores=sim_scores,
         consumable=np.array([consumable.get(i, False) for i in inter.item_ids], dtype=bool),
         stats={"users": len(inter.user_ids), "items": len(inter.item_ids),
-               "nnz": int(inter.matrix.nnz), "fit_s": round(fit_s, 3)},
+               "nnz": int(inter.matrix.nnz), "fit_s": round(fit_s, 3), "device": device},
     )
 
 
 async def train_once(settings: Settings, client: aioredis.Redis | None = None,
                      events_applied: int | None = None) -> ModelArtifact:
+    device = resolve_device(settings.model.device)  # before any work: a clear error
     own = client is None
     client = client or open_redis(settings)
     keys = Keys(settings.features.key_prefix, settings.features.shards)
@@ -141,7 +143,7 @@ async def train_once(settings: Settings, client: aioredis.Redis | None = None,
         params = ALSParams(factors=m.factors, regularization=m.regularization,
                            iterations=m.iterations, alpha=m.alpha, seed=m.seed)
         art = await asyncio.to_thread(fit_artifact, inter, ref_ts, params, m.top_k_similar,
-                                      consumable, m.similar_min_support)
+                                      consumable, m.similar_min_support, device)
         if events_applied is None:
             events_applied = int(await client.get(keys.control("applied")) or 0)
         art.stats["events_applied"] = events_applied
