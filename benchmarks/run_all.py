@@ -17,6 +17,7 @@ BENCHMARKS = [
     ("benchmarks.bench_ingest", True),
     ("benchmarks.bench_freshness", True),
     ("benchmarks.bench_serving", True),
+    ("benchmarks.bench_cluster", True),   # one Valkey vs a 3-primary cluster, ~6 minutes
     ("benchmarks.eval_customer", False),
     ("benchmarks.bench_memory", True),
     ("benchmarks.bench_widget", False),  # needs chromium (make browser)
