@@ -183,6 +183,34 @@ def test_fold_in_writes_the_vector_in_the_customers_slot(api, stack, store,
     assert api.get(f"/v1/users/{user}/recommendations").json()["strategy"] == "personal"
 
 
+def test_experiment_registry_and_per_shard_stats(api, stack, store, model_version) -> None:
+    """The registry is one slot ({a:e}); exposures are counted per shard and merged."""
+    eventually(lambda: loaded(api, model_version))
+    xid = f"cl-{uid('x')}"
+    spec = {"id": xid, "surfaces": ["recommendations"], "layer": "ranking",
+            "layer_range": [0, 10000], "primary_metric": "ctr",
+            "variants": [{"name": "control", "weight": 1},
+                         {"name": "more-coview", "weight": 1,
+                          "params": {"blend_coview": 0.6}}]}
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    assert api.post("/v1/admin/experiments", json=spec, headers=admin).status_code == 202
+    eventually(lambda: [x for x in api.get("/v1/experiments").json()["experiments"]
+                        if x["id"] == xid])
+    users = customers(stack, store)[:12]
+    k = keys_of(stack)
+    assert len({k.shard_of(u) for u in users}) > 1  # exposures land in several shards
+    for user in users:
+        body = api.get(f"/v1/users/{user}/recommendations").json()
+        assert [x["id"] for x in body["experiments"]] == [xid], body["experiments"]
+
+    def results() -> dict | None:
+        doc = api.get(f"/v1/experiments/{xid}/results").json()
+        return doc if sum(v["exposures"] for v in doc["variants"]) >= len(users) else None
+
+    doc = eventually(results)
+    assert sum(v["users"] for v in doc["variants"]) == len(users)
+
+
 def test_push_triggers_are_claimed_per_shard(api, stack) -> None:
     user = uid("cart")
     docs = [event("cart.item_added", {"item_id": "85123A", "quantity": 1}, user,
