@@ -51,7 +51,8 @@ def up(
     _check_device(settings)
     stack = Stack.start(settings, workers=workers, api_port=port or None)
     path = stack.record()
-    console.print(f"broker  {stack.settings.kafka_url}\nstore   {stack.settings.redis_url}\n"
+    kind = " (Redis Cluster)" if stack.settings.redis_cluster else ""
+    console.print(f"broker  {stack.settings.kafka_url}\nstore   {stack.settings.redis_url}{kind}\n"
                   f"workers {len(stack.workers)} (logs in {stack.log_dir})\n"
                   f"runtime {path}")
     print(f"API: {stack.api_url}", flush=True)
