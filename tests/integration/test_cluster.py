@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 import redis
+from aiokafka import AIOKafkaConsumer
 from redis.crc import key_slot
 
 from aisle.replay import replay_file
@@ -19,10 +21,12 @@ from aisle.stack import Stack
 from feature_store.client import is_cluster, open_redis, open_redis_sync
 from feature_store.dump import dump_state
 from feature_store.keys import Keys
+from feature_store.updates import Folder
 from models.online import decode_vector
 from models.train import train_once
 from push.drain import PushDrainer
-from streams.lag import wait_caught_up
+from streams.events import decode_event, event_type
+from streams.lag import end_offsets, wait_caught_up
 from streams.rebuild import rebuild_from_log
 from streams.timers import refresh_population
 from streams.topics import EventProducer
@@ -242,6 +246,54 @@ def test_erasure_leaves_no_key_of_the_customer(api, stack, store) -> None:
     eventually(lambda: not list(store.scan_iter(match=pattern)), timeout=60)
     k = keys_of(stack)
     assert not store.sismember(k.users(k.shard_of(user)), user)
+
+
+async def logged_events(s: Settings) -> list[bytes]:
+    """Every record of the stack's two topics, read from the first offset to the end."""
+    ends = await end_offsets(s, [s.topics.catalog, s.topics.events])
+    consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap_servers, enable_auto_commit=False)
+    await consumer.start()
+    out: list[bytes] = []
+    try:
+        todo = {tp: end for tp, end in ends.items() if end > 0}
+        consumer.assign(list(todo))
+        await consumer.seek_to_beginning(*todo)
+        while todo:
+            for tp, msgs in (await consumer.getmany(*todo, timeout_ms=1000)).items():
+                out += [m.value or b"" for m in msgs]
+                if msgs and msgs[-1].offset >= todo[tp] - 1:
+                    del todo[tp]
+                    consumer.pause(tp)
+    finally:
+        await consumer.stop()
+    return out
+
+
+def _key_names(op: list[Any], prefix: str) -> Iterator[str]:
+    for arg in op[1:]:
+        if isinstance(arg, list):
+            yield from _key_names([None, *arg], prefix)
+        elif isinstance(arg, str) and arg.startswith(f"{{{prefix}:"):
+            yield arg
+
+
+def test_every_op_in_the_log_names_keys_of_its_events_slot(stack: Stack) -> None:
+    """Valkey refuses a script's key on another node (so the run above would have failed)
+    but not one in another slot of the same node, which breaks once that slot moves: every
+    key name an event's ops carry must have the event's shard tag."""
+    s: Settings = stack.settings
+    k = keys_of(stack)
+    folder = Folder(k, s.features, s.model, s.push)
+    seen: set[str] = set()
+    for raw in asyncio.run(logged_events(s)):
+        event = decode_event(raw)
+        tag = k.tag(folder.shard(event))
+        for op in folder.fold(event):
+            for name in _key_names(op, k.prefix):
+                assert name.startswith(tag), (event_type(event), op)
+        seen.add(event_type(event))
+    assert {"catalog.item_upserted", "order.placed", "product.viewed", "cart.item_added",
+            "user.erased", "experiment.created", "experiment.exposed"} <= seen, seen
 
 
 def test_state_rebuilt_from_the_log_equals_the_live_state(stack: Stack) -> None:
