@@ -121,6 +121,15 @@ class ServingSettings(BaseModel):
     blend_copurchase: float = 2.5
     blend_coview: float = 0.3
     blend_session: float = 2.0
+    # The customer's own items (serving/again.py): recently viewed and not bought
+    # ("pick up where you left off"), and bought before ("buy it again"; the
+    # non-consumable rule still hides a fridge bought last week). Tuned on both
+    # datasets' validation splits (benchmarks/tune_quality.py --stage again).
+    blend_resume: float = Field(1.0, ge=0)
+    blend_rebuy: float = Field(1.0, ge=0)
+    # A viewed item's weight halves per this long between its last view and the
+    # customer's latest one.
+    resume_half_life_h: float = Field(24.0, gt=0)
     cache_ttl_s: float = 2.0
     # Related items for anonymous visitors (product pages): the same for everyone and
     # moved by co-purchase counts over thousands of orders, so half a minute old is fresh

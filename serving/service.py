@@ -24,6 +24,7 @@ from aisle.settings import Settings
 from feature_store.reader import FeatureReader, ItemInfo, UserState
 from models.artifacts import ModelArtifact
 from models.online import ModelHolder, decode_vector, user_vector
+from serving.again import own_items, rebuy_reason
 
 if TYPE_CHECKING:
     from serving.crm import CustomerService
@@ -195,6 +196,10 @@ class RecommendationService:
             top = np.argpartition(-scores, pool - 1)[:pool]
             cands.add({art.item_ids[int(j)]: float(scores[j]) for j in top if scores[j] > 0},
                       s.blend_als, lambda i: "picked for you")
+        own = own_items(state, s.resume_half_life_h * 3600)  # filtered below like the rest
+        cands.add(own.resume, s.blend_resume, lambda i: "you viewed this", specificity=2.5)
+        cands.add(own.rebuy, s.blend_rebuy, lambda i: rebuy_reason(own.orders[i]),
+                  specificity=2.5)
         await self._await_titles([v for v, _ in state.views[:5]] + [context_item or ""], flags)
         for rank, (viewed, _) in enumerate(state.views[:5]):
             title = self._title(viewed)
