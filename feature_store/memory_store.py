@@ -167,6 +167,11 @@ class MemoryStore:
                 if a != b:
                     self._op_zinc(["zinc", co + a, b, 1])
 
+    def _op_zincs(self, o: Op) -> None:
+        z, w = self._zset(o[1]), float(o[2])
+        for m in o[3:]:
+            z[m] = z.get(m, 0.0) + w
+
     def _op_cancel(self, o: Op) -> None:
         _, korders, krfm, order_id, amount, kspend, month = o
         if amount < 0:

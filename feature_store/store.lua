@@ -95,6 +95,10 @@ OPS.basket = function(o)
     end
   end
 end
+OPS.zincs = function(o)
+  local k, w = o[2], fmt(o[3])
+  for j = 4, #o do redis.call('ZINCRBY', k, w, o[j]) end
+end
 OPS.cancel = function(o)
   local korders, krfm, order_id, amount, kspend, month = o[2], o[3], o[4], o[5], o[6], o[7]
   if amount < 0 then

@@ -23,6 +23,7 @@ Opcodes
 ``session k_sess k_sitems sid item ts n co_prefix`` co-view with this session's items
 ``basket co_prefix item...`` +1 co-purchase for every ordered pair of the items (the
                        O(n²) pairs are made in the script, not shipped from Python)
+``zincs k w m...``     += w for each member (a big basket's sampled pairs of one item)
 ``cancel k_orders k_rfm order_id amount k_spend month`` subtract a cancellation (whole
                        order if amount<0) from the totals and that month's spend
 ``hsetnx k f v``       set the field only if absent
@@ -49,6 +50,7 @@ Opcodes
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -216,6 +218,27 @@ class Folder:
                         self.keys.co_prefix("view", shard)])
         return ops
 
+    def _basket_pairs(self, shard: int, basket: list[str], event_id: str) -> list[Op]:
+        """Co-purchase counts of one order. Up to ``basket_items_max`` items every pair
+        counts once (made in the script); in a bigger basket each item pairs with a
+        sample of ``basket_sample_k`` others, each counting ``(n - 1) / k``, so an item's
+        expected count with any other is still 1 while the cost grows as n·k, not n².
+        The sample is seeded by the event id: a replay writes the same pairs."""
+        n, k = len(basket), self.features.basket_sample_k
+        co = self.keys.co_prefix("buy", shard)
+        if n < 2:
+            return []
+        if n <= self.features.basket_items_max or n - 1 <= k:
+            return [["basket", co, *basket]]
+        rng = random.Random(f"{event_id}|pairs")  # str seeds hash with SHA-512: stable
+        weight = (n - 1) / k
+        ops: list[Op] = []
+        for i, item in enumerate(basket):
+            picks = rng.sample(range(n - 1), k)  # indices of the others, skipping i
+            ops.append(["zincs", co + item, weight,
+                        *(basket[j + (j >= i)] for j in sorted(picks))])
+        return ops
+
     def _order(self, event: ev.OrderPlaced) -> list[Op]:
         shard, ts = self.shard(event), event.ts
         amounts: dict[str, float] = {}
@@ -227,9 +250,7 @@ class Folder:
             categories.setdefault(line.item_id, line.category)
         ops: list[Op] = [self._trend(shard, item, self.model.weight_purchase, ts)
                          for item in amounts]
-        basket = list(amounts)[: self.features.basket_items_max]
-        if len(basket) > 1:
-            ops.append(["basket", self.keys.co_prefix("buy", shard), *basket])
+        ops += self._basket_pairs(shard, list(amounts), event.event_id)
         if event.user_id is None:  # guest: popularity and baskets only
             return ops
         total = round(sum(amounts.values()), 2)
