@@ -65,8 +65,13 @@ class FeatureSettings(BaseModel):
     # about "bought together" and cost most of the ingest time, so baskets are capped.
     basket_items_max: int = 30
     # Past basket_items_max, each item of a basket pairs with a seeded sample of this
-    # many others, weighted (n - 1) / k: unbiased counts at n·k cost instead of n².
+    # many others: n·k pairs instead of n². Each sampled pair counts 1 (a big basket
+    # adds k to an item's counts, not n - 1: it says less about "bought together"), or
+    # with basket_sample_unbiased (n - 1) / k, the exact count in expectation, which
+    # ranks worse: one 1,000-line invoice's 20 random pairs then outweigh pairs seen in
+    # 40 small orders (benchmarks/bench_basket_pairs.py).
     basket_sample_k: int = Field(20, ge=1)
+    basket_sample_unbiased: bool = False
     dedupe_window_s: float = 3 * 86400.0
     trending_half_life_h: float = 72.0
     affinity_half_life_d: float = 30.0

@@ -221,9 +221,10 @@ class Folder:
     def _basket_pairs(self, shard: int, basket: list[str], event_id: str) -> list[Op]:
         """Co-purchase counts of one order. Up to ``basket_items_max`` items every pair
         counts once (made in the script); in a bigger basket each item pairs with a
-        sample of ``basket_sample_k`` others, each counting ``(n - 1) / k``, so an item's
-        expected count with any other is still 1 while the cost grows as n·k, not n².
-        The sample is seeded by the event id: a replay writes the same pairs."""
+        sample of ``basket_sample_k`` others, so the cost grows as n·k, not n². A sampled
+        pair counts 1, or ``(n - 1) / k`` with ``basket_sample_unbiased`` (the expected
+        count is then the exact one). The sample is seeded by the event id: a replay
+        writes the same pairs."""
         n, k = len(basket), self.features.basket_sample_k
         co = self.keys.co_prefix("buy", shard)
         if n < 2:
@@ -231,7 +232,7 @@ class Folder:
         if n <= self.features.basket_items_max or n - 1 <= k:
             return [["basket", co, *basket]]
         rng = random.Random(f"{event_id}|pairs")  # str seeds hash with SHA-512: stable
-        weight = (n - 1) / k
+        weight = (n - 1) / k if self.features.basket_sample_unbiased else 1
         ops: list[Op] = []
         for i, item in enumerate(basket):
             picks = rng.sample(range(n - 1), k)  # indices of the others, skipping i

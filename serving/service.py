@@ -24,7 +24,7 @@ from aisle.settings import Settings
 from feature_store.reader import FeatureReader, ItemInfo, UserState
 from models.artifacts import ModelArtifact
 from models.online import ModelHolder, decode_vector, user_vector
-from serving.again import own_items, rebuy_reason
+from serving.again import own_items, rebuy_reason, resume_reason
 
 if TYPE_CHECKING:
     from serving.crm import CustomerService
@@ -197,7 +197,8 @@ class RecommendationService:
             cands.add({art.item_ids[int(j)]: float(scores[j]) for j in top if scores[j] > 0},
                       s.blend_als, lambda i: "picked for you")
         own = own_items(state, s.resume_half_life_h * 3600)  # filtered below like the rest
-        cands.add(own.resume, s.blend_resume, lambda i: "you viewed this", specificity=2.5)
+        cands.add(own.resume, s.blend_resume, lambda i: resume_reason(i, state),
+                  specificity=2.5)
         cands.add(own.rebuy, s.blend_rebuy, lambda i: rebuy_reason(own.orders[i]),
                   specificity=2.5)
         await self._await_titles([v for v, _ in state.views[:5]] + [context_item or ""], flags)

@@ -13,7 +13,7 @@ from typing import Any
 from aisle.settings import Settings
 from feature_store.keys import Keys
 from feature_store.reader import ItemInfo, UserState
-from serving.again import own_items, rebuy_reason
+from serving.again import own_items, rebuy_reason, resume_reason
 from serving.service import RecommendationService
 
 
@@ -35,6 +35,14 @@ def test_viewed_items_not_bought_resume_newest_and_strongest_first() -> None:
     strong = own_items(state(views=[("a", 10.0), ("b", 10.0)], ia={"a": 2.0, "b": 0.0}),
                        3600)
     assert strong.resume["a"] > strong.resume["b"]  # viewed more often, same last view
+
+
+def test_an_item_out_of_the_recent_views_counts_as_old_as_the_oldest_view() -> None:
+    s = state(views=[("a", 1000.0), ("b", 1000.0 - 3600)], ia={"a": 0.0, "b": 0.0, "fav": 0.0})
+    got = own_items(s, resume_half_life_s=3600)
+    assert got.resume["fav"] == got.resume["b"] == got.resume["a"] / 2
+    assert resume_reason("a", s) == "you viewed this"
+    assert resume_reason("fav", s) == "you were looking at this"
 
 
 def test_rebuy_scores_follow_the_decayed_interaction_weight() -> None:
@@ -142,3 +150,10 @@ def test_a_weight_of_zero_turns_the_source_off() -> None:
 def test_cart_items_stay_out_of_recommendations() -> None:
     carted = state(views=[("lamp", 100.0)], ia={"lamp": 2.0}, cart={"lamp": 1.0})
     assert "lamp" not in served(carted)
+
+
+def test_doctests() -> None:
+    import doctest
+
+    from serving import again
+    assert doctest.testmod(again).failed == 0

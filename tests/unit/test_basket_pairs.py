@@ -17,8 +17,9 @@ K = Keys("t", 4)
 T0 = datetime(2011, 3, 1, 9, tzinfo=UTC)
 
 
-def folder(items_max: int = 30, sample_k: int = 20) -> Folder:
-    s = Settings(features={"basket_items_max": items_max, "basket_sample_k": sample_k})
+def folder(items_max: int = 30, sample_k: int = 20, unbiased: bool = True) -> Folder:
+    s = Settings(features={"basket_items_max": items_max, "basket_sample_k": sample_k,
+                           "basket_sample_unbiased": unbiased})
     return Folder(K, s.features, s.model)
 
 
@@ -46,6 +47,8 @@ def test_a_big_basket_pairs_every_item_with_k_others_at_weight_n_minus_1_over_k(
     for item, others in co.items():
         assert len(others) == 20 and item not in others
         assert all(v == pytest.approx(119 / 20) for v in others.values())
+    one = co_counts(folder(items_max=30, sample_k=20, unbiased=False), [basket(120)])
+    assert all(len(o) == 20 and set(o.values()) == {1.0} for o in one.values())
 
 
 def test_the_sample_is_seeded_by_the_event_id_so_a_replay_writes_the_same_pairs() -> None:
@@ -62,8 +65,9 @@ def test_the_sample_is_seeded_by_the_event_id_so_a_replay_writes_the_same_pairs(
 
 
 def test_sampled_counts_are_unbiased_on_a_synthetic_basket() -> None:
-    """The same 60-item basket ordered 1,000 times: every pair's count averages 1 per
-    order (exact counting gives exactly 1), and an item's total is exactly n - 1."""
+    """With ``basket_sample_unbiased``, the same 60-item basket ordered 1,000 times:
+    every pair's count averages 1 per order (exact counting gives exactly 1), and an
+    item's total is exactly n - 1."""
     f = folder(items_max=30, sample_k=20)
     totals: Counter[tuple[str, str]] = Counter()
     per_item: Counter[str] = Counter()
