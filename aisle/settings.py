@@ -70,8 +70,11 @@ class FeatureSettings(BaseModel):
     # with basket_sample_unbiased (n - 1) / k, the exact count in expectation, which
     # ranks worse: one 1,000-line invoice's 20 random pairs then outweigh pairs seen in
     # 40 small orders (benchmarks/bench_basket_pairs.py).
-    basket_sample_k: int = Field(20, ge=1)
+    basket_sample_k: int = Field(10, ge=1)
     basket_sample_unbiased: bool = False
+    # Of those k, how many are the item's nearest lines in the order (the rest are
+    # sampled at random).
+    basket_sample_neighbours: int = Field(0, ge=0)
     dedupe_window_s: float = 3 * 86400.0
     trending_half_life_h: float = 72.0
     affinity_half_life_d: float = 30.0

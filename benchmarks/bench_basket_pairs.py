@@ -13,7 +13,10 @@ round (variants interleaved, each under its own key prefix, wiped after):
   sample of K others (``features.basket_sample_k``), each pair counting 1;
 - ``sample_kK_unbiased``: the same pairs at weight (n - 1) / K, the exact count in
   expectation (``features.basket_sample_unbiased``);
-- ``exact``: every pair of every order (``basket_items_max`` = 10,000).
+- ``nearN[_sampleM]``: the N nearest lines of the order (``basket_sample_neighbours``),
+  plus M sampled at random;
+- ``exact``: every pair of every order (``basket_items_max`` = 10,000; with redis-py's
+  5 s socket timeout, a pipeline of these scripts can time out on 2 shared cores).
 
 Per variant: wall seconds, this process's CPU and Valkey's CPU (``INFO cpu``) per event,
 the slowest Lua calls (``SLOWLOG``, calls over 10 ms), and the related-items hit rate of
@@ -59,16 +62,21 @@ class CappedFolder(Folder):
         return [["basket", self.keys.co_prefix("buy", shard), *head]] if len(head) > 1 else []
 
 
-def _sample(k: int, unbiased: bool) -> dict[str, Any]:
+def _sample(k: int, neighbours: int = 0, unbiased: bool = False) -> dict[str, Any]:
     return {"features": {"basket_items_max": 30, "basket_sample_k": k,
+                         "basket_sample_neighbours": neighbours,
                          "basket_sample_unbiased": unbiased}}
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "cap30": {"features": {"basket_items_max": 30}, "capped": True},
-    "sample_k10": _sample(10, False),
-    "sample_k20": _sample(20, False),
-    "sample_k20_unbiased": _sample(20, True),
+    "sample_k10": _sample(10),
+    "sample_k20": _sample(20),
+    "sample_k20_unbiased": _sample(20, unbiased=True),
+    "near10": _sample(10, 10),
+    "near10_sample10": _sample(20, 10),
+    "near20": _sample(20, 20),
+    "near4_sample6": _sample(10, 4),
     "exact": {"features": {"basket_items_max": 10_000}},
 }
 

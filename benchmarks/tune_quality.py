@@ -319,9 +319,6 @@ async def stage_b_search(splits: dict[str, Split], redis_url: str, tmp: Path,
     return rows, final
 
 
-if __name__ == "__main__":
-    main()
-
 
 # ------------------------------------------------------------------ stage again
 
@@ -401,3 +398,7 @@ def tune_again(trials: int) -> None:
     console.print(f"winner: trial {best['trial']} {best['params']} {best['gain_vs_off']:+.3f}"
                   f" (current defaults {rows[1]['gain_vs_off']:+.3f})")
     console.print(f"wrote {write_result('tune_again.json', result)}")
+
+
+if __name__ == "__main__":
+    main()

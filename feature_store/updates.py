@@ -220,24 +220,31 @@ class Folder:
 
     def _basket_pairs(self, shard: int, basket: list[str], event_id: str) -> list[Op]:
         """Co-purchase counts of one order. Up to ``basket_items_max`` items every pair
-        counts once (made in the script); in a bigger basket each item pairs with a
-        sample of ``basket_sample_k`` others, so the cost grows as n·k, not n². A sampled
-        pair counts 1, or ``(n - 1) / k`` with ``basket_sample_unbiased`` (the expected
-        count is then the exact one). The sample is seeded by the event id: a replay
-        writes the same pairs."""
-        n, k = len(basket), self.features.basket_sample_k
+        counts once (made in the script); in a bigger basket each item pairs with
+        ``basket_sample_k`` others, so the cost grows as n·k, not n²: its
+        ``basket_sample_neighbours`` nearest lines (shoppers add related goods one after
+        another), the rest a uniform sample of the other lines, seeded by the event id
+        so a replay writes the same pairs. A pair counts 1, or ``(n - 1) / k`` with
+        ``basket_sample_unbiased`` (with no neighbours, the exact count in expectation).
+        """
+        f = self.features
+        n, k = len(basket), f.basket_sample_k
         co = self.keys.co_prefix("buy", shard)
         if n < 2:
             return []
-        if n <= self.features.basket_items_max or n - 1 <= k:
+        if n <= f.basket_items_max or n - 1 <= k:
             return [["basket", co, *basket]]
         rng = random.Random(f"{event_id}|pairs")  # str seeds hash with SHA-512: stable
-        weight = (n - 1) / k if self.features.basket_sample_unbiased else 1
+        weight = (n - 1) / k if f.basket_sample_unbiased else 1
+        near = min(f.basket_sample_neighbours, k)
         ops: list[Op] = []
         for i, item in enumerate(basket):
-            picks = rng.sample(range(n - 1), k)  # indices of the others, skipping i
-            ops.append(["zincs", co + item, weight,
-                        *(basket[j + (j >= i)] for j in sorted(picks))])
+            lo, hi = _window(i, n, near)  # [lo, hi] holds i and its nearest lines
+            width = hi - lo + 1
+            picks = rng.sample(range(n - width), k - near)  # the others, window skipped
+            partners = [*range(lo, i), *range(i + 1, hi + 1),
+                        *(j + width * (j >= lo) for j in picks)]
+            ops.append(["zincs", co + item, weight, *(basket[j] for j in sorted(partners))])
         return ops
 
     def _order(self, event: ev.OrderPlaced) -> list[Op]:
@@ -437,3 +444,15 @@ _enc = msgspec.json.Encoder(order="sorted")
 
 def _json(value: object) -> str:
     return _enc.encode(value).decode()
+
+
+def _window(i: int, n: int, near: int) -> tuple[int, int]:
+    """The positions of ``i`` and its ``near`` nearest others among ``n``: half before,
+    half after, shifted where the basket ends.
+
+    >>> _window(5, 100, 4), _window(0, 100, 4), _window(99, 100, 3)
+    ((3, 7), (0, 4), (96, 99))
+    """
+    lo = max(0, min(i - near // 2, n - 1 - near))
+    return lo, lo + near
+

@@ -85,3 +85,13 @@ def test_sampled_counts_are_unbiased_on_a_synthetic_basket() -> None:
     assert max(abs(m - 1) for m in means) < 0.25
     assert abs(sum(means) / len(means) - 1) < 1e-9
     assert all(v == pytest.approx(59 * orders) for v in per_item.values())
+
+
+def test_neighbours_are_the_nearest_lines_and_the_rest_is_sampled() -> None:
+    s = Settings(features={"basket_sample_k": 10, "basket_sample_neighbours": 10})
+    near = co_counts(Folder(K, s.features, s.model), [basket(100)])
+    assert set(near["i50"]) == {f"i{j}" for j in (*range(45, 50), *range(51, 56))}
+    assert set(near["i0"]) == {f"i{j}" for j in range(1, 11)}  # shifted at the ends
+    s = Settings(features={"basket_sample_k": 10, "basket_sample_neighbours": 4})
+    mixed = co_counts(Folder(K, s.features, s.model), [basket(100)])
+    assert len(mixed["i50"]) == 10 and {"i48", "i49", "i51", "i52"} <= set(mixed["i50"])
