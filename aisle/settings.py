@@ -64,17 +64,11 @@ class FeatureSettings(BaseModel):
     # Co-purchase pairs grow as n²: wholesale invoices of hundreds of lines say little
     # about "bought together" and cost most of the ingest time, so baskets are capped.
     basket_items_max: int = 30
-    # Past basket_items_max, each item of a basket pairs with a seeded sample of this
-    # many others: n·k pairs instead of n². Each sampled pair counts 1 (a big basket
-    # adds k to an item's counts, not n - 1: it says less about "bought together"), or
-    # with basket_sample_unbiased (n - 1) / k, the exact count in expectation, which
-    # ranks worse: one 1,000-line invoice's 20 random pairs then outweigh pairs seen in
-    # 40 small orders (benchmarks/bench_basket_pairs.py).
-    basket_sample_k: int = Field(10, ge=1)
-    basket_sample_unbiased: bool = False
-    # Of those k, how many are the item's nearest lines in the order (the rest are
-    # sampled at random).
-    basket_sample_neighbours: int = Field(0, ge=0)
+    # Past basket_items_max, the first basket_items_max items still pair exactly and
+    # each later one pairs with this many others sampled from the whole order (seeded
+    # by the event id): big invoices count at a cost of 2·k per extra line, not n.
+    # 0 drops the lines past the cap, as before (benchmarks/bench_basket_pairs.py).
+    basket_sample_k: int = Field(10, ge=0)
     dedupe_window_s: float = 3 * 86400.0
     trending_half_life_h: float = 72.0
     affinity_half_life_d: float = 30.0

@@ -23,7 +23,9 @@ Opcodes
 ``session k_sess k_sitems sid item ts n co_prefix`` co-view with this session's items
 ``basket co_prefix item...`` +1 co-purchase for every ordered pair of the items (the
                        O(n²) pairs are made in the script, not shipped from Python)
-``zincs k w m...``     += w for each member (a big basket's sampled pairs of one item)
+``basketk co_prefix seed head k item...`` a big order: the first ``head`` items pair
+                       exactly, each later one with k others drawn from ``seed``
+                       (``sampled_pairs``), both ways
 ``cancel k_orders k_rfm order_id amount k_spend month`` subtract a cancellation (whole
                        order if amount<0) from the totals and that month's spend
 ``hsetnx k f v``       set the field only if absent
@@ -50,7 +52,7 @@ Opcodes
 from __future__ import annotations
 
 import math
-import random
+import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -220,32 +222,22 @@ class Folder:
 
     def _basket_pairs(self, shard: int, basket: list[str], event_id: str) -> list[Op]:
         """Co-purchase counts of one order. Up to ``basket_items_max`` items every pair
-        counts once (made in the script); in a bigger basket each item pairs with
-        ``basket_sample_k`` others, so the cost grows as n·k, not n²: its
-        ``basket_sample_neighbours`` nearest lines (shoppers add related goods one after
-        another), the rest a uniform sample of the other lines, seeded by the event id
-        so a replay writes the same pairs. A pair counts 1, or ``(n - 1) / k`` with
-        ``basket_sample_unbiased`` (with no neighbours, the exact count in expectation).
-        """
+        counts once. Past that (wholesale invoices run to 1,000 lines) the first
+        ``basket_items_max`` items still pair exactly, and every later item pairs, both
+        ways, with ``basket_sample_k`` others sampled uniformly from the whole order:
+        n² pairs become at most ``basket_items_max``² + 2·k·n. The pairs are made in the
+        script (``basketk``) from a seed taken from the event id, so a replay writes
+        the same pairs and the call ships n items, not n·k."""
         f = self.features
         n, k = len(basket), f.basket_sample_k
         co = self.keys.co_prefix("buy", shard)
         if n < 2:
             return []
-        if n <= f.basket_items_max or n - 1 <= k:
-            return [["basket", co, *basket]]
-        rng = random.Random(f"{event_id}|pairs")  # str seeds hash with SHA-512: stable
-        weight = (n - 1) / k if f.basket_sample_unbiased else 1
-        near = min(f.basket_sample_neighbours, k)
-        ops: list[Op] = []
-        for i, item in enumerate(basket):
-            lo, hi = _window(i, n, near)  # [lo, hi] holds i and its nearest lines
-            width = hi - lo + 1
-            picks = rng.sample(range(n - width), k - near)  # the others, window skipped
-            partners = [*range(lo, i), *range(i + 1, hi + 1),
-                        *(j + width * (j >= lo) for j in picks)]
-            ops.append(["zincs", co + item, weight, *(basket[j] for j in sorted(partners))])
-        return ops
+        if n <= f.basket_items_max or n - 1 <= k or k == 0:
+            head = basket[: f.basket_items_max] if k == 0 else basket
+            return [["basket", co, *head]] if len(head) > 1 else []
+        seed = zlib.crc32(event_id.encode()) % (PM_MODULUS - 1) + 1
+        return [["basketk", co, seed, f.basket_items_max, k, *basket]]
 
     def _order(self, event: ev.OrderPlaced) -> list[Op]:
         shard, ts = self.shard(event), event.ts
@@ -446,13 +438,26 @@ def _json(value: object) -> str:
     return _enc.encode(value).decode()
 
 
-def _window(i: int, n: int, near: int) -> tuple[int, int]:
-    """The positions of ``i`` and its ``near`` nearest others among ``n``: half before,
-    half after, shifted where the basket ends.
 
-    >>> _window(5, 100, 4), _window(0, 100, 4), _window(99, 100, 3)
-    ((3, 7), (0, 4), (96, 99))
+PM_MODULUS = 2_147_483_647  # Park-Miller "minimal standard" generator, as in store.lua
+
+
+def sampled_pairs(seed: int, n: int, head: int, k: int) -> list[tuple[int, int]]:
+    """The (position, position) pairs ``basketk`` adds beyond the exact head: for each
+    position from ``head`` on, ``k`` distinct others (Floyd's algorithm; positions skip
+    the item itself). The Python twin of the script's loop, draw for draw.
+
+    >>> sampled_pairs(42, 5, 3, 2)
+    [(3, 0), (3, 4), (4, 2), (4, 3)]
     """
-    lo = max(0, min(i - near // 2, n - 1 - near))
-    return lo, lo + near
-
+    x, out = seed, []
+    for i in range(head, n):
+        chosen: set[int] = set()
+        for j in range(n - 1 - k, n - 1):
+            x = (48271 * x) % PM_MODULUS
+            t = x % (j + 1)
+            if t in chosen:
+                t = j
+            chosen.add(t)
+            out.append((i, t + (t >= i)))
+    return out
