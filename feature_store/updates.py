@@ -223,7 +223,8 @@ class Folder:
     def _basket_pairs(self, shard: int, basket: list[str], event_id: str) -> list[Op]:
         """Co-purchase counts of one order. Up to ``basket_items_max`` items every pair
         counts once. Past that (wholesale invoices run to 1,000 lines) the first
-        ``basket_items_max`` items still pair exactly, and every later item pairs, both
+        ``basket_items_max`` items still pair exactly; with ``basket_sample_k`` > 0 (off
+        by default: it did not raise the related hit rate), every later item pairs, both
         ways, with ``basket_sample_k`` others sampled uniformly from the whole order:
         n² pairs become at most ``basket_items_max``² + 2·k·n. The pairs are made in the
         script (``basketk``) from a seed taken from the event id, so a replay writes
