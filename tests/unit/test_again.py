@@ -157,3 +157,14 @@ def test_doctests() -> None:
 
     from serving import again
     assert doctest.testmod(again).failed == 0
+
+
+def test_an_experiment_variant_can_turn_the_source_off() -> None:
+    from serving.experiments import Assignment, ExperimentRegistry
+
+    registry = ExperimentRegistry(None, Keys("a", 8))  # type: ignore[arg-type]
+    base = RecommendationService(Settings(), FakeReader(SHOPPER, CATALOG), NoModel())  # type: ignore[arg-type]
+    off = registry.service_for(base, [Assignment("x", "b", "l", "recommendations",
+                                                 {"blend_resume": 0.0, "blend_rebuy": 0.0})])
+    answer = asyncio.run(off.recommendations("u", 10, None))
+    assert [x.item_id for x in answer.items] == ["popular"]
