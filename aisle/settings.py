@@ -65,6 +65,13 @@ class FeatureSettings(BaseModel):
     # Co-purchase pairs grow as n²: wholesale invoices of hundreds of lines say little
     # about "bought together" and cost most of the ingest time, so baskets are capped.
     basket_items_max: int = 30
+    # Past basket_items_max, the first basket_items_max items still pair exactly and
+    # each later one pairs with this many others sampled from the whole order (seeded
+    # by the event id): big invoices count at a cost of 2·k per extra line, not n.
+    # Off (0: lines past the cap are dropped, as before): on Online Retail, k = 5, 10,
+    # 20 moved the related hit rate by +0.2, -0.2, -0.9 points (noise or worse) for
+    # +25%, +46%, +78% Valkey CPU per event (benchmarks/bench_basket_pairs.py).
+    basket_sample_k: int = Field(0, ge=0)
     dedupe_window_s: float = 3 * 86400.0
     trending_half_life_h: float = 72.0
     affinity_half_life_d: float = 30.0
@@ -126,6 +133,16 @@ class ServingSettings(BaseModel):
     blend_copurchase: float = 2.5
     blend_coview: float = 0.3
     blend_session: float = 2.0
+    # The customer's own items (serving/again.py): recently viewed and not bought
+    # ("pick up where you left off"), and bought before ("buy it again"; the
+    # non-consumable rule still hides a fridge bought last week). Tuned on both
+    # datasets' validation splits (benchmarks/tune_quality.py --stage again; the
+    # first guess 1.0, 1.0, 24 h gained +51%, the winner +274% over the source off).
+    blend_resume: float = Field(4.0, ge=0)
+    blend_rebuy: float = Field(1.0, ge=0)
+    # A viewed item's weight halves per this long between its last view and the
+    # customer's latest one.
+    resume_half_life_h: float = Field(6.0, gt=0)
     cache_ttl_s: float = 2.0
     # Related items for anonymous visitors (product pages): the same for everyone and
     # moved by co-purchase counts over thousands of orders, so half a minute old is fresh

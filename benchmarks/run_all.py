@@ -25,6 +25,7 @@ BENCHMARKS = [
     ("benchmarks.bench_experiments_serving", False),
     ("benchmarks.bench_similar", False),   # ~1 minute quiet (all pairs at 85k items)
     ("benchmarks.eval_quality", False),    # ~10 minutes: replays both datasets twice
+    ("benchmarks.bench_basket_pairs", False),  # ~6 minutes: Online Retail 4 times
     ("benchmarks.bench_soak", False),  # 10 minutes
 ]
 

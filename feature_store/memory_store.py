@@ -13,7 +13,7 @@ from typing import Any
 
 from feature_store.canonical import canonical_value
 from feature_store.keys import Keys
-from feature_store.updates import Op, logaddexp
+from feature_store.updates import Op, logaddexp, sampled_pairs
 
 Zset = dict[str, float]
 Hash = dict[str, Any]
@@ -166,6 +166,13 @@ class MemoryStore:
             for b in items:
                 if a != b:
                     self._op_zinc(["zinc", co + a, b, 1])
+
+    def _op_basketk(self, o: Op) -> None:
+        co, seed, head, k, items = o[1], o[2], o[3], o[4], o[5:]
+        self._op_basket(["basket", co, *items[:head]])
+        for i, j in sampled_pairs(seed, len(items), head, k):
+            self._op_zinc(["zinc", co + items[i], items[j], 1])
+            self._op_zinc(["zinc", co + items[j], items[i], 1])
 
     def _op_cancel(self, o: Op) -> None:
         _, korders, krfm, order_id, amount, kspend, month = o

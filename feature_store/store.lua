@@ -95,6 +95,30 @@ OPS.basket = function(o)
     end
   end
 end
+OPS.basketk = function(o)
+  -- updates.sampled_pairs, draw for draw: Park-Miller, exact in doubles (< 2^53)
+  local co, x, head, k = o[2], o[3], o[4], o[5]
+  local n = #o - 5
+  for i = 6, 5 + head do
+    local key = co .. o[i]
+    for j = 6, 5 + head do
+      if i ~= j then redis.call('ZINCRBY', key, 1, o[j]) end
+    end
+  end
+  for i = head, n - 1 do
+    local chosen = {}
+    local item = o[6 + i]
+    for j = n - 1 - k, n - 2 do
+      x = (48271 * x) % 2147483647
+      local t = x % (j + 1)
+      if chosen[t] then t = j end
+      chosen[t] = true
+      if t >= i then t = t + 1 end
+      redis.call('ZINCRBY', co .. item, 1, o[6 + t])
+      redis.call('ZINCRBY', co .. o[6 + t], 1, item)
+    end
+  end
+end
 OPS.cancel = function(o)
   local korders, krfm, order_id, amount, kspend, month = o[2], o[3], o[4], o[5], o[6], o[7]
   if amount < 0 then

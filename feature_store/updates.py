@@ -23,6 +23,9 @@ Opcodes
 ``session k_sess k_sitems sid item ts n co_prefix`` co-view with this session's items
 ``basket co_prefix item...`` +1 co-purchase for every ordered pair of the items (the
                        O(n²) pairs are made in the script, not shipped from Python)
+``basketk co_prefix seed head k item...`` a big order: the first ``head`` items pair
+                       exactly, each later one with k others drawn from ``seed``
+                       (``sampled_pairs``), both ways
 ``cancel k_orders k_rfm order_id amount k_spend month`` subtract a cancellation (whole
                        order if amount<0) from the totals and that month's spend
 ``hsetnx k f v``       set the field only if absent
@@ -49,6 +52,7 @@ Opcodes
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -216,6 +220,26 @@ class Folder:
                         self.keys.co_prefix("view", shard)])
         return ops
 
+    def _basket_pairs(self, shard: int, basket: list[str], event_id: str) -> list[Op]:
+        """Co-purchase counts of one order. Up to ``basket_items_max`` items every pair
+        counts once. Past that (wholesale invoices run to 1,000 lines) the first
+        ``basket_items_max`` items still pair exactly; with ``basket_sample_k`` > 0 (off
+        by default: it did not raise the related hit rate), every later item pairs, both
+        ways, with ``basket_sample_k`` others sampled uniformly from the whole order:
+        n² pairs become at most ``basket_items_max``² + 2·k·n. The pairs are made in the
+        script (``basketk``) from a seed taken from the event id, so a replay writes
+        the same pairs and the call ships n items, not n·k."""
+        f = self.features
+        n, k = len(basket), f.basket_sample_k
+        co = self.keys.co_prefix("buy", shard)
+        if n < 2:
+            return []
+        if n <= f.basket_items_max or n - 1 <= k or k == 0:
+            head = basket[: f.basket_items_max] if k == 0 else basket
+            return [["basket", co, *head]] if len(head) > 1 else []
+        seed = zlib.crc32(event_id.encode()) % (PM_MODULUS - 1) + 1
+        return [["basketk", co, seed, f.basket_items_max, k, *basket]]
+
     def _order(self, event: ev.OrderPlaced) -> list[Op]:
         shard, ts = self.shard(event), event.ts
         amounts: dict[str, float] = {}
@@ -227,9 +251,7 @@ class Folder:
             categories.setdefault(line.item_id, line.category)
         ops: list[Op] = [self._trend(shard, item, self.model.weight_purchase, ts)
                          for item in amounts]
-        basket = list(amounts)[: self.features.basket_items_max]
-        if len(basket) > 1:
-            ops.append(["basket", self.keys.co_prefix("buy", shard), *basket])
+        ops += self._basket_pairs(shard, list(amounts), event.event_id)
         if event.user_id is None:  # guest: popularity and baskets only
             return ops
         total = round(sum(amounts.values()), 2)
@@ -415,3 +437,28 @@ _enc = msgspec.json.Encoder(order="sorted")
 
 def _json(value: object) -> str:
     return _enc.encode(value).decode()
+
+
+
+PM_MODULUS = 2_147_483_647  # Park-Miller "minimal standard" generator, as in store.lua
+
+
+def sampled_pairs(seed: int, n: int, head: int, k: int) -> list[tuple[int, int]]:
+    """The (position, position) pairs ``basketk`` adds beyond the exact head: for each
+    position from ``head`` on, ``k`` distinct others (Floyd's algorithm; positions skip
+    the item itself). The Python twin of the script's loop, draw for draw.
+
+    >>> sampled_pairs(42, 5, 3, 2)
+    [(3, 0), (3, 4), (4, 2), (4, 3)]
+    """
+    x, out = seed, []
+    for i in range(head, n):
+        chosen: set[int] = set()
+        for j in range(n - 1 - k, n - 1):
+            x = (48271 * x) % PM_MODULUS
+            t = x % (j + 1)
+            if t in chosen:
+                t = j
+            chosen.add(t)
+            out.append((i, t + (t >= i)))
+    return out

@@ -24,6 +24,7 @@ from aisle.settings import Settings
 from feature_store.reader import FeatureReader, ItemInfo, UserState
 from models.artifacts import ModelArtifact
 from models.online import ModelHolder, decode_vector, user_vector
+from serving.again import own_items, rebuy_reason, resume_reason
 
 if TYPE_CHECKING:
     from serving.crm import CustomerService
@@ -195,6 +196,13 @@ class RecommendationService:
             top = np.argpartition(-scores, pool - 1)[:pool]
             cands.add({art.item_ids[int(j)]: float(scores[j]) for j in top if scores[j] > 0},
                       s.blend_als, lambda i: "picked for you")
+        # Filtered below like the rest. Low specificity: the customer-intelligence
+        # reasons for the same items ("you saved this", "time to restock") say more.
+        own = own_items(state, s.resume_half_life_h * 3600)
+        cands.add(own.resume, s.blend_resume, lambda i: resume_reason(i, state),
+                  specificity=1.2)
+        cands.add(own.rebuy, s.blend_rebuy, lambda i: rebuy_reason(own.orders[i]),
+                  specificity=2.0)
         await self._await_titles([v for v, _ in state.views[:5]] + [context_item or ""], flags)
         for rank, (viewed, _) in enumerate(state.views[:5]):
             title = self._title(viewed)

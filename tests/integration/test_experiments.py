@@ -29,7 +29,7 @@ SPEC = {"id": XID, "surfaces": ["recommendations", "related"], "layer": "ranking
         "variants": [{"name": "control", "weight": 1},
                      {"name": "off", "weight": 1,
                       "params": {"blend_als": 0, "blend_copurchase": 0, "blend_coview": 0,
-                                 "blend_session": 0}}],
+                                 "blend_session": 0, "blend_resume": 0, "blend_rebuy": 0}}],
         "guardrails": [{"metric": "revenue_per_user", "max_drop_pct": 10}]}
 
 

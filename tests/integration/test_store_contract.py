@@ -102,8 +102,9 @@ def _crm_event(rng: random.Random, i: int, common: dict) -> ev.AnyEvent:
         hold_until_ts=ts + 7200 if outcome == "held" else None), **common)
 
 
-async def _run_both(redis_url: str, events: list[ev.AnyEvent]) -> tuple[dict, dict]:
-    settings = Settings()
+async def _run_both(redis_url: str, events: list[ev.AnyEvent],
+                    settings: Settings | None = None) -> tuple[dict, dict]:
+    settings = settings or Settings()
     keys = Keys(f"c{uuid.uuid4().hex[:6]}", 4)
     folder = Folder(keys, settings.features, settings.model)
     client = aioredis.Redis.from_url(redis_url)
@@ -132,4 +133,24 @@ async def _run_both(redis_url: str, events: list[ev.AnyEvent]) -> tuple[dict, di
 def test_lua_and_memory_store_agree(redis_url: str, seed: int) -> None:
     real, fake = asyncio.run(_run_both(redis_url, random_events(2500, seed)))
     assert len(real) > 100
+    assert real == fake
+
+
+def test_sampled_pairs_of_big_baskets_agree(redis_url: str) -> None:
+    """Baskets past ``basket_items_max`` pair their later lines with seeded samples
+    drawn inside the script (opcode ``basketk``): the same draws and state in both
+    stores, redeliveries included."""
+    rng = random.Random(5)
+    events: list[ev.AnyEvent] = []
+    for i in range(120):
+        lines = [ev.OrderLine(item_id=f"i{j}", quantity=1, unit_price=1.0)
+                 for j in rng.sample(range(300), rng.choice([3, 40, 120]))]
+        events.append(ev.OrderPlaced(event_id=f"b{i}", occurred_at=T0 + timedelta(minutes=i),
+                                     user_id=f"u{i % 7}" if i % 3 else None,
+                                     payload=ev.Order(order_id=f"o{i}", lines=lines)))
+    sampled = Settings(features={"basket_sample_k": 10})
+    folder = Folder(Keys("x", 4), sampled.features, sampled.model)
+    assert any(op[0] == "basketk" for e in events for op in folder.fold(e))
+    real, fake = asyncio.run(_run_both(redis_url, events, sampled))
+    assert sum(1 for k in real if ":co:buy:" in k) > 250
     assert real == fake
