@@ -109,6 +109,7 @@ class BatchProcessor:
         users: dict[str, float] = {}
         upserts: list[CatalogItemUpserted] = []
         fold, shard_of = self.folder.fold, self.folder.shard
+        sources: dict[tuple[str, int], str] = {}
         for rec in records:
             try:
                 event = decode_event(rec.value or b"")
@@ -119,14 +120,18 @@ class BatchProcessor:
             ops = fold(event)
             if isinstance(event, CatalogItemUpserted):
                 upserts.append(event)
-            source = f"{rec.topic}/{rec.partition}"
+            source = sources.get((rec.topic, rec.partition))
+            if source is None:
+                source = sources[rec.topic, rec.partition] = f"{rec.topic}/{rec.partition}"
             ts = event.ts
             batches.setdefault((shard_of(event), source), []).append(
                 (event.event_id, rec.offset, ts, ops))
             uid = event.user_id
-            if uid is not None and ts > users.get(uid, 0.0) and any(
-                    op[0] == "zlog" and op[1].endswith(":ia") for op in ops):
-                users[uid] = ts
+            if uid is not None and ts > users.get(uid, 0.0):
+                for op in ops:  # a plain loop: any() over a generator cost ~1 µs/event
+                    if op[0] == "zlog" and op[1].endswith(":ia"):
+                        users[uid] = ts
+                        break
         return PreparedBatch(len(records), batches, letters, users, upserts)
 
     async def apply(self, prepared: PreparedBatch, started: float | None = None,
