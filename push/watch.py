@@ -67,12 +67,7 @@ class ItemWatchers:
     async def before_apply(self, upserts: Sequence[ev.CatalogItemUpserted],
                            producer: EventProducer) -> int:
         """Write the push.item_changed events these upserts imply; returns how many."""
-        items = list(dict.fromkeys(e.payload.item_id for e in upserts))
-        pipe = self.client.pipeline(transaction=False)
-        for item in items:
-            pipe.hmget(self.keys.item(item), "ts", "price", "stock", "removed")
-        stored = {item: _parse(row) for item, row in zip(items, await pipe.execute(),
-                                                           strict=True)}
+        stored = await self._stored(list(dict.fromkeys(e.payload.item_id for e in upserts)))
         found = changes(upserts, stored, self.s.price_drop_min_pct)
         if not found:
             return 0
@@ -83,6 +78,22 @@ class ItemWatchers:
         await producer.send_events(out)
         return len(out)
 
+    async def _stored(self, items: list[str]) -> dict[str, _Item | None]:
+        """The stored state of ``items``: one script call per shard, not one HMGET per
+        item (an HMGET each was a fifth of a worker's CPU on a catalog-heavy log,
+        benchmarks/README.md). Items never stored come back as None."""
+        by_shard: dict[int, list[str]] = {}
+        for item in items:
+            by_shard.setdefault(self.keys.shard_of(item), []).append(item)
+        pipe = self.client.pipeline(transaction=False)
+        for group in by_shard.values():  # all keys of one call share a hash slot
+            pipe.eval(_READ_ITEMS, len(group), *(self.keys.item(i) for i in group))
+        stored: dict[str, _Item | None] = dict.fromkeys(items)
+        for group, flat in zip(by_shard.values(), await pipe.execute(), strict=True):
+            for at in range(0, len(flat), 5):
+                stored[group[int(flat[at]) - 1]] = _parse(flat[at + 1:at + 5])
+        return stored
+
     async def _watchers(self, e: ev.CatalogItemUpserted) -> list[str]:
         pipe = self.client.pipeline(transaction=False)
         for shard in range(self.keys.shards):
@@ -90,6 +101,21 @@ class ItemWatchers:
                                repr(e.ts - self.s.watch_window_s), "+inf")
         return sorted({m.decode() if isinstance(m, bytes) else m
                        for part in await pipe.execute() for m in part})
+
+
+# KEYS: item hashes of one shard → flat [index, ts, price, stock, removed] of the stored
+# ones (a missing field is a nil reply; an absent item has no ``ts`` and is left out).
+_READ_ITEMS = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local row = redis.call('HMGET', key, 'ts', 'price', 'stock', 'removed')
+  if row[1] then
+    out[#out + 1] = i
+    for j = 1, 4 do out[#out + 1] = row[j] end
+  end
+end
+return out
+"""
 
 
 def _parse(row: list[bytes | None]) -> _Item | None:

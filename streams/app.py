@@ -146,7 +146,7 @@ def build_app(settings: Settings) -> faust.App:
         while True:
             batch = await consumer.next_batch()
             try:
-                prepared = processor.prepare(batch.records)
+                prepared = await processor.prepare_yielding(batch.records)
                 if writing is not None:
                     await asyncio.shield(writing)
             except BaseException:
