@@ -6,6 +6,9 @@ merged here. Catalog entries are cached in process for ``ttl`` seconds.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +19,8 @@ import redis.asyncio as aioredis
 from feature_store.keys import Keys
 from feature_store.updates import logaddexp
 from models.customer_types import CustomerFacts, Purchase
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +88,17 @@ def _parse_item(item_id: str, h: dict[bytes, bytes]) -> ItemInfo | None:
 
 
 class FeatureReader:
-    def __init__(self, client: aioredis.Redis, keys: Keys, ttl: float = 2.0) -> None:
+    def __init__(self, client: aioredis.Redis, keys: Keys, ttl: float = 2.0,
+                 revalidate_s: float = 0.0) -> None:
         self.client = client
         self.keys = keys
         self.ttl = ttl
+        # Catalog entries between ttl and ttl + revalidate_s old are answered from memory
+        # and re-read in the background (one pipeline for all of them), so an answer does
+        # not wait for a round trip because some of its 40 items just expired.
+        self.revalidate_s = revalidate_s
+        self._stale: set[str] = set()
+        self._revalidating: asyncio.Task[None] | None = None
         self._items: dict[str, tuple[float, ItemInfo | None]] = {}
         self._trending: tuple[float, int, list[tuple[str, float]]] | None = None
         self._co: dict[tuple[str, str, int], tuple[float, dict[str, float]]] = {}
@@ -101,24 +113,64 @@ class FeatureReader:
         now = time.monotonic()
         out: dict[str, ItemInfo] = {}
         missing = []
+        stale = self.ttl + self.revalidate_s
         for iid in dict.fromkeys(item_ids):
             hit = self._items.get(iid)
-            if hit is not None and hit[1] is not None and now - hit[0] < self.ttl:
+            if hit is None:
+                missing.append(iid)
+            elif hit[1] is None:  # not in the catalog when last asked
+                if now - hit[0] >= self.ttl:
+                    missing.append(iid)  # asked again: it may have just been added
+            elif now - hit[0] < stale:
                 out[iid] = hit[1]
-            else:  # unknown items are asked again: they may have just been added
+                if now - hit[0] >= self.ttl:
+                    self._stale.add(iid)
+            else:
                 missing.append(iid)
         if missing:
-            pipe = self.client.pipeline(transaction=False)
-            for iid in missing:
-                pipe.hgetall(self.keys.item(iid))
-            for iid, h in zip(missing, await pipe.execute(), strict=True):
-                info = _parse_item(iid, h)
-                if info is not None:
-                    self._items[iid] = (now, info)
-                    out[iid] = info
-            if len(self._items) > 200_000:
-                self._items.clear()
+            await self._read_items(missing, out)
+        if self._stale and self._revalidating is None:
+            self._revalidating = asyncio.create_task(self._revalidate(),
+                                                     name="catalog-revalidate")
         return out
+
+    async def _read_items(self, ids: list[str], out: dict[str, ItemInfo]) -> None:
+        now = time.monotonic()
+        pipe = self.client.pipeline(transaction=False)
+        for iid in ids:
+            pipe.hgetall(self.keys.item(iid))
+        for iid, h in zip(ids, await pipe.execute(), strict=True):
+            info = _parse_item(iid, h)
+            if info is not None:
+                self._items[iid] = (now, info)
+                out[iid] = info
+            elif self.revalidate_s > 0:  # serving: "not in the catalog" keeps for ttl too
+                self._items[iid] = (now, None)
+            else:
+                self._items.pop(iid, None)
+        if len(self._items) > 200_000:
+            self._items.clear()
+
+    async def _revalidate(self) -> None:
+        try:
+            # Gather what expires over a tenth of the window, then read it in one go:
+            # one background pipeline per ~0.2 s however busy the API is.
+            await asyncio.sleep(self.revalidate_s / 10)
+            while self._stale:
+                ids, self._stale = list(self._stale)[:1000], set(list(self._stale)[1000:])
+                await self._read_items(ids, {})
+        except Exception as exc:  # the store is away: entries expire, answers degrade
+            self._stale.clear()
+            log.debug("catalog revalidation failed: %r", exc)
+        finally:
+            self._revalidating = None
+
+    async def close(self) -> None:
+        """Stop a background catalog read still pending (the API is stopping)."""
+        if self._revalidating is not None:
+            self._revalidating.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._revalidating
 
     def cached_item(self, item_id: str) -> ItemInfo | None:
         hit = self._items.get(item_id)
@@ -177,17 +229,25 @@ class FeatureReader:
     # ------------------------------------------------------------ customers
     async def facts(self, user_id: str) -> CustomerFacts:
         """Everything customer intelligence needs about one customer, one round trip."""
-        k = lambda s: self.keys.user(user_id, s)  # noqa: E731
         pipe = self.client.pipeline(transaction=False)
+        self._queue_facts(pipe, user_id)
+        return await self.facts_from(user_id, tuple(await pipe.execute()))
+
+    def _queue_facts(self, pipe: Any, user_id: str) -> None:
+        k = lambda s: self.keys.user(user_id, s)  # noqa: E731
         pipe.hgetall(k("rfm"))
         pipe.lrange(k("hist"), 0, -1)
         pipe.hgetall(k("spend"))
         pipe.hgetall(k("src"))
         pipe.zrange(k("fav"), 0, 49, desc=True)
         pipe.zrange(k("cat"), 0, 9, desc=True, withscores=True)
-        rfm, hist, spend, src, fav, cat = await pipe.execute()
+
+    async def facts_from(self, user_id: str, raw: tuple[Any, ...]) -> CustomerFacts:
+        """:meth:`facts` from the six replies :meth:`_queue_facts` asked for."""
+        rfm, hist, spend, src, fav, cat = raw
         r = _floats(rfm)
-        lines = [msgspec.json.decode(h) for h in hist]
+        # One decode for the whole list, not one per line.
+        lines = msgspec.json.decode(b"[" + b",".join(hist) + b"]") if hist else []
         # Only lines whose event named no category need the catalog.
         unknown = list({str(li[1]) for li in lines if len(li) < 6 or not li[5]})
         infos = await self.items(unknown) if unknown else {}
@@ -213,9 +273,7 @@ class FeatureReader:
         pipe = self.client.pipeline(transaction=False)
         pipe.hgetall(self.keys.user(user_id, "offers"))
         pipe.hgetall(self.keys.user(user_id, "ostate"))
-        offers, states = await pipe.execute()
-        return ([msgspec.json.decode(v) for v in offers.values()],
-                {_s(a): _s(b) for a, b in states.items()})
+        return _offers(*await pipe.execute())
 
     async def clock(self) -> float:
         """Now, on the log's clock: the newest event time any shard applied (cached 1 s)."""
@@ -230,8 +288,12 @@ class FeatureReader:
         return value
 
     async def user(self, user_id: str, views: int = 20) -> UserState:
-        k = lambda s: self.keys.user(user_id, s)  # noqa: E731
         pipe = self.client.pipeline(transaction=False)
+        self._queue_user(pipe, user_id, views)
+        return _user_state(user_id, await pipe.execute())
+
+    def _queue_user(self, pipe: Any, user_id: str, views: int) -> None:
+        k = lambda s: self.keys.user(user_id, s)  # noqa: E731
         pipe.zrange(k("views"), 0, views - 1, desc=True, withscores=True)
         pipe.hgetall(k("cart"))
         pipe.hgetall(k("bought"))
@@ -240,18 +302,55 @@ class FeatureReader:
         pipe.zrange(k("ia"), 0, -1, withscores=True)
         pipe.get(k("vec"))
         pipe.hgetall(k("rfm"))
-        v, cart, bought, dislikes, neg, ia, vec, rfm = await pipe.execute()
-        dec = msgspec.json.decode
-        return UserState(
-            user_id=user_id,
-            views=[(_s(m), s) for m, s in v],
-            cart={_s(a): float(b) for a, b in cart.items()},
-            bought={_s(a): int(b) for a, b in bought.items()},
-            dislikes={_s(a): dec(b) for a, b in dislikes.items()},
-            negatives={_s(a): dec(b) for a, b in neg.items()},
-            interactions=ia, vector=vec,
-            rfm=_floats(rfm),
-        )
+
+    async def customer(self, user_id: str, views: int = 20) -> CustomerRead:
+        """Everything a recommendation or an offer reads about one customer, in ONE round
+        trip: state, the facts' raw replies, issued offers and the push fatigue ledger.
+        Every key has the customer's hash tag, so this is one slot on a Cluster too."""
+        pipe = self.client.pipeline(transaction=False)
+        self._queue_user(pipe, user_id, views)
+        self._queue_facts(pipe, user_id)
+        pipe.hgetall(self.keys.user(user_id, "offers"))
+        pipe.hgetall(self.keys.user(user_id, "ostate"))
+        pipe.hgetall(self.keys.user(user_id, "pushitems"))
+        replies = await pipe.execute()
+        return CustomerRead(_user_state(user_id, replies[:8]), tuple(replies[8:14]),
+                            (replies[14], replies[15]),
+                            {_s(k): float(v) for k, v in replies[16].items()})
+
+@dataclass(slots=True)
+class CustomerRead:
+    """One customer's keys, read together (:meth:`FeatureReader.customer`)."""
+
+    state: UserState
+    facts_raw: tuple[Any, ...]            # the replies FeatureReader.facts_from takes
+    offers_raw: tuple[dict[bytes, bytes], dict[bytes, bytes]]
+    pushed: dict[str, float]              # item -> log time it was last pushed
+
+    @property
+    def offers(self) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        return _offers(*self.offers_raw)
+
+
+def _offers(offers: dict[bytes, bytes], states: dict[bytes, bytes],
+            ) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    return ([msgspec.json.decode(v) for v in offers.values()],
+            {_s(a): _s(b) for a, b in states.items()})
+
+
+def _user_state(user_id: str, replies: list[Any]) -> UserState:
+    v, cart, bought, dislikes, neg, ia, vec, rfm = replies
+    dec = msgspec.json.decode
+    return UserState(
+        user_id=user_id,
+        views=[(_s(m), s) for m, s in v],
+        cart={_s(a): float(b) for a, b in cart.items()},
+        bought={_s(a): int(b) for a, b in bought.items()},
+        dislikes={_s(a): dec(b) for a, b in dislikes.items()},
+        negatives={_s(a): dec(b) for a, b in neg.items()},
+        interactions=ia, vector=vec,
+        rfm=_floats(rfm),
+    )
 
 
 def _purchases(lines: list[list[Any]], categories: dict[str, str]) -> tuple[Purchase, ...]:

@@ -95,7 +95,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
                                          socket_timeout=1.0, socket_connect_timeout=1.0,
                                          max_connections=64)
         keys = Keys(settings.features.key_prefix, settings.features.shards)
-        reader = FeatureReader(client, keys, settings.serving.cache_ttl_s)
+        reader = FeatureReader(client, keys, settings.serving.cache_ttl_s,
+                               revalidate_s=settings.serving.cache_ttl_s)
         holder = ModelHolder(client, settings.features.key_prefix)
         with contextlib.suppress(Exception):
             await holder.refresh()
@@ -104,7 +105,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         with contextlib.suppress(Exception):
             await population.refresh()
         population.start_polling(max(settings.worker.model_poll_s, 1.0))
-        customers = CustomerService(reader, keys, population)
+        customers = CustomerService(reader, keys, population,
+                                    cache_size=settings.serving.customer_cache_size)
         state = AppState(settings, client, reader, holder,
                          RecommendationService(settings, reader, holder, customers),
                          Producer(settings), population, customers)
@@ -116,6 +118,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await holder.stop()
             await population.stop()
             await routes.drain_exposures()
+            await reader.close()
             await state.producer.close()
             await client.aclose()
 
