@@ -126,4 +126,6 @@ def paths(endpoint: str, items: list[str], users: list[str]) -> list[str]:
         return ["/v1/ping"]
     if endpoint == "related":
         return [f"/v1/items/{quote(i, safe='')}/related?limit=10" for i in items]
+    if endpoint == "offers":
+        return [f"/v1/users/{quote(u, safe='')}/offers" for u in users]
     return [f"/v1/users/{quote(u, safe='')}/recommendations?limit=10" for u in users]

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
+from importlib.resources import files
 from typing import Any
 
 import msgspec
@@ -21,6 +22,9 @@ from feature_store.updates import logaddexp
 from models.customer_types import CustomerFacts, Purchase
 
 log = logging.getLogger(__name__)
+CUSTOMER_SCRIPT = files("feature_store").joinpath("customer.lua").read_text()
+CUSTOMER_KEYS = ("views", "cart", "bought", "dislikes", "neg", "ia", "vec", "rfm", "hist",
+                 "spend", "src", "fav", "cat", "offers", "ostate", "pushitems")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +104,7 @@ class FeatureReader:
         self._stale: set[str] = set()
         self._revalidating: asyncio.Task[None] | None = None
         self._items: dict[str, tuple[float, ItemInfo | None]] = {}
+        self._customer_script = client.register_script(CUSTOMER_SCRIPT)
         self._trending: tuple[float, int, list[tuple[str, float]]] | None = None
         self._co: dict[tuple[str, str, int], tuple[float, dict[str, float]]] = {}
         self._clock: tuple[float, float] | None = None
@@ -304,19 +309,18 @@ class FeatureReader:
         pipe.hgetall(k("rfm"))
 
     async def customer(self, user_id: str, views: int = 20) -> CustomerRead:
-        """Everything a recommendation or an offer reads about one customer, in ONE round
-        trip: state, the facts' raw replies, issued offers and the push fatigue ledger.
-        Every key has the customer's hash tag, so this is one slot on a Cluster too."""
-        pipe = self.client.pipeline(transaction=False)
-        self._queue_user(pipe, user_id, views)
-        self._queue_facts(pipe, user_id)
-        pipe.hgetall(self.keys.user(user_id, "offers"))
-        pipe.hgetall(self.keys.user(user_id, "ostate"))
-        pipe.hgetall(self.keys.user(user_id, "pushitems"))
-        replies = await pipe.execute()
-        return CustomerRead(_user_state(user_id, replies[:8]), tuple(replies[8:14]),
-                            (replies[14], replies[15]),
-                            {_s(k): float(v) for k, v in replies[16].items()})
+        """Everything a recommendation or an offer reads about one customer, in ONE
+        command (``customer.lua``): state, the facts' raw replies, issued offers and the
+        push fatigue ledger. Every key has the customer's hash tag: one slot on a Cluster
+        too. Replies come back in the shapes :meth:`user` and :meth:`facts` read."""
+        k = lambda s: self.keys.user(user_id, s)  # noqa: E731
+        r = await self._customer_script(keys=[k(s) for s in CUSTOMER_KEYS], args=[views])
+        rfm = _pairs(r[7])
+        state = _user_state(user_id, [_scored(r[0]), _pairs(r[1]), _pairs(r[2]),
+                                      _pairs(r[3]), _pairs(r[4]), _scored(r[5]), r[6], rfm])
+        facts_raw = (rfm, r[8], _pairs(r[9]), _pairs(r[10]), r[11], _scored(r[12]))
+        return CustomerRead(state, facts_raw, (_pairs(r[13]), _pairs(r[14])),
+                            {_s(i): float(ts) for i, ts in _pairs(r[15]).items()})
 
 @dataclass(slots=True)
 class CustomerRead:
@@ -359,6 +363,18 @@ def _purchases(lines: list[list[Any]], categories: dict[str, str]) -> tuple[Purc
                           float(line[4]), (line[5] if len(line) > 5 else None)
                           or categories.get(str(line[1])))
                  for line in lines)
+
+
+def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
+    """A flat HGETALL reply from a script, as the dict redis-py makes of one."""
+    it = iter(flat)
+    return dict(zip(it, it, strict=True))
+
+
+def _scored(flat: list[bytes]) -> list[tuple[bytes, float]]:
+    """A flat ``WITHSCORES`` reply from a script, as redis-py's (member, score) pairs."""
+    it = iter(flat)
+    return [(m, float(v)) for m, v in zip(it, it, strict=True)]
 
 
 def _floats(h: dict[bytes, bytes]) -> dict[str, float]:
