@@ -34,6 +34,7 @@ WINBACK_SEGMENTS = frozenset({"dormant", "lost", "at_risk"})
 RESTOCK_SLOTS = 3
 Reason = Callable[[str], str]
 ALS_POOL = 200
+_NO_REASON: tuple[float, Reason | None] = (0.0, None)
 
 
 @dataclass(slots=True)
@@ -57,7 +58,9 @@ class Answer:
 @dataclass
 class Candidates:
     scores: dict[str, float] = field(default_factory=dict)
-    best: dict[str, tuple[float, str]] = field(default_factory=dict)
+    # item -> (largest specificity-weighted share, the reason of the source that gave it);
+    # a reason's text is made only for the items an answer shows.
+    best: dict[str, tuple[float, Reason]] = field(default_factory=dict)
 
     def add(self, source: dict[str, float], weight: float, reason: Reason,
             specificity: float = 1.0) -> None:
@@ -73,12 +76,18 @@ class Candidates:
                 continue
             part = weight * raw / top
             self.scores[item] = self.scores.get(item, 0.0) + part
-            if part * specificity > self.best.get(item, (0.0, ""))[0]:
-                self.best[item] = (part * specificity, reason(item))
+            if part * specificity > self.best.get(item, _NO_REASON)[0]:
+                self.best[item] = (part * specificity, reason)
+
+    def order(self) -> list[tuple[str, float]]:
+        """(item, score), best first; ties by item id."""
+        return sorted(self.scores.items(), key=lambda kv: (-kv[1], kv[0]))
+
+    def reason(self, item: str) -> str:
+        return self.best[item][1](item)
 
     def ranked(self) -> list[tuple[str, float, str]]:
-        order = sorted(self.scores.items(), key=lambda kv: (-kv[1], kv[0]))
-        return [(item, score, self.best[item][1]) for item, score in order]
+        return [(item, score, self.reason(item)) for item, score in self.order()]
 
 
 class RecommendationService:
@@ -376,14 +385,14 @@ class RecommendationService:
         """:meth:`_select` reading the catalog for the head of the ranking first: most
         answers fill from it, so ~40 item lookups instead of up to 800. The whole list is
         read only when filters emptied the head. Same answer as reading everything."""
-        ranked = cands.ranked()
+        ranked = cands.order()
         # As always: only the first 4 * ALS_POOL candidates (in insertion order) are
         # looked up; the others have no catalog entry here.
         eligible = (set(list(cands.scores)[: 4 * ALS_POOL])
                     if len(cands.scores) > 4 * ALS_POOL else None)
 
-        def wanted(part: list[tuple[str, float, str]]) -> list[str]:
-            return [i for i, _, _ in part
+        def wanted(part: list[tuple[str, float]]) -> list[str]:
+            return [i for i, _ in part
                     if i not in exclude and (eligible is None or i in eligible)]
 
         head = ranked[: 3 * limit + 20]
@@ -397,9 +406,9 @@ class RecommendationService:
     @staticmethod
     def _select(cands: Candidates, infos: dict[str, ItemInfo], limit: int, exclude: set[str],
                 keep: Callable[[ItemInfo], bool], degraded: bool,
-                ranked: list[tuple[str, float, str]] | None = None) -> list[Scored]:
+                order: list[tuple[str, float]] | None = None) -> list[Scored]:
         out: list[Scored] = []
-        for item, score, reason in (cands.ranked() if ranked is None else ranked):
+        for item, score in (cands.order() if order is None else order):
             if item in exclude:
                 continue
             info = infos.get(item)
@@ -408,7 +417,7 @@ class RecommendationService:
                     continue
             elif not info.available or not keep(info):
                 continue
-            out.append(Scored(item, round(score, 6), reason,
+            out.append(Scored(item, round(score, 6), cands.reason(item),
                               info.title if info else None, info.price if info else None,
                               info.category if info else None))
             if len(out) >= limit:
@@ -420,5 +429,5 @@ def _merge(into: Candidates, other: Candidates) -> None:
     for item, score in other.scores.items():
         into.scores[item] = into.scores.get(item, 0.0) + score
         part, reason = other.best[item]
-        if part > into.best.get(item, (0.0, ""))[0]:
+        if part > into.best.get(item, _NO_REASON)[0]:
             into.best[item] = (part, reason)
