@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any
@@ -102,6 +103,7 @@ class FeatureReader:
         # not wait for a round trip because some of its 40 items just expired.
         self.revalidate_s = revalidate_s
         self._stale: set[str] = set()
+        self._refreshing: dict[tuple[Any, ...], asyncio.Task[Any]] = {}
         self._revalidating: asyncio.Task[None] | None = None
         self._items: dict[str, tuple[float, ItemInfo | None]] = {}
         self._customer_script = client.register_script(CUSTOMER_SCRIPT)
@@ -171,11 +173,14 @@ class FeatureReader:
             self._revalidating = None
 
     async def close(self) -> None:
-        """Stop a background catalog read still pending (the API is stopping)."""
-        if self._revalidating is not None:
-            self._revalidating.cancel()
+        """Stop background reads still pending (the API is stopping)."""
+        tasks = [*self._refreshing.values(),
+                 *([self._revalidating] if self._revalidating else [])]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._revalidating
+                await task
 
     def cached_item(self, item_id: str) -> ItemInfo | None:
         hit = self._items.get(item_id)
@@ -188,10 +193,16 @@ class FeatureReader:
         Cached for ``ttl`` seconds: counts move slowly, and product pages repeat."""
         now = time.monotonic()
         hit = self._co.get((kind, item_id, n))
-        if hit is not None and now - hit[0] < self.ttl:
+        if hit is not None and (now - hit[0] < self.ttl or self._revalidating_in(
+                now - hit[0], self.ttl, ("co", kind, item_id, n),
+                lambda: self._read_co_counts(kind, item_id, n))):
             self.hits += 1
             return hit[1]
         self.misses += 1
+        return await self._read_co_counts(kind, item_id, n)
+
+    async def _read_co_counts(self, kind: str, item_id: str, n: int) -> dict[str, float]:
+        now = time.monotonic()
         merged = await self._co_counts(kind, item_id, n)
         if len(self._co) > 100_000:
             self._co.clear()
@@ -213,8 +224,32 @@ class FeatureReader:
     async def trending(self, n: int = 100) -> list[tuple[str, float]]:
         """Items by time-decayed popularity (log scores merged with log-add-exp)."""
         now = time.monotonic()
-        if self._trending and now - self._trending[0] < self.ttl and self._trending[1] >= n:
-            return self._trending[2][:n]
+        held = self._trending
+        if held and held[1] >= n:
+            if now - held[0] < self.ttl:
+                return held[2][:n]
+            if self._revalidating_in(now - held[0], self.ttl, ("trending",),
+                                     lambda: self._read_trending(held[1])):
+                return held[2][:n]
+        return await self._read_trending(n)
+
+    def _revalidating_in(self, age: float, fresh_s: float, name: tuple[Any, ...],
+                         read: Callable[[], Awaitable[Any]]) -> bool:
+        """Whether a value this old, fresh for ``fresh_s``, may still be served
+        (``revalidate_s`` more); if so, one background read of it is under way. Only one
+        per value: when a cached value expires under load, one read refreshes it, not
+        every request in flight."""
+        if age >= fresh_s + self.revalidate_s:
+            return False
+        if name not in self._refreshing:
+            task = asyncio.create_task(read(), name=f"revalidate-{name[0]}")
+            self._refreshing[name] = task
+            task.add_done_callback(lambda t: (self._refreshing.pop(name, None),
+                                              t.cancelled() or t.exception()))
+        return True
+
+    async def _read_trending(self, n: int) -> list[tuple[str, float]]:
+        now = time.monotonic()
         pipe = self.client.pipeline(transaction=False)
         for shard in range(self.keys.shards):
             pipe.zrange(self.keys.trending(shard), 0, 2 * n - 1, desc=True, withscores=True)
@@ -283,8 +318,16 @@ class FeatureReader:
     async def clock(self) -> float:
         """Now, on the log's clock: the newest event time any shard applied (cached 1 s)."""
         now = time.monotonic()
-        if self._clock is not None and now - self._clock[0] < 1.0:
-            return self._clock[1]
+        if self._clock is not None:
+            if now - self._clock[0] < 1.0:
+                return self._clock[1]
+            if self._revalidating_in(now - self._clock[0], 1.0, ("clock",),
+                                     self._read_clock):
+                return self._clock[1]
+        return await self._read_clock()
+
+    async def _read_clock(self) -> float:
+        now = time.monotonic()
         pipe = self.client.pipeline(transaction=False)
         for shard in range(self.keys.shards):
             pipe.hget(self.keys.meta(shard), "maxts")
