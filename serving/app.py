@@ -48,8 +48,10 @@ class Producer:
             return self._producer
         async with self._lock:
             if self._producer is None:
+                # linger_ms=0: a newly issued offer is shown only once Kafka acked its
+                # event, and that answer should not wait 5 ms for other sends to join.
                 producer = EventProducer(self.settings, request_timeout_ms=3000,
-                                         metadata_max_age_ms=30_000)
+                                         metadata_max_age_ms=30_000, linger_ms=0)
                 try:
                     async with asyncio.timeout(3):
                         await producer.__aenter__()
