@@ -229,7 +229,7 @@ class FeatureReader:
             if now - held[0] < self.ttl:
                 return held[2][:n]
             if self._revalidating_in(now - held[0], self.ttl, ("trending",),
-                                     lambda: self._read_trending(held[1])):
+                                     lambda: self._read_trending(n)):
                 return held[2][:n]
         return await self._read_trending(n)
 

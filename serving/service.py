@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
@@ -71,17 +72,19 @@ class Candidates:
         top = max(source.values())
         if top <= 0:
             return
+        scores, best, get = self.scores, self.best, self.scores.get
         for item, raw in source.items():
             if raw <= 0:  # e.g. a popularity that decayed to 0.0: nothing to add or explain
                 continue
             part = weight * raw / top
-            self.scores[item] = self.scores.get(item, 0.0) + part
-            if part * specificity > self.best.get(item, _NO_REASON)[0]:
-                self.best[item] = (part * specificity, reason)
+            scores[item] = get(item, 0.0) + part
+            if part * specificity > best.get(item, _NO_REASON)[0]:
+                best[item] = (part * specificity, reason)
 
     def order(self) -> list[tuple[str, float]]:
-        """(item, score), best first; ties by item id."""
-        return sorted(self.scores.items(), key=lambda kv: (-kv[1], kv[0]))
+        """(item, score), best first; ties by item id (two C sorts: the second is
+        stable, also with reverse=True, so equal scores stay in item order)."""
+        return sorted(sorted(self.scores.items()), key=itemgetter(1), reverse=True)
 
     def reason(self, item: str) -> str:
         return self.best[item][1](item)
@@ -204,7 +207,10 @@ class RecommendationService:
             scores = art.item_factors @ vec
             pool = min(ALS_POOL, len(scores))
             top = np.argpartition(-scores, pool - 1)[:pool]
-            cands.add({art.item_ids[int(j)]: float(scores[j]) for j in top if scores[j] > 0},
+            vals = scores[top]
+            ids, positive = art.item_ids, vals > 0
+            cands.add({ids[j]: v for j, v in zip(top[positive].tolist(),
+                                                 vals[positive].tolist(), strict=True)},
                       s.blend_als, lambda i: "picked for you")
         await self._await_titles([v for v, _ in state.views[:5]] + [context_item or ""], flags)
         for rank, (viewed, _) in enumerate(state.views[:5]):
@@ -331,16 +337,17 @@ class RecommendationService:
     async def _explain_picks(self, items: list[Scored], art: ModelArtifact, state: UserState,
                              flags: list[str]) -> None:
         """Name the customer's own item closest to each ALS pick ("because you bought …")."""
+        index = art.item_index
         history = [(m.decode() if isinstance(m, bytes) else m, w) for m, w in state.interactions]
-        hist = [(i, art.item_index[i]) for i, _ in sorted(history, key=lambda x: -x[1])[:50]
-                if i in art.item_index]
+        hist = [(i, j) for i, _ in sorted(history, key=lambda x: -x[1])[:50]
+                if (j := index.get(i)) is not None]
         if not hist:
             return
         hist_f = art.item_factors[[j for _, j in hist]]
         norms = np.linalg.norm(hist_f, axis=1) + 1e-9
         closest: dict[int, str] = {}
         for n, scored in enumerate(items):
-            j = art.item_index.get(scored.item_id)
+            j = index.get(scored.item_id)
             if scored.reason == "picked for you" and j is not None:
                 sims = hist_f @ art.item_factors[j] / norms
                 closest[n] = hist[int(np.argmax(sims))][0]
