@@ -158,6 +158,10 @@ class CustomerService:
                                             facts, profile)
         return facts, profile
 
+    def forget(self, user_id: str) -> None:
+        self._derived_cache.pop(user_id, None)
+        self._issued.pop(user_id, None)
+
     def active(self, view: CustomerView) -> list[Offer]:
         return [o for o in view.offers
                 if o.offer_id not in view.terminal and o.expires_at > view.clock]

@@ -270,6 +270,7 @@ class RecommendationService:
             if vec is not None:
                 return vec
         if not state.interactions:
+            self._vectors.pop(state.user_id, None)  # e.g. erased: nothing kept of them
             return None
         # Stored vector missing or from an older model (after a retrain, until the
         # customer's next event): fold in now, and keep it while the model and the
@@ -284,6 +285,14 @@ class RecommendationService:
                 self._vectors.pop(next(iter(self._vectors)))  # the oldest
             self._vectors[state.user_id] = (art.version, state.interactions, vec)
         return vec
+
+    def forget(self, user_id: str) -> None:
+        """Drop what this process derived for a customer (erasure). Never needed for
+        correctness (entries are used only while the stored state matches them); it
+        keeps nothing of an erased customer in memory."""
+        self._vectors.pop(user_id, None)
+        if self.customers is not None:
+            self.customers.forget(user_id)
 
     async def _crm_candidates(self, user_id: str, state: UserState, cands: Candidates,
                               flags: list[str], record: CustomerRead | None = None,

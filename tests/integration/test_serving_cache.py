@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import httpx
 import msgspec
 import numpy as np
 import pytest
@@ -29,7 +30,7 @@ from streams.events import decode_event
 from streams.lag import wait_caught_up
 from streams.topics import EventProducer
 from tests.conftest import ONLINE_RETAIL
-from tests.integration.conftest import isolated_settings
+from tests.integration.conftest import ADMIN_KEY, isolated_settings
 from tests.integration.util import event, uid
 
 pytestmark = pytest.mark.integration
@@ -180,3 +181,32 @@ def test_answers_equal_uncached_for_new_and_unknown_customers(loaded: Stack) -> 
 
     asyncio.run(check())
 
+
+
+def test_erasure_leaves_nothing_in_the_caches(loaded: Stack) -> None:
+    s = loaded.settings
+    user = buyers(s, 8)[-1]
+
+    async def check() -> None:
+        async with two_services(s) as (cached, plain):
+            await cached.service.recommendations(user, 10, None)
+            assert user in cached.customers._derived_cache
+            app = create_app(s)  # the erasure route of a third API process
+            async with app.router.lifespan_context(app), httpx.AsyncClient(
+                    transport=httpx.ASGITransport(app=app), base_url="http://api") as api:
+                resp = await api.delete(f"/v1/users/{user}",
+                                        headers={"authorization": f"Bearer {ADMIN_KEY}"})
+                assert resp.status_code == 202
+            key = cached.reader.keys.user(user, "rfm")
+            for _ in range(300):
+                if not await cached.redis.exists(key):
+                    break
+                await asyncio.sleep(0.1)
+            # The replica that did not take the DELETE: its entries no longer match.
+            a, b = await both(cached, plain, user)
+            assert answer(a) == answer(b) and a.strategy == "popular"
+            assert user not in cached.service._vectors
+            view = await cached.customers.view(user)
+            assert view.facts.orders == 0 and view.facts.purchases == ()
+
+    asyncio.run(check())
