@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from redis.exceptions import RedisError
@@ -105,6 +105,7 @@ class RecommendationService:
         self.half_life_s = settings.model.half_life_d * 86400
         self._related: dict[tuple[str, int, str | None], tuple[float, Answer]] = {}
         self._vectors: dict[str, tuple[str, list[tuple[bytes, float]], np.ndarray]] = {}
+        self._histories: dict[str, tuple[str, list[tuple[bytes, float]], Any]] = {}
 
     async def _safe(self, call: Awaitable[T], default: T, flags: list[str]) -> T:
         try:
@@ -271,6 +272,7 @@ class RecommendationService:
                 return vec
         if not state.interactions:
             self._vectors.pop(state.user_id, None)  # e.g. erased: nothing kept of them
+            self._histories.pop(state.user_id, None)
             return None
         # Stored vector missing or from an older model (after a retrain, until the
         # customer's next event): fold in now, and keep it while the model and the
@@ -291,6 +293,7 @@ class RecommendationService:
         correctness (entries are used only while the stored state matches them); it
         keeps nothing of an erased customer in memory."""
         self._vectors.pop(user_id, None)
+        self._histories.pop(user_id, None)
         if self.customers is not None:
             self.customers.forget(user_id)
 
@@ -347,13 +350,9 @@ class RecommendationService:
                              flags: list[str]) -> None:
         """Name the customer's own item closest to each ALS pick ("because you bought …")."""
         index = art.item_index
-        history = [(m.decode() if isinstance(m, bytes) else m, w) for m, w in state.interactions]
-        hist = [(i, j) for i, _ in sorted(history, key=lambda x: -x[1])[:50]
-                if (j := index.get(i)) is not None]
+        hist, hist_f, norms = self._history_factors(art, state)
         if not hist:
             return
-        hist_f = art.item_factors[[j for _, j in hist]]
-        norms = np.linalg.norm(hist_f, axis=1) + 1e-9
         closest: dict[int, str] = {}
         for n, scored in enumerate(items):
             j = index.get(scored.item_id)
@@ -364,6 +363,26 @@ class RecommendationService:
         for n, best in closest.items():
             verb = "bought" if best in state.bought else "viewed"
             items[n].reason = f"because you {verb} {self._title(best)}"
+
+    def _history_factors(self, art: ModelArtifact, state: UserState,
+                         ) -> tuple[list[tuple[str, int]], np.ndarray, np.ndarray]:
+        """The customer's 50 strongest items with their factors and norms, for the
+        explanations; kept, like the fold-in, while model and interactions are the same."""
+        hit = self._histories.get(state.user_id)
+        if hit is not None and hit[0] == art.version and hit[1] == state.interactions:
+            return hit[2]
+        index = art.item_index
+        history = [(m.decode() if isinstance(m, bytes) else m, w) for m, w in state.interactions]
+        hist = [(i, j) for i, _ in sorted(history, key=lambda x: -x[1])[:50]
+                if (j := index.get(i)) is not None]
+        hist_f = art.item_factors[[j for _, j in hist]]
+        value = (hist, hist_f, np.linalg.norm(hist_f, axis=1) + 1e-9)
+        size = self.settings.serving.customer_cache_size
+        if size > 0:
+            if len(self._histories) >= size:
+                self._histories.pop(next(iter(self._histories)))  # the oldest
+            self._histories[state.user_id] = (art.version, state.interactions, value)
+        return value
 
     # ------------------------------------------------------------ shared
     async def _popular(self, flags: list[str], category: str | None) -> Candidates:
