@@ -3,7 +3,11 @@ applies customer intelligence (models/customer.py) and the offer policy
 (serving/offers.py), and records newly issued offers as events.
 
 An offer is only promised once Kafka has its ``offer.issued`` event; if the broker is
-away the customer sees the offers already on record and no new one.
+away the customer sees the offers already on record and no new one. That send stays
+awaited (unlike experiment exposures, handed to the producer and not awaited): the log
+is the record of every coupon a customer holds, and a replay must rebuild it. It costs
+only the answers that issue (a customer's first view of a new offer; p99 10.2 ms vs
+8.0 ms for the others at 200 req/s, benchmarks/README.md "Serving").
 """
 
 from __future__ import annotations
