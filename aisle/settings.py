@@ -149,6 +149,11 @@ class ServingSettings(BaseModel):
     # enough (a stock-out shows within it). A new model version misses the cache at once;
     # a cold item's answer keeps only cache_ttl_s.
     related_cache_ttl_s: float = Field(30.0, ge=0)
+    # Per customer, the API keeps what it derived from their stored state (fold-in
+    # vector, facts and profile) together with the state it was derived from, and
+    # reuses it only while a fresh read returns the same state (same model, same log
+    # clock): the customer's next event invalidates it. Entries per process; 0 = off.
+    customer_cache_size: int = Field(20_000, ge=0)
     # Admin operations (erasure, ...) need this key; unset, they are switched off.
     admin_api_key: SecretStr | None = None
     # Origins allowed to call the API from a browser (the widget); none by default.

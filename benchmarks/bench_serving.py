@@ -9,8 +9,9 @@ generator process (``serving_load``):
 
 1. measures the generator's own ceiling against a canned server (``serving_canned``);
 2. open loop at each rate, for ``/v1/ping`` (the baseline: same server, no work),
-   related items and recommendations, interleaved so the three see the same machine;
-   latency counts from each request's due time;
+   related items, recommendations and limited-time offers, interleaved so they see the
+   same machine; latency counts from each request's due time (offers answers that
+   issued a new offer, which waits for Kafka's ack, are also reported apart);
 3. closed loop with a fixed number of connections: peak requests/s of each endpoint,
    as a share of ping's.
 
@@ -37,7 +38,7 @@ from benchmarks.serving_load import LoadGenerator
 from benchmarks.serving_report import machine, open_point, plot, print_tables, write_json
 from benchmarks.serving_stack import DATA, Loaded, item_ids, loaded_stack, paths, user_ids
 
-ENDPOINTS = ("ping", "related", "recommendations")
+ENDPOINTS = ("ping", "related", "recommendations", "offers")
 SEED = 7
 NOTES = {
     "latency": "open loop, ms from each request's due time to the end of its answer; "
@@ -141,6 +142,10 @@ def open_loop(gen: LoadGenerator, loaded: Loaded, requests: dict[str, list[str]]
             point = open_point(endpoint, raw)
             point["cpu"] = with_api_ms(cpu, point["requests"] - point["unfinished"])
             lat = point["latency_ms"]
+            if point.get("issued"):
+                console.log(f"{endpoint:>15} @ {rate:g}/s: {point['issued']} answers issued "
+                            f"an offer (p99 {point['issued_latency_ms']['p99']:.2f} ms); the "
+                            f"others p99 {point['not_issued_latency_ms']['p99']:.2f} ms")
             console.log(f"{endpoint:>15} @ {rate:g}/s: p50 {lat['p50']:.2f} p99 {lat['p99']:.2f}"
                         f" max {lat['max']:.1f} ms, errors {point['errors']}, API "
                         f"{point['cpu'].get('api_ms_per_request', 0):.2f} ms CPU/request, "

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 REQUEST_TIMEOUT_S = 10.0
 DEGRADED = b'"degraded":true'
+ISSUED = b'"issued":"'  # an offers answer that issued a new offer (written to Kafka first)
 
 
 @dataclass(slots=True)
@@ -30,6 +31,7 @@ class Sent:
     sent_at: float
     waited: float
     degraded: bool = False  # a 200 the API answered without its store ("degraded": true)
+    issued: bool = False    # an offers answer that issued a new offer
 
 
 class Client(Protocol):
@@ -46,7 +48,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
-        self.waiter: asyncio.Future[tuple[int, bool]] | None = None
+        self.waiter: asyncio.Future[tuple[int, bool, bool]] | None = None
         self.status = 0
         self.body_at = 0
         self.end: int | None = None  # buffer offset where the current response ends
@@ -84,12 +86,13 @@ class _Connection(asyncio.Protocol):
             self.end = self.body_at + length
         if len(self.buffer) >= self.end:
             degraded = self.buffer.find(DEGRADED, self.body_at, self.end) >= 0
+            issued = self.buffer.find(ISSUED, self.body_at, self.end) >= 0
             del self.buffer[: self.end]
             self.end = None
             assert self.waiter is not None
-            self.waiter.set_result((self.status, degraded))
+            self.waiter.set_result((self.status, degraded, issued))
 
-    async def request(self, raw: bytes) -> tuple[int, bool]:
+    async def request(self, raw: bytes) -> tuple[int, bool, bool]:
         assert self.transport is not None
         if self.lost or self.transport.is_closing():
             raise ConnectionError("connection closed before the request was sent")
@@ -123,7 +126,7 @@ class RawPool:
             sent_at = time.perf_counter()
             try:
                 async with asyncio.timeout(REQUEST_TIMEOUT_S):
-                    status, degraded = await conn.request(
+                    status, degraded, issued = await conn.request(
                         self.prefix + path.encode() + self.suffix)
             except BaseException:
                 # The connection's state is unknown (half a response may follow): drop it.
@@ -134,7 +137,7 @@ class RawPool:
                 self.open.discard(conn)
             else:
                 self.idle.append(conn)
-        return Sent(status, sent_at, sent_at - asked, degraded)
+        return Sent(status, sent_at, sent_at - asked, degraded, issued)
 
     async def _idle_or_new(self) -> _Connection:
         # The server closes connections idle past its keep-alive timeout (uvicorn: 5 s);

@@ -76,6 +76,7 @@ async def open_loop(client: Client, paths: list[str], rate: float, seconds: floa
     waited = [math.nan] * n   # the request's wait for a free connection
     errors: Counter[str] = Counter()
     degraded = 0
+    issued = [False] * n
 
     async def one(i: int, due: float) -> None:
         nonlocal degraded
@@ -89,6 +90,7 @@ async def open_loop(client: Client, paths: list[str], rate: float, seconds: floa
             status[i] = sent.status
             waited[i] = sent.waited
             degraded += sent.degraded
+            issued[i] = sent.issued
         latency[i] = time.perf_counter() - due
         late[i] = started - due
 
@@ -125,6 +127,10 @@ async def open_loop(client: Client, paths: list[str], rate: float, seconds: floa
         "status": dict(Counter(str(s) for s in status)),
         "errors": dict(errors), "unfinished": len(unfinished), "degraded": degraded,
         "generator_late_ms": summary_ms(late), "pool_wait_ms": summary_ms(waited),
+        # Offers: answers that issued a new offer wait for the broker's ack; apart.
+        "issued": sum(issued),
+        "issued_latency_ms": summary_ms([latency[k] for k in range(n) if issued[k]]),
+        "not_issued_latency_ms": summary_ms([latency[k] for k in range(n) if not issued[k]]),
     }
 
 

@@ -42,6 +42,9 @@ def open_point(endpoint: str, raw: dict[str, Any]) -> dict[str, Any]:
         "unfinished": raw["unfinished"], "non_200": non_200, "degraded": raw["degraded"],
         "generator_late_ms": raw["generator_late_ms"], "pool_wait_ms": raw["pool_wait_ms"],
         "flags": flags,
+        **({"issued": raw["issued"], "issued_latency_ms": raw["issued_latency_ms"],
+            "not_issued_latency_ms": raw["not_issued_latency_ms"]}
+           if raw.get("issued") else {}),
     }
 
 

@@ -25,13 +25,14 @@ import redis
 from aisle.replay import replay_file
 from aisle.settings import Settings
 from aisle.stack import Stack
+from benchmarks.common import SHARED_DATA
 from feature_store.keys import Keys
 from models.train import train_once
 from serving.routes import ID_RE
 from streams.lag import wait_caught_up
 
-DATA = (Path(__file__).resolve().parents[2]
-        / "shared" / "data" / "online_retail" / "online_retail.csv.gz")
+# shared/data next to the checkout, found from a worktree too (benchmarks/common.py).
+DATA = SHARED_DATA / "online_retail" / "online_retail.csv.gz"
 UNKNOWN_SHARE = 0.1
 
 
@@ -125,4 +126,6 @@ def paths(endpoint: str, items: list[str], users: list[str]) -> list[str]:
         return ["/v1/ping"]
     if endpoint == "related":
         return [f"/v1/items/{quote(i, safe='')}/related?limit=10" for i in items]
+    if endpoint == "offers":
+        return [f"/v1/users/{quote(u, safe='')}/offers" for u in users]
     return [f"/v1/users/{quote(u, safe='')}/recommendations?limit=10" for u in users]

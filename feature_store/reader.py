@@ -6,8 +6,13 @@ merged here. Catalog entries are cached in process for ``ttl`` seconds.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from importlib.resources import files
 from typing import Any
 
 import msgspec
@@ -16,6 +21,11 @@ import redis.asyncio as aioredis
 from feature_store.keys import Keys
 from feature_store.updates import logaddexp
 from models.customer_types import CustomerFacts, Purchase
+
+log = logging.getLogger(__name__)
+CUSTOMER_SCRIPT = files("feature_store").joinpath("customer.lua").read_text()
+CUSTOMER_KEYS = ("views", "cart", "bought", "dislikes", "neg", "ia", "vec", "rfm", "hist",
+                 "spend", "src", "fav", "cat", "offers", "ostate", "pushitems")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,11 +93,20 @@ def _parse_item(item_id: str, h: dict[bytes, bytes]) -> ItemInfo | None:
 
 
 class FeatureReader:
-    def __init__(self, client: aioredis.Redis, keys: Keys, ttl: float = 2.0) -> None:
+    def __init__(self, client: aioredis.Redis, keys: Keys, ttl: float = 2.0,
+                 revalidate_s: float = 0.0) -> None:
         self.client = client
         self.keys = keys
         self.ttl = ttl
+        # Catalog entries between ttl and ttl + revalidate_s old are answered from memory
+        # and re-read in the background (one pipeline for all of them), so an answer does
+        # not wait for a round trip because some of its 40 items just expired.
+        self.revalidate_s = revalidate_s
+        self._stale: set[str] = set()
+        self._refreshing: dict[tuple[Any, ...], asyncio.Task[Any]] = {}
+        self._revalidating: asyncio.Task[None] | None = None
         self._items: dict[str, tuple[float, ItemInfo | None]] = {}
+        self._customer_script = client.register_script(CUSTOMER_SCRIPT)
         self._trending: tuple[float, int, list[tuple[str, float]]] | None = None
         self._co: dict[tuple[str, str, int], tuple[float, dict[str, float]]] = {}
         self._clock: tuple[float, float] | None = None
@@ -101,24 +120,70 @@ class FeatureReader:
         now = time.monotonic()
         out: dict[str, ItemInfo] = {}
         missing = []
+        stale = self.ttl + self.revalidate_s
         for iid in dict.fromkeys(item_ids):
             hit = self._items.get(iid)
-            if hit is not None and hit[1] is not None and now - hit[0] < self.ttl:
+            if hit is None:
+                missing.append(iid)
+            elif hit[1] is None:  # not in the catalog when last asked
+                if now - hit[0] >= self.ttl:
+                    missing.append(iid)  # asked again: it may have just been added
+            elif now - hit[0] < stale:
                 out[iid] = hit[1]
-            else:  # unknown items are asked again: they may have just been added
+                if now - hit[0] >= self.ttl:
+                    self._stale.add(iid)
+            else:
                 missing.append(iid)
         if missing:
-            pipe = self.client.pipeline(transaction=False)
-            for iid in missing:
-                pipe.hgetall(self.keys.item(iid))
-            for iid, h in zip(missing, await pipe.execute(), strict=True):
-                info = _parse_item(iid, h)
-                if info is not None:
-                    self._items[iid] = (now, info)
-                    out[iid] = info
-            if len(self._items) > 200_000:
-                self._items.clear()
+            await self._read_items(missing, out)
+        if self._stale and self._revalidating is None:
+            self._revalidating = asyncio.create_task(self._revalidate(),
+                                                     name="catalog-revalidate")
         return out
+
+    async def _read_items(self, ids: list[str], out: dict[str, ItemInfo]) -> None:
+        now = time.monotonic()
+        pipe = self.client.pipeline(transaction=False)
+        for iid in ids:
+            pipe.hgetall(self.keys.item(iid))
+        for iid, h in zip(ids, await pipe.execute(), strict=True):
+            info = _parse_item(iid, h)
+            if info is not None:
+                self._items[iid] = (now, info)
+                out[iid] = info
+            elif self.revalidate_s > 0:  # serving: "not in the catalog" keeps for ttl too
+                self._items[iid] = (now, None)
+            else:
+                self._items.pop(iid, None)
+        if len(self._items) > 200_000:
+            self._items.clear()
+
+    async def _revalidate(self) -> None:
+        try:
+            # Gather what expires over a tenth of the window, then read it in one go:
+            # one background pipeline per ~0.2 s however busy the API is.
+            await asyncio.sleep(self.revalidate_s / 10)
+            while self._stale:
+                # 100 items a pipeline: parsing 1,000 hashes at once held the event loop
+                # for tens of ms, and every request in flight waited (p99).
+                ids, self._stale = list(self._stale)[:100], set(list(self._stale)[100:])
+                await self._read_items(ids, {})
+                await asyncio.sleep(0)
+        except Exception as exc:  # the store is away: entries expire, answers degrade
+            self._stale.clear()
+            log.debug("catalog revalidation failed: %r", exc)
+        finally:
+            self._revalidating = None
+
+    async def close(self) -> None:
+        """Stop background reads still pending (the API is stopping)."""
+        tasks = [*self._refreshing.values(),
+                 *([self._revalidating] if self._revalidating else [])]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     def cached_item(self, item_id: str) -> ItemInfo | None:
         hit = self._items.get(item_id)
@@ -131,10 +196,16 @@ class FeatureReader:
         Cached for ``ttl`` seconds: counts move slowly, and product pages repeat."""
         now = time.monotonic()
         hit = self._co.get((kind, item_id, n))
-        if hit is not None and now - hit[0] < self.ttl:
+        if hit is not None and (now - hit[0] < self.ttl or self._revalidating_in(
+                now - hit[0], self.ttl, ("co", kind, item_id, n),
+                lambda: self._read_co_counts(kind, item_id, n))):
             self.hits += 1
             return hit[1]
         self.misses += 1
+        return await self._read_co_counts(kind, item_id, n)
+
+    async def _read_co_counts(self, kind: str, item_id: str, n: int) -> dict[str, float]:
+        now = time.monotonic()
         merged = await self._co_counts(kind, item_id, n)
         if len(self._co) > 100_000:
             self._co.clear()
@@ -144,11 +215,10 @@ class FeatureReader:
     async def _co_counts(self, kind: str, item_id: str, n: int) -> dict[str, float]:
         pipe = self.client.pipeline(transaction=False)
         for shard in range(self.keys.shards):
-            pipe.zrange(self.keys.co(kind, shard, item_id), 0, n - 1, desc=True,
-                        withscores=True)
+            _top_scored(pipe, self.keys.co(kind, shard, item_id), n)
         merged: dict[str, float] = {}
-        for part in await pipe.execute():
-            for member, score in part:
+        for flat in await pipe.execute():
+            for member, score in _scored(flat):
                 key = _s(member)
                 merged[key] = merged.get(key, 0.0) + score
         return dict(sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))[:n])
@@ -156,14 +226,38 @@ class FeatureReader:
     async def trending(self, n: int = 100) -> list[tuple[str, float]]:
         """Items by time-decayed popularity (log scores merged with log-add-exp)."""
         now = time.monotonic()
-        if self._trending and now - self._trending[0] < self.ttl and self._trending[1] >= n:
-            return self._trending[2][:n]
+        held = self._trending
+        if held and held[1] >= n:
+            if now - held[0] < self.ttl:
+                return held[2][:n]
+            if self._revalidating_in(now - held[0], self.ttl, ("trending",),
+                                     lambda: self._read_trending(n)):
+                return held[2][:n]
+        return await self._read_trending(n)
+
+    def _revalidating_in(self, age: float, fresh_s: float, name: tuple[Any, ...],
+                         read: Callable[[], Awaitable[Any]]) -> bool:
+        """Whether a value this old, fresh for ``fresh_s``, may still be served
+        (``revalidate_s`` more); if so, one background read of it is under way. Only one
+        per value: when a cached value expires under load, one read refreshes it, not
+        every request in flight."""
+        if age >= fresh_s + self.revalidate_s:
+            return False
+        if name not in self._refreshing:
+            task = asyncio.create_task(read(), name=f"revalidate-{name[0]}")
+            self._refreshing[name] = task
+            task.add_done_callback(lambda t: (self._refreshing.pop(name, None),
+                                              t.cancelled() or t.exception()))
+        return True
+
+    async def _read_trending(self, n: int) -> list[tuple[str, float]]:
+        now = time.monotonic()
         pipe = self.client.pipeline(transaction=False)
         for shard in range(self.keys.shards):
-            pipe.zrange(self.keys.trending(shard), 0, 2 * n - 1, desc=True, withscores=True)
+            _top_scored(pipe, self.keys.trending(shard), 2 * n)
         merged: dict[str, float] = {}
-        for part in await pipe.execute():
-            for member, score in part:
+        for flat in await pipe.execute():
+            for member, score in _scored(flat):
                 key = _s(member)
                 old = merged.get(key)
                 merged[key] = score if old is None else logaddexp(old, score)
@@ -177,17 +271,25 @@ class FeatureReader:
     # ------------------------------------------------------------ customers
     async def facts(self, user_id: str) -> CustomerFacts:
         """Everything customer intelligence needs about one customer, one round trip."""
-        k = lambda s: self.keys.user(user_id, s)  # noqa: E731
         pipe = self.client.pipeline(transaction=False)
+        self._queue_facts(pipe, user_id)
+        return await self.facts_from(user_id, tuple(await pipe.execute()))
+
+    def _queue_facts(self, pipe: Any, user_id: str) -> None:
+        k = lambda s: self.keys.user(user_id, s)  # noqa: E731
         pipe.hgetall(k("rfm"))
         pipe.lrange(k("hist"), 0, -1)
         pipe.hgetall(k("spend"))
         pipe.hgetall(k("src"))
         pipe.zrange(k("fav"), 0, 49, desc=True)
         pipe.zrange(k("cat"), 0, 9, desc=True, withscores=True)
-        rfm, hist, spend, src, fav, cat = await pipe.execute()
+
+    async def facts_from(self, user_id: str, raw: tuple[Any, ...]) -> CustomerFacts:
+        """:meth:`facts` from the six replies :meth:`_queue_facts` asked for."""
+        rfm, hist, spend, src, fav, cat = raw
         r = _floats(rfm)
-        lines = [msgspec.json.decode(h) for h in hist]
+        # One decode for the whole list, not one per line.
+        lines = msgspec.json.decode(b"[" + b",".join(hist) + b"]") if hist else []
         # Only lines whose event named no category need the catalog.
         unknown = list({str(li[1]) for li in lines if len(li) < 6 or not li[5]})
         infos = await self.items(unknown) if unknown else {}
@@ -213,15 +315,21 @@ class FeatureReader:
         pipe = self.client.pipeline(transaction=False)
         pipe.hgetall(self.keys.user(user_id, "offers"))
         pipe.hgetall(self.keys.user(user_id, "ostate"))
-        offers, states = await pipe.execute()
-        return ([msgspec.json.decode(v) for v in offers.values()],
-                {_s(a): _s(b) for a, b in states.items()})
+        return _offers(*await pipe.execute())
 
     async def clock(self) -> float:
         """Now, on the log's clock: the newest event time any shard applied (cached 1 s)."""
         now = time.monotonic()
-        if self._clock is not None and now - self._clock[0] < 1.0:
-            return self._clock[1]
+        if self._clock is not None:
+            if now - self._clock[0] < 1.0:
+                return self._clock[1]
+            if self._revalidating_in(now - self._clock[0], 1.0, ("clock",),
+                                     self._read_clock):
+                return self._clock[1]
+        return await self._read_clock()
+
+    async def _read_clock(self) -> float:
+        now = time.monotonic()
         pipe = self.client.pipeline(transaction=False)
         for shard in range(self.keys.shards):
             pipe.hget(self.keys.meta(shard), "maxts")
@@ -230,8 +338,12 @@ class FeatureReader:
         return value
 
     async def user(self, user_id: str, views: int = 20) -> UserState:
-        k = lambda s: self.keys.user(user_id, s)  # noqa: E731
         pipe = self.client.pipeline(transaction=False)
+        self._queue_user(pipe, user_id, views)
+        return _user_state(user_id, await pipe.execute())
+
+    def _queue_user(self, pipe: Any, user_id: str, views: int) -> None:
+        k = lambda s: self.keys.user(user_id, s)  # noqa: E731
         pipe.zrange(k("views"), 0, views - 1, desc=True, withscores=True)
         pipe.hgetall(k("cart"))
         pipe.hgetall(k("bought"))
@@ -240,18 +352,54 @@ class FeatureReader:
         pipe.zrange(k("ia"), 0, -1, withscores=True)
         pipe.get(k("vec"))
         pipe.hgetall(k("rfm"))
-        v, cart, bought, dislikes, neg, ia, vec, rfm = await pipe.execute()
-        dec = msgspec.json.decode
-        return UserState(
-            user_id=user_id,
-            views=[(_s(m), s) for m, s in v],
-            cart={_s(a): float(b) for a, b in cart.items()},
-            bought={_s(a): int(b) for a, b in bought.items()},
-            dislikes={_s(a): dec(b) for a, b in dislikes.items()},
-            negatives={_s(a): dec(b) for a, b in neg.items()},
-            interactions=ia, vector=vec,
-            rfm=_floats(rfm),
-        )
+
+    async def customer(self, user_id: str, views: int = 20) -> CustomerRead:
+        """Everything a recommendation or an offer reads about one customer, in ONE
+        command (``customer.lua``): state, the facts' raw replies, issued offers and the
+        push fatigue ledger. Every key has the customer's hash tag: one slot on a Cluster
+        too. Replies come back in the shapes :meth:`user` and :meth:`facts` read."""
+        k = lambda s: self.keys.user(user_id, s)  # noqa: E731
+        r = await self._customer_script(keys=[k(s) for s in CUSTOMER_KEYS], args=[views])
+        rfm = _pairs(r[7])
+        state = _user_state(user_id, [_scored(r[0]), _pairs(r[1]), _pairs(r[2]),
+                                      _pairs(r[3]), _pairs(r[4]), _scored(r[5]), r[6], rfm])
+        facts_raw = (rfm, r[8], _pairs(r[9]), _pairs(r[10]), r[11], _scored(r[12]))
+        return CustomerRead(state, facts_raw, (_pairs(r[13]), _pairs(r[14])),
+                            {_s(i): float(ts) for i, ts in _pairs(r[15]).items()})
+
+@dataclass(slots=True)
+class CustomerRead:
+    """One customer's keys, read together (:meth:`FeatureReader.customer`)."""
+
+    state: UserState
+    facts_raw: tuple[Any, ...]            # the replies FeatureReader.facts_from takes
+    offers_raw: tuple[dict[bytes, bytes], dict[bytes, bytes]]
+    pushed: dict[str, float]              # item -> log time it was last pushed
+
+    @property
+    def offers(self) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        return _offers(*self.offers_raw)
+
+
+def _offers(offers: dict[bytes, bytes], states: dict[bytes, bytes],
+            ) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    return ([msgspec.json.decode(v) for v in offers.values()],
+            {_s(a): _s(b) for a, b in states.items()})
+
+
+def _user_state(user_id: str, replies: list[Any]) -> UserState:
+    v, cart, bought, dislikes, neg, ia, vec, rfm = replies
+    dec = msgspec.json.decode
+    return UserState(
+        user_id=user_id,
+        views=[(_s(m), s) for m, s in v],
+        cart={_s(a): float(b) for a, b in cart.items()},
+        bought={_s(a): int(b) for a, b in bought.items()},
+        dislikes={_s(a): dec(b) for a, b in dislikes.items()},
+        negatives={_s(a): dec(b) for a, b in neg.items()},
+        interactions=ia, vector=vec,
+        rfm=_floats(rfm),
+    )
 
 
 def _purchases(lines: list[list[Any]], categories: dict[str, str]) -> tuple[Purchase, ...]:
@@ -260,6 +408,28 @@ def _purchases(lines: list[list[Any]], categories: dict[str, str]) -> tuple[Purc
                           float(line[4]), (line[5] if len(line) > 5 else None)
                           or categories.get(str(line[1])))
                  for line in lines)
+
+
+def _top_scored(pipe: Any, key: str, n: int) -> None:
+    """The ``n`` highest (member, score) of a zset, as a flat reply for :func:`_scored`.
+    Sent raw: redis-py's own WITHSCORES parsing costs a Python call per score, and the
+    trending read is 8 shards x 400 of them."""
+    pipe.execute_command("ZREVRANGE", key, 0, n - 1, "WITHSCORES")
+
+
+def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
+    """A flat HGETALL reply from a script, as the dict redis-py makes of one."""
+    it = iter(flat)
+    return dict(zip(it, it, strict=True))
+
+
+def _scored(flat: list[Any]) -> list[tuple[bytes, float]]:
+    """A raw ``WITHSCORES`` reply as redis-py's (member, score) pairs: flat on RESP2
+    and from scripts, [member, score] pairs on RESP3."""
+    if flat and isinstance(flat[0], list):
+        return [(m, float(v)) for m, v in flat]
+    it = iter(flat)
+    return [(m, float(v)) for m, v in zip(it, it, strict=True)]
 
 
 def _floats(h: dict[bytes, bytes]) -> dict[str, float]:

@@ -49,8 +49,10 @@ class Producer:
             return self._producer
         async with self._lock:
             if self._producer is None:
+                # linger_ms=0: a newly issued offer is shown only once Kafka acked its
+                # event, and that answer should not wait 5 ms for other sends to join.
                 producer = EventProducer(self.settings, request_timeout_ms=3000,
-                                         metadata_max_age_ms=30_000)
+                                         metadata_max_age_ms=30_000, linger_ms=0)
                 try:
                     async with asyncio.timeout(3):
                         await producer.__aenter__()
@@ -95,7 +97,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         client = open_redis(settings, socket_timeout=1.0, socket_connect_timeout=1.0,
                             max_connections=64)
         keys = Keys(settings.features.key_prefix, settings.features.shards)
-        reader = FeatureReader(client, keys, settings.serving.cache_ttl_s)
+        reader = FeatureReader(client, keys, settings.serving.cache_ttl_s,
+                               revalidate_s=settings.serving.cache_ttl_s)
         holder = ModelHolder(client, settings.features.key_prefix)
         with contextlib.suppress(Exception):
             await holder.refresh()
@@ -104,7 +107,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         with contextlib.suppress(Exception):
             await population.refresh()
         population.start_polling(max(settings.worker.model_poll_s, 1.0))
-        customers = CustomerService(reader, keys, population)
+        customers = CustomerService(reader, keys, population,
+                                    cache_size=settings.serving.customer_cache_size)
         state = AppState(settings, client, reader, holder,
                          RecommendationService(settings, reader, holder, customers),
                          Producer(settings), population, customers)
@@ -116,6 +120,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await holder.stop()
             await population.stop()
             await routes.drain_exposures()
+            await reader.close()
             await state.producer.close()
             await client.aclose()
 

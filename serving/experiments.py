@@ -203,7 +203,8 @@ class ExperimentRegistry:
             budgets = {k: 0 for k in p.budgets} if a.params.get("offers_off") else p.budgets
             policy = msgspec.structs.replace(p, rules=rules, budgets=budgets,
                                              version=f"{p.version}.{a.experiment}.{a.variant}")
-            svc = CustomerService(base.reader, base.keys, base.population, base.rules, policy)
+            svc = CustomerService(base.reader, base.keys, base.population, base.rules, policy,
+                                  base.cache_size)
             svc._issued = base._issued  # one memory of just-issued offers per process
             self._services[key] = svc
         return svc  # type: ignore[no-any-return]

@@ -304,7 +304,9 @@ async def erase_user(request: Request) -> Response:
     user_id = _id(request, "user_id")
     erased = UserErased(event_id=f"erase-{uuid.uuid4().hex}", occurred_at=datetime.now(UTC),
                         user_id=user_id, source="aisle.admin")
-    return await _record(request, erased, "erasure")
+    response = await _record(request, erased, "erasure")
+    _state(request).service.forget(user_id)  # this process's per-customer caches
+    return response
 
 
 async def healthz(request: Request) -> Response:

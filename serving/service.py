@@ -15,13 +15,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from redis.exceptions import RedisError
 
 from aisle.settings import Settings
-from feature_store.reader import FeatureReader, ItemInfo, UserState
+from feature_store.reader import CustomerRead, FeatureReader, ItemInfo, UserState
 from models.artifacts import ModelArtifact
 from models.online import ModelHolder, decode_vector, user_vector
 from serving.again import own_items, rebuy_reason, resume_reason
@@ -35,6 +36,7 @@ WINBACK_SEGMENTS = frozenset({"dormant", "lost", "at_risk"})
 RESTOCK_SLOTS = 3
 Reason = Callable[[str], str]
 ALS_POOL = 200
+_NO_REASON: tuple[float, Reason | None] = (0.0, None)
 
 
 @dataclass(slots=True)
@@ -58,7 +60,9 @@ class Answer:
 @dataclass
 class Candidates:
     scores: dict[str, float] = field(default_factory=dict)
-    best: dict[str, tuple[float, str]] = field(default_factory=dict)
+    # item -> (largest specificity-weighted share, the reason of the source that gave it);
+    # a reason's text is made only for the items an answer shows.
+    best: dict[str, tuple[float, Reason]] = field(default_factory=dict)
 
     def add(self, source: dict[str, float], weight: float, reason: Reason,
             specificity: float = 1.0) -> None:
@@ -69,17 +73,25 @@ class Candidates:
         top = max(source.values())
         if top <= 0:
             return
+        scores, best, get = self.scores, self.best, self.scores.get
         for item, raw in source.items():
             if raw <= 0:  # e.g. a popularity that decayed to 0.0: nothing to add or explain
                 continue
             part = weight * raw / top
-            self.scores[item] = self.scores.get(item, 0.0) + part
-            if part * specificity > self.best.get(item, (0.0, ""))[0]:
-                self.best[item] = (part * specificity, reason(item))
+            scores[item] = get(item, 0.0) + part
+            if part * specificity > best.get(item, _NO_REASON)[0]:
+                best[item] = (part * specificity, reason)
+
+    def order(self) -> list[tuple[str, float]]:
+        """(item, score), best first; ties by item id (two C sorts: the second is
+        stable, also with reverse=True, so equal scores stay in item order)."""
+        return sorted(sorted(self.scores.items()), key=itemgetter(1), reverse=True)
+
+    def reason(self, item: str) -> str:
+        return self.best[item][1](item)
 
     def ranked(self) -> list[tuple[str, float, str]]:
-        order = sorted(self.scores.items(), key=lambda kv: (-kv[1], kv[0]))
-        return [(item, score, self.best[item][1]) for item, score in order]
+        return [(item, score, self.reason(item)) for item, score in self.order()]
 
 
 class RecommendationService:
@@ -93,6 +105,8 @@ class RecommendationService:
         self.timeout = store_timeout_s
         self.half_life_s = settings.model.half_life_d * 86400
         self._related: dict[tuple[str, int, str | None], tuple[float, Answer]] = {}
+        self._vectors: dict[str, tuple[str, list[tuple[bytes, float]], np.ndarray]] = {}
+        self._histories: dict[str, tuple[str, list[tuple[bytes, float]], Any]] = {}
 
     async def _safe(self, call: Awaitable[T], default: T, flags: list[str]) -> T:
         try:
@@ -186,15 +200,19 @@ class RecommendationService:
         flags: list[str] = []
         s = self.settings.serving
         art = self.holder.current
-        empty = UserState(user_id, [], {}, {}, {}, {}, [], None, {})
-        state = await self._safe(self.reader.user(user_id), empty, flags)
+        # State, facts, offers and the push ledger: one round trip (one hash slot).
+        record = await self._safe(self.reader.customer(user_id), None, flags)
+        state = record.state if record else UserState(user_id, [], {}, {}, {}, {}, [], None, {})
         cands = Candidates()
         vec = self._vector(art, state)
         if art is not None and vec is not None:
             scores = art.item_factors @ vec
             pool = min(ALS_POOL, len(scores))
             top = np.argpartition(-scores, pool - 1)[:pool]
-            cands.add({art.item_ids[int(j)]: float(scores[j]) for j in top if scores[j] > 0},
+            vals = scores[top]
+            ids, positive = art.item_ids, vals > 0
+            cands.add({ids[j]: v for j, v in zip(top[positive].tolist(),
+                                                 vals[positive].tolist(), strict=True)},
                       s.blend_als, lambda i: "picked for you")
         # Filtered below like the rest. Low specificity: the customer-intelligence
         # reasons for the same items ("you saved this", "time to restock") say more.
@@ -215,36 +233,39 @@ class RecommendationService:
             _merge(cands, await self._related_candidates(
                 context_item, art, flags, weight=s.blend_session,
                 reason=lambda i: f"goes with {title}"))
-        allow = await self._crm_candidates(user_id, state, cands, flags)
+        allow = await self._crm_candidates(user_id, state, cands, flags, record)
         exclude = {context_item or "", *state.cart, *state.negatives}
-        infos = await self._infos(list(cands.scores)[: 4 * ALS_POOL], flags)
         keep = self._keeper(state, art, allow)
-        items = self._select(cands, infos, limit, exclude, keep, degraded=bool(flags))
+        items = await self._select_staged(cands, limit, exclude, keep, flags)
         strategy = "personal" if cands.scores else "popular"
         if len(items) < limit:
             fill = await self._popular(flags, None)
             more = self._select(fill, await self._infos(list(fill.scores), flags), limit,
                                 exclude | {x.item_id for x in items}, keep, bool(flags))
             items += more[: limit - len(items)]
-        items = await self._not_just_pushed(user_id, items, flags)
+        items = await self._not_just_pushed(user_id, items, flags,
+                                            record.pushed if record else None)
         if art is not None and vec is not None:
             await self._explain_picks(items, art, state, flags)
         return Answer(items, art.version if art else None, strategy, bool(flags))
 
     async def _not_just_pushed(self, user_id: str, items: list[Scored], flags: list[str],
-                               ) -> list[Scored]:
+                               pushed: dict[str, float] | None = None) -> list[Scored]:
         """The push fatigue ledger, shared with the website: an item pushed to this
         customer within ``push.web_repeat_window_s`` is not the top recommendation too
         (it stays in the list, one place down or more)."""
         window = self.settings.push.web_repeat_window_s
         if window <= 0 or len(items) < 2:
             return items
-        key = self.reader.keys.user(user_id, "pushitems")
-        pushed, clock = await asyncio.gather(
-            self._safe(self.reader.client.hgetall(key), {}, flags),
-            self._safe(self.reader.clock(), 0.0, flags))
-        recent = {k.decode() if isinstance(k, bytes) else k for k, ts in pushed.items()
-                  if clock - float(ts) < window}
+        if pushed is None:  # not read with the customer's other keys
+            key = self.reader.keys.user(user_id, "pushitems")
+            raw = await self._safe(self.reader.client.hgetall(key), {}, flags)
+            pushed = {k.decode() if isinstance(k, bytes) else k: float(ts)
+                      for k, ts in raw.items()}
+        if not pushed:
+            return items
+        clock = await self._safe(self.reader.clock(), 0.0, flags)
+        recent = {k for k, ts in pushed.items() if clock - ts < window}
         fresh = next((i for i, x in enumerate(items) if x.item_id not in recent), None)
         if not recent or fresh in (None, 0):
             return items
@@ -258,18 +279,41 @@ class RecommendationService:
             if vec is not None:
                 return vec
         if not state.interactions:
+            self._vectors.pop(state.user_id, None)  # e.g. erased: nothing kept of them
+            self._histories.pop(state.user_id, None)
             return None
-        # Stored vector missing or from an older model: fold in now (tens of µs).
-        return user_vector(art, state.interactions, art.ref_ts, self.half_life_s)
+        # Stored vector missing or from an older model (after a retrain, until the
+        # customer's next event): fold in now, and keep it while the model and the
+        # customer's interactions are the ones it was solved from.
+        hit = self._vectors.get(state.user_id)
+        if hit is not None and hit[0] == art.version and hit[1] == state.interactions:
+            return hit[2]
+        vec = user_vector(art, state.interactions, art.ref_ts, self.half_life_s)
+        size = self.settings.serving.customer_cache_size
+        if size > 0:
+            if len(self._vectors) >= size:
+                self._vectors.pop(next(iter(self._vectors)))  # the oldest
+            self._vectors[state.user_id] = (art.version, state.interactions, vec)
+        return vec
+
+    def forget(self, user_id: str) -> None:
+        """Drop what this process derived for a customer (erasure). Never needed for
+        correctness (entries are used only while the stored state matches them); it
+        keeps nothing of an erased customer in memory."""
+        self._vectors.pop(user_id, None)
+        self._histories.pop(user_id, None)
+        if self.customers is not None:
+            self.customers.forget(user_id)
 
     async def _crm_candidates(self, user_id: str, state: UserState, cands: Candidates,
-                              flags: list[str]) -> set[str]:
+                              flags: list[str], record: CustomerRead | None = None,
+                              ) -> set[str]:
         """Customer intelligence in the ranking: items due for replenishment ("buy it
         again"), and for customers going quiet the items they saved or kept buying.
         Returns the bought items that may be shown again."""
         if self.customers is None or not state.bought:  # only buyers get restocks/win-back
             return set()
-        view = await self._safe(self.customers.view(user_id, state), None, flags)
+        view = await self._safe(self.customers.view(user_id, state, record), None, flags)
         if view is None:
             return set()
         s = self.settings.serving
@@ -313,16 +357,13 @@ class RecommendationService:
     async def _explain_picks(self, items: list[Scored], art: ModelArtifact, state: UserState,
                              flags: list[str]) -> None:
         """Name the customer's own item closest to each ALS pick ("because you bought …")."""
-        history = [(m.decode() if isinstance(m, bytes) else m, w) for m, w in state.interactions]
-        hist = [(i, art.item_index[i]) for i, _ in sorted(history, key=lambda x: -x[1])[:50]
-                if i in art.item_index]
+        index = art.item_index
+        hist, hist_f, norms = self._history_factors(art, state)
         if not hist:
             return
-        hist_f = art.item_factors[[j for _, j in hist]]
-        norms = np.linalg.norm(hist_f, axis=1) + 1e-9
         closest: dict[int, str] = {}
         for n, scored in enumerate(items):
-            j = art.item_index.get(scored.item_id)
+            j = index.get(scored.item_id)
             if scored.reason == "picked for you" and j is not None:
                 sims = hist_f @ art.item_factors[j] / norms
                 closest[n] = hist[int(np.argmax(sims))][0]
@@ -330,6 +371,26 @@ class RecommendationService:
         for n, best in closest.items():
             verb = "bought" if best in state.bought else "viewed"
             items[n].reason = f"because you {verb} {self._title(best)}"
+
+    def _history_factors(self, art: ModelArtifact, state: UserState,
+                         ) -> tuple[list[tuple[str, int]], np.ndarray, np.ndarray]:
+        """The customer's 50 strongest items with their factors and norms, for the
+        explanations; kept, like the fold-in, while model and interactions are the same."""
+        hit = self._histories.get(state.user_id)
+        if hit is not None and hit[0] == art.version and hit[1] == state.interactions:
+            return hit[2]
+        index = art.item_index
+        history = [(m.decode() if isinstance(m, bytes) else m, w) for m, w in state.interactions]
+        hist = [(i, j) for i, _ in sorted(history, key=lambda x: -x[1])[:50]
+                if (j := index.get(i)) is not None]
+        hist_f = art.item_factors[[j for _, j in hist]]
+        value = (hist, hist_f, np.linalg.norm(hist_f, axis=1) + 1e-9)
+        size = self.settings.serving.customer_cache_size
+        if size > 0:
+            if len(self._histories) >= size:
+                self._histories.pop(next(iter(self._histories)))  # the oldest
+            self._histories[state.user_id] = (art.version, state.interactions, value)
+        return value
 
     # ------------------------------------------------------------ shared
     async def _popular(self, flags: list[str], category: str | None) -> Candidates:
@@ -361,11 +422,36 @@ class RecommendationService:
         info = self.reader.cached_item(item_id)
         return info.title if info else item_id
 
+    async def _select_staged(self, cands: Candidates, limit: int, exclude: set[str],
+                             keep: Callable[[ItemInfo], bool], flags: list[str],
+                             ) -> list[Scored]:
+        """:meth:`_select` reading the catalog for the head of the ranking first: most
+        answers fill from it, so ~40 item lookups instead of up to 800. The whole list is
+        read only when filters emptied the head. Same answer as reading everything."""
+        ranked = cands.order()
+        # As always: only the first 4 * ALS_POOL candidates (in insertion order) are
+        # looked up; the others have no catalog entry here.
+        eligible = (set(list(cands.scores)[: 4 * ALS_POOL])
+                    if len(cands.scores) > 4 * ALS_POOL else None)
+
+        def wanted(part: list[tuple[str, float]]) -> list[str]:
+            return [i for i, _ in part
+                    if i not in exclude and (eligible is None or i in eligible)]
+
+        head = ranked[: 3 * limit + 20]
+        infos = await self._infos(wanted(head), flags)
+        items = self._select(cands, infos, limit, exclude, keep, bool(flags), head)
+        if len(items) < limit and len(ranked) > len(head):
+            infos |= await self._infos(wanted(ranked[len(head):]), flags)
+            items = self._select(cands, infos, limit, exclude, keep, bool(flags), ranked)
+        return items
+
     @staticmethod
     def _select(cands: Candidates, infos: dict[str, ItemInfo], limit: int, exclude: set[str],
-                keep: Callable[[ItemInfo], bool], degraded: bool) -> list[Scored]:
+                keep: Callable[[ItemInfo], bool], degraded: bool,
+                order: list[tuple[str, float]] | None = None) -> list[Scored]:
         out: list[Scored] = []
-        for item, score, reason in cands.ranked():
+        for item, score in (cands.order() if order is None else order):
             if item in exclude:
                 continue
             info = infos.get(item)
@@ -374,7 +460,7 @@ class RecommendationService:
                     continue
             elif not info.available or not keep(info):
                 continue
-            out.append(Scored(item, round(score, 6), reason,
+            out.append(Scored(item, round(score, 6), cands.reason(item),
                               info.title if info else None, info.price if info else None,
                               info.category if info else None))
             if len(out) >= limit:
@@ -386,5 +472,5 @@ def _merge(into: Candidates, other: Candidates) -> None:
     for item, score in other.scores.items():
         into.scores[item] = into.scores.get(item, 0.0) + score
         part, reason = other.best[item]
-        if part > into.best.get(item, (0.0, ""))[0]:
+        if part > into.best.get(item, _NO_REASON)[0]:
             into.best[item] = (part, reason)

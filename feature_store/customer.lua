@@ -1,0 +1,25 @@
+-- Everything the API reads about one customer, in one read-only call (FeatureReader.customer).
+-- One command instead of a 17-command pipeline: the client packs and parses one reply,
+-- which is most of a recommendation's CPU otherwise. All keys carry the customer's hash tag.
+--
+-- KEYS: views cart bought dislikes neg ia vec rfm hist spend src fav cat offers ostate pushitems
+-- ARGV[1]: how many recent views.  Replies in the same order, flat (member, score, ...).
+local views = tonumber(ARGV[1])
+return {
+  redis.call('ZREVRANGE', KEYS[1], 0, views - 1, 'WITHSCORES'),
+  redis.call('HGETALL', KEYS[2]),
+  redis.call('HGETALL', KEYS[3]),
+  redis.call('HGETALL', KEYS[4]),
+  redis.call('HGETALL', KEYS[5]),
+  redis.call('ZRANGE', KEYS[6], 0, -1, 'WITHSCORES'),
+  redis.call('GET', KEYS[7]),
+  redis.call('HGETALL', KEYS[8]),
+  redis.call('LRANGE', KEYS[9], 0, -1),
+  redis.call('HGETALL', KEYS[10]),
+  redis.call('HGETALL', KEYS[11]),
+  redis.call('ZREVRANGE', KEYS[12], 0, 49),
+  redis.call('ZREVRANGE', KEYS[13], 0, 9, 'WITHSCORES'),
+  redis.call('HGETALL', KEYS[14]),
+  redis.call('HGETALL', KEYS[15]),
+  redis.call('HGETALL', KEYS[16]),
+}

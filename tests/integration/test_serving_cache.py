@@ -1,0 +1,212 @@
+"""The API's per-customer caches (``serving.customer_cache_size``) against the real stack.
+
+A request-time fold-in and a customer's facts + profile are kept in memory with the state
+they were derived from. These tests build two API services over the same store, one
+with the caches and one without, and check that the cached one answers exactly as the
+uncached one after the customer's next event and after a new model version, and that the
+cache was really holding the old values (so a cache that ignored either would fail).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import msgspec
+import numpy as np
+import pytest
+import redis
+
+from aisle.replay import replay_file
+from aisle.settings import Settings
+from aisle.stack import Stack
+from feature_store.keys import Keys
+from models.train import train_once
+from serving.app import create_app
+from streams.events import decode_event
+from streams.lag import wait_caught_up
+from streams.topics import EventProducer
+from tests.conftest import ONLINE_RETAIL
+from tests.integration.conftest import ADMIN_KEY, isolated_settings
+from tests.integration.util import event, uid
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def loaded(servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory,
+           ) -> Iterator[Stack]:
+    """A worker over 3,000 Online Retail rows and a trained model; no API process."""
+    settings = isolated_settings(servers, tmp_path_factory.mktemp("serving-cache"))
+    stack = Stack.start(settings, workers=1, api=False)
+    try:
+        asyncio.run(replay_file(settings, ONLINE_RETAIL, limit_rows=3_000))
+        asyncio.run(wait_caught_up(settings, timeout=120))
+        asyncio.run(train_once(settings))
+        yield stack
+    finally:
+        stack.stop()
+
+
+@contextlib.asynccontextmanager
+async def two_services(settings: Settings) -> AsyncIterator[tuple[Any, Any]]:
+    """The API's state twice: with the per-customer caches, and with them off."""
+    plain = settings.model_copy(update={
+        "serving": settings.serving.model_copy(update={"customer_cache_size": 0})})
+    cached_app, plain_app = create_app(settings), create_app(plain)
+    async with cached_app.router.lifespan_context(cached_app), \
+            plain_app.router.lifespan_context(plain_app):
+        yield cached_app.state.aisle, plain_app.state.aisle
+
+
+def buyers(settings: Settings, n: int) -> list[str]:
+    """Customers with interactions and at least two orders (so they get a profile)."""
+    k = Keys(settings.features.key_prefix, settings.features.shards)
+    client = redis.Redis.from_url(settings.redis_url or "")
+    try:
+        out = sorted(raw.decode() for shard in range(k.shards)
+                     for raw in client.smembers(k.users(shard))
+                     if client.exists(k.user(raw.decode(), "ia"))
+                     and float(client.hget(k.user(raw.decode(), "rfm"), "orders") or 0) >= 2)
+    finally:
+        client.close()
+    assert len(out) >= n
+    return out[:n]
+
+
+def answer(a: Any) -> list[tuple[str, float, str]]:
+    return [(s.item_id, s.score, s.reason) for s in a.items]
+
+
+async def both(cached: Any, plain: Any, user: str) -> tuple[Any, Any]:
+    return (await cached.service.recommendations(user, 10, None),
+            await plain.service.recommendations(user, 10, None))
+
+
+def test_cached_profile_follows_the_customers_next_event(loaded: Stack) -> None:
+    s = loaded.settings
+    user = buyers(s, 1)[0]
+
+    async def check() -> None:
+        async with two_services(s) as (cached, plain):
+            first = await cached.customers.view(user)
+            again = await cached.customers.view(user)
+            assert again.profile is first.profile  # served from the cache
+            a, b = await both(cached, plain, user)
+            assert answer(a) == answer(b)
+
+            order = event("order.placed", {"order_id": uid("o"), "lines": [
+                {"item_id": uid("new-item"), "quantity": 3, "unit_price": 4.0}]}, user)
+            async with EventProducer(s) as producer:
+                await producer.send_events([decode_event(msgspec.json.encode(order))])
+            await wait_for_orders(cached, user, first.facts.orders + 1)
+
+            after = await cached.customers.view(user)
+            fresh = await plain.customers.view(user)
+            assert after.profile is not first.profile
+            assert after.facts == fresh.facts and after.profile == fresh.profile
+            assert after.facts.orders == first.facts.orders + 1
+            a, b = await both(cached, plain, user)
+            assert answer(a) == answer(b)
+
+    asyncio.run(check())
+
+
+async def wait_for_orders(state: Any, user: str, orders: int) -> None:
+    key = state.reader.keys.user(user, "rfm")
+    for _ in range(300):
+        if float(await state.redis.hget(key, "orders") or 0) >= orders:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the worker did not apply the order for {user} in 30 s")
+
+
+def test_cached_fold_in_follows_a_new_model(loaded: Stack) -> None:
+    s = loaded.settings
+    users = buyers(s, 6)[1:]  # not the customer the other test sent an event for
+
+    async def check() -> None:
+        async with two_services(s) as (cached, plain):
+            v1 = cached.holder.version
+            assert v1 is not None and plain.holder.version == v1
+            for user in users:
+                a, b = await both(cached, plain, user)
+                assert answer(a) == answer(b) and a.model_version == v1
+            # Replayed before there was a model: their vectors are solved per request.
+            held = {u: cached.service._vectors[u] for u in users}
+            assert all(version == v1 for version, _, _ in held.values())
+
+            # Other customers buy; a retrain gives every item new factors.
+            docs = [event("order.placed", {"order_id": uid("o"), "lines": [
+                {"item_id": item, "quantity": 1, "unit_price": 2.0} for item in pair]},
+                uid(), minutes=n) for n, pair in enumerate(
+                    zip(cached.holder.current.item_ids[:40:2],
+                        cached.holder.current.item_ids[1:40:2], strict=True))]
+            async with EventProducer(s) as producer:
+                await producer.send_events([decode_event(msgspec.json.encode(d))
+                                            for d in docs])
+            await wait_caught_up(s, timeout=60)
+            v2 = (await train_once(s)).version
+            for state in (cached, plain):
+                await state.holder.refresh()
+            assert cached.holder.version == v2 != v1
+
+            moved = 0
+            for user in users:
+                a, b = await both(cached, plain, user)
+                assert answer(a) == answer(b) and a.model_version == v2
+                version, _, vec = cached.service._vectors[user]
+                assert version == v2
+                moved += not np.allclose(vec, held[user][2])
+            assert moved  # the old vectors were wrong for the new model
+
+    asyncio.run(check())
+
+
+def test_answers_equal_uncached_for_new_and_unknown_customers(loaded: Stack) -> None:
+    s = loaded.settings
+
+    async def check() -> None:
+        async with two_services(s) as (cached, plain):
+            for user in [uid("nobody"), *buyers(s, 3)]:
+                for _ in range(2):
+                    a, b = await both(cached, plain, user)
+                    assert answer(a) == answer(b) and a.strategy == b.strategy
+                view_a, view_b = (await cached.customers.view(user),
+                                  await plain.customers.view(user))
+                assert view_a.profile == view_b.profile
+
+    asyncio.run(check())
+
+
+
+def test_erasure_leaves_nothing_in_the_caches(loaded: Stack) -> None:
+    s = loaded.settings
+    user = buyers(s, 8)[-1]
+
+    async def check() -> None:
+        async with two_services(s) as (cached, plain):
+            await cached.service.recommendations(user, 10, None)
+            assert user in cached.customers._derived_cache
+            app = create_app(s)  # the erasure route of a third API process
+            async with app.router.lifespan_context(app), httpx.AsyncClient(
+                    transport=httpx.ASGITransport(app=app), base_url="http://api") as api:
+                resp = await api.delete(f"/v1/users/{user}",
+                                        headers={"authorization": f"Bearer {ADMIN_KEY}"})
+                assert resp.status_code == 202
+            key = cached.reader.keys.user(user, "rfm")
+            for _ in range(300):
+                if not await cached.redis.exists(key):
+                    break
+                await asyncio.sleep(0.1)
+            # The replica that did not take the DELETE: its entries no longer match.
+            a, b = await both(cached, plain, user)
+            assert answer(a) == answer(b) and a.strategy == "popular"
+            assert user not in cached.service._vectors
+            view = await cached.customers.view(user)
+            assert view.facts.orders == 0 and view.facts.purchases == ()
+
+    asyncio.run(check())
