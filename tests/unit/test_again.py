@@ -12,7 +12,7 @@ from typing import Any
 
 from aisle.settings import Settings
 from feature_store.keys import Keys
-from feature_store.reader import ItemInfo, UserState
+from feature_store.reader import CustomerRead, ItemInfo, UserState
 from serving.again import own_items, rebuy_reason, resume_reason
 from serving.service import RecommendationService
 
@@ -76,6 +76,9 @@ class FakeReader:
 
     async def user(self, user_id: str) -> UserState:
         return self.user_state
+
+    async def customer(self, user_id: str) -> CustomerRead:
+        return CustomerRead(self.user_state, (), ({}, {}), {})
 
     async def items(self, ids: list[str]) -> dict[str, ItemInfo]:
         return {i: self.catalog[i] for i in ids if i in self.catalog}
