@@ -8,7 +8,6 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 import redis
 from aiokafka import AIOKafkaConsumer
@@ -32,7 +31,7 @@ from streams.timers import refresh_population
 from streams.topics import EventProducer
 from tests.conftest import ONLINE_RETAIL
 from tests.integration.conftest import ADMIN_KEY, isolated_settings
-from tests.integration.util import event, eventually, uid
+from tests.integration.util import customers, event, eventually, keys_of, loaded, uid
 
 pytestmark = pytest.mark.integration
 PRIMARIES = 3
@@ -83,25 +82,6 @@ def store(stack: Stack) -> Iterator[redis.RedisCluster]:
 @pytest.fixture(scope="module")
 def model_version(stack: Stack) -> str:
     return asyncio.run(train_once(stack.settings)).version
-
-
-def keys_of(stack: Stack) -> Keys:
-    return Keys(stack.settings.features.key_prefix, stack.settings.features.shards)
-
-
-def loaded(api: httpx.Client, version: str) -> bool:
-    return api.get("/readyz").json().get("model_version") == version
-
-
-def customers(stack: Stack, store: redis.RedisCluster, min_orders: int = 3) -> list[str]:
-    k = keys_of(stack)
-    out = []
-    for shard in range(k.shards):
-        for raw in sorted(store.smembers(k.users(shard))):
-            n = store.hget(k.user(raw.decode(), "rfm"), "orders")
-            if n and float(n) >= min_orders:
-                out.append(raw.decode())
-    return sorted(out)
 
 
 def test_the_stack_runs_on_a_three_primary_cluster(stack: Stack, store) -> None:

@@ -6,22 +6,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 
-import httpx
 import pytest
-import redis
 
 from aisle.replay import replay_file
 from aisle.stack import Stack
 from feature_store.client import open_redis
 from feature_store.dump import dump_state
-from feature_store.keys import Keys
 from models.online import decode_vector
 from models.train import train_once
 from streams.lag import wait_caught_up
 from streams.rebuild import rebuild_from_log
 from tests.conftest import ONLINE_RETAIL, TAOBAO
 from tests.integration.conftest import ADMIN_KEY, isolated_settings
-from tests.integration.util import catalog, event, eventually, uid
+from tests.integration.util import catalog, customers, event, eventually, keys_of, loaded, uid
 
 pytestmark = pytest.mark.integration
 
@@ -42,25 +39,6 @@ def stack(servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
 @pytest.fixture(scope="module")
 def model_version(stack: Stack) -> str:
     return asyncio.run(train_once(stack.settings)).version
-
-
-def keys_of(stack: Stack) -> Keys:
-    return Keys(stack.settings.features.key_prefix, stack.settings.features.shards)
-
-
-def loaded(api: httpx.Client, version: str) -> bool:
-    return api.get("/readyz").json().get("model_version") == version
-
-
-def customers(stack: Stack, store: redis.Redis, min_orders: int = 3) -> list[str]:
-    k = keys_of(stack)
-    out = []
-    for shard in range(k.shards):
-        for raw in sorted(store.smembers(k.users(shard))):
-            n = store.hget(k.user(raw.decode(), "rfm"), "orders")
-            if n and float(n) >= min_orders:
-                out.append(raw.decode())
-    return sorted(out)
 
 
 def test_related_items_for_a_popular_product(api, stack, model_version) -> None:

@@ -6,7 +6,15 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from feature_store.keys import Keys
+
+if TYPE_CHECKING:
+    import httpx
+    import redis
+
+    from aisle.stack import Stack
 
 T = TypeVar("T")
 BASE = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
@@ -40,3 +48,25 @@ def event(type_: str, payload: dict[str, Any], user_id: str | None, minutes: flo
 def catalog(item_id: str, title: str, minutes: float = -60, **fields: Any) -> dict[str, Any]:
     return event("catalog.item_upserted", {"item_id": item_id, "title": title, **fields},
                  None, minutes)
+
+
+def keys_of(stack: Stack) -> Keys:
+    return Keys(stack.settings.features.key_prefix, stack.settings.features.shards)
+
+
+def loaded(api: httpx.Client, version: str) -> bool:
+    """Whether the API serves model ``version`` yet."""
+    return api.get("/readyz").json().get("model_version") == version
+
+
+def customers(stack: Stack, store: redis.Redis | redis.RedisCluster,
+              min_orders: int = 3) -> list[str]:
+    """The stack's customers with at least ``min_orders`` orders, read from the store."""
+    k = keys_of(stack)
+    out = []
+    for shard in range(k.shards):
+        for raw in sorted(store.smembers(k.users(shard))):
+            n = store.hget(k.user(raw.decode(), "rfm"), "orders")
+            if n and float(n) >= min_orders:
+                out.append(raw.decode())
+    return sorted(out)
