@@ -10,6 +10,7 @@ tuning never sees the test period.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,6 +105,20 @@ def split(events: list[AnyEvent], cut_ts: float, end_ts: float = np.inf) -> Spli
     out.history, out.future = dict(history), dict(future)
     out.baskets = [b for b in baskets.values() if len(b) > 1]
     out.train_baskets = [b for b in train_baskets.values() if len(b) > 1]
+    return out
+
+
+def order_baskets(events: Sequence[AnyEvent], start: float = -np.inf, end: float = np.inf,
+                  ) -> list[tuple[list[str], bool]]:
+    """Every order in ``[start, end)`` as the store's co-purchase fold sees it: its
+    distinct items in line order, guests' orders included; with whether a guest placed
+    it. (``Split.train_baskets`` holds registered customers' orders only.)"""
+    out = []
+    for ev in events:
+        if isinstance(ev, OrderPlaced) and start <= ev.ts < end:
+            items = list(dict.fromkeys(line.item_id for line in ev.payload.lines))
+            if len(items) > 1:
+                out.append((items, ev.user_id is None))
     return out
 
 
