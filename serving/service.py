@@ -155,7 +155,8 @@ class RecommendationService:
             keep = self._keeper(state, None, allow=set(state.bought))
             exclude |= set(state.negatives)
         await self._infos([item_id], flags)  # the anchor's title, for the reasons
-        cands = await self._related_candidates(item_id, art, flags, weight=1.0)
+        cands = await self._related_candidates(item_id, art, flags, weight=1.0,
+                                               als=self.settings.serving.related_blend_als)
         infos = await self._infos([item_id, *list(cands.scores)[: 4 * ALS_POOL]], flags)
         items = self._select(cands, infos, limit, exclude=exclude, keep=keep,
                              degraded=bool(flags))
@@ -172,7 +173,10 @@ class RecommendationService:
 
     async def _related_candidates(self, item_id: str, art: ModelArtifact | None,
                                   flags: list[str], weight: float,
-                                  reason: Reason | None = None) -> Candidates:
+                                  reason: Reason | None = None, als: float | None = None,
+                                  ) -> Candidates:
+        """An item's co-purchases, co-views and ALS neighbours; ``als`` overrides
+        ``blend_als`` (the related endpoint's own weight, ``related_blend_als``)."""
         s = self.settings.serving
         cands = Candidates()
         buy, view = await asyncio.gather(
@@ -189,7 +193,7 @@ class RecommendationService:
             sims = {art.item_ids[int(k)]: float(v)
                     for k, v in zip(art.similar_ids[j], art.similar_scores[j], strict=True)
                     if v > 0}
-            cands.add(sims, weight * s.blend_als,
+            cands.add(sims, weight * (s.blend_als if als is None else als),
                       reason or (lambda i: f"customers who like {anchor} also like this"))
         cands.scores.pop(item_id, None)
         return cands

@@ -1,0 +1,53 @@
+"""The related endpoint's own ALS weight (``serving.related_blend_als``): pure service
+parts over a stub reader, no store."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+
+from aisle.settings import Settings
+from models.artifacts import ModelArtifact
+from serving.service import RecommendationService
+
+
+class CoCounts:
+    """Only what ``_related_candidates`` reads: co-purchase and co-view counts."""
+
+    async def co_counts(self, kind: str, item_id: str, n: int = 50) -> dict[str, float]:
+        return {"bought_with": 3.0} if kind == "buy" else {}
+
+    def cached_item(self, item_id: str) -> Any:
+        return None
+
+
+def model() -> ModelArtifact:
+    ids = ["anchor", "als_neighbour", "bought_with"]
+    return ModelArtifact(version="v1", created_at=0.0, ref_ts=0.0,
+                         params={"regularization": 0.1, "alpha": 1.0}, item_ids=ids,
+                         item_factors=np.eye(3, dtype=np.float32),
+                         similar_ids=np.array([[1], [0], [0]], dtype=np.int32),
+                         similar_scores=np.array([[0.9], [0.9], [0.9]], dtype=np.float32),
+                         consumable=np.zeros(3, dtype=bool))
+
+
+def candidates(settings: Settings, als: float | None) -> dict[str, float]:
+    service = RecommendationService(settings, CoCounts(), None)  # type: ignore[arg-type]
+    cands = asyncio.run(service._related_candidates("anchor", model(), [], 1.0, als=als))
+    return cands.scores
+
+
+def test_the_related_endpoint_leaves_als_neighbours_out_by_default() -> None:
+    s = Settings()
+    assert s.serving.related_blend_als == 0.0
+    assert candidates(s, s.serving.related_blend_als) == {
+        "bought_with": s.serving.blend_copurchase}
+
+
+def test_its_weight_brings_them_back_and_recommendations_keep_blend_als() -> None:
+    s = Settings(serving={"related_blend_als": 0.5})
+    assert candidates(s, s.serving.related_blend_als)["als_neighbour"] == 0.5
+    # Recommendations' related candidates (no override) still weigh them by blend_als.
+    assert candidates(s, None)["als_neighbour"] == s.serving.blend_als
