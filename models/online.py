@@ -17,8 +17,9 @@ import numpy as np
 import redis.asyncio as aioredis
 
 from feature_store.keys import Keys
+from models.als import FoldIn
 from models.artifacts import ModelArtifact, load_current
-from models.matrix import decayed_weight
+from models.matrix import Interactions, decayed_weight
 
 log = logging.getLogger(__name__)
 
@@ -123,3 +124,34 @@ class UserVectorUpdater:
             pipe.set(self.keys.user(uid, "vec"), encode_vector(art.version, vec))
         await pipe.execute()
         return len(ids)
+
+
+def refresh_item_factors(art: ModelArtifact, inter: Interactions, items: set[str],
+                         ) -> tuple[np.ndarray, int]:
+    """``art``'s item factors with those of ``items`` re-solved against the current
+    interactions: every customer folded in against ``art`` (as the worker's fold-in
+    does), then each item's least-squares solve given those user factors — the user
+    fold-in with the roles swapped, the same numbers as ``implicit``'s
+    ``partial_fit_items``. Items ``art`` does not know keep no factors (brand-new items
+    hold ~0.5% of the new-items truth on Online Retail). Returns the new factors and
+    how many items were re-solved. Pure: reads and writes nothing.
+
+    Not wired into the worker yet (``benchmarks/stream_staleness.py`` measures it)."""
+    index = art.item_index
+    cols = np.array([index.get(i, -1) for i in inter.item_ids], dtype=np.int64)
+    x = inter.matrix.tocsr()
+    histories = []
+    for u in range(x.shape[0]):
+        lo, hi = x.indptr[u], x.indptr[u + 1]
+        idx = cols[x.indices[lo:hi]]
+        keep = idx >= 0
+        histories.append((idx[keep], x.data[lo:hi][keep]))
+    users = art.fold_in().solve_many(histories)
+    solver = FoldIn(users, art.params["regularization"], art.params["alpha"])
+    xt = x.T.tocsr()  # items × users
+    factors = art.item_factors.copy()
+    picked = [c for c, item in enumerate(inter.item_ids) if item in items and cols[c] >= 0]
+    for c in picked:
+        lo, hi = xt.indptr[c], xt.indptr[c + 1]
+        factors[cols[c]] = solver.solve(xt.indices[lo:hi], xt.data[lo:hi])
+    return factors, len(picked)
