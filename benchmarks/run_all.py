@@ -26,6 +26,9 @@ BENCHMARKS = [
     ("benchmarks.bench_similar", False),   # ~1 minute quiet (all pairs at 85k items)
     ("benchmarks.eval_quality", False),    # ~10 minutes: replays both datasets twice
     ("benchmarks.bench_basket_pairs", False),  # ~6 minutes: Online Retail 4 times
+    ("benchmarks.related_gap", False),  # ~4 minutes quiet: pure Python recounts
+    ("benchmarks.related_blend", False),  # ~3 minutes quiet: validation replay + 8 blends
+    ("benchmarks.stream_staleness", False),  # ~5 minutes quiet: Online Retail 3 times
     ("benchmarks.bench_soak", False),  # 10 minutes
 ]
 
