@@ -36,7 +36,6 @@ import argparse
 import bisect
 import json
 import math
-import os
 import random
 import sys
 import tempfile
@@ -49,7 +48,7 @@ from urllib.parse import unquote
 import psutil
 from rich.console import Console
 
-from benchmarks.bench_serving import SEED, processes
+from benchmarks.bench_serving import SEED, pin, processes
 from benchmarks.serving_load import LoadGenerator, summary_ms
 from benchmarks.serving_report import RESULTS, machine, open_point, write_json
 from benchmarks.serving_stack import DATA, item_ids, loaded_stack, paths, user_ids
@@ -118,14 +117,6 @@ class CpuSampler:
                         ours += share
             out["others"].append(max(0.0, (b1 - b0) / dt - ours))
         return out
-
-
-def pin(pids: dict[str, int]) -> dict[str, list[int]]:
-    if (os.cpu_count() or 1) < 2:
-        return {}
-    os.sched_setaffinity(pids["generator"], {0})
-    os.sched_setaffinity(pids["api"], {1})
-    return {"generator": [0], "api": [1]}
 
 
 def split(gen: dict[str, Any], api_requests: list[list[Any]]) -> list[dict[str, float]]:
