@@ -28,11 +28,16 @@ def set_gen0_threshold(threshold: int) -> None:
 
 
 async def freeze_survivors(interval_s: float) -> None:
+    """Run for the app's lifetime; on cancel (shutdown) the collector sees all again, so
+    an app created inside another process (the tests) leaves it as it was."""
     gc.collect()  # once, at start-up: nothing is waiting on the loop yet
     gc.freeze()
-    while True:
-        await asyncio.sleep(interval_s)
-        # Young cyclic garbage goes first (a gen-1 pass: a few ms), so what is frozen is
-        # live data and whatever cyclic garbage already sat in the old generation.
-        gc.collect(1)
-        gc.freeze()  # O(1): splices the generations' lists into the permanent one
+    try:
+        while True:
+            await asyncio.sleep(interval_s)
+            # Young cyclic garbage goes first (a gen-1 pass: a few ms), so what is frozen
+            # is live data and whatever cyclic garbage already sat in the old generation.
+            gc.collect(1)
+            gc.freeze()  # O(1): splices the generations' lists into the permanent one
+    finally:
+        gc.unfreeze()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import math
@@ -15,7 +16,7 @@ from starlette.routing import Route
 
 from benchmarks.serving_timeline import STAGES, split
 from serving import timeline as tl
-from serving.gc_tuning import set_gen0_threshold
+from serving.gc_tuning import freeze_survivors, set_gen0_threshold
 
 
 def test_awaits_are_booked_to_the_request_task_only() -> None:
@@ -111,3 +112,18 @@ def test_gen0_threshold_zero_leaves_python_default() -> None:
         assert gc.get_threshold() == (5000, *before[1:])
     finally:
         gc.set_threshold(*before)
+
+
+def test_freeze_survivors_freezes_and_gives_back_on_shutdown() -> None:
+    async def scenario() -> tuple[int, int]:
+        task = asyncio.create_task(freeze_survivors(0.01))
+        await asyncio.sleep(0.05)
+        frozen = gc.get_freeze_count()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return frozen, gc.get_freeze_count()
+
+    gc.unfreeze()
+    during, after = asyncio.run(scenario())
+    assert during > 0 and after == 0
