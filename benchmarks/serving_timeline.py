@@ -167,12 +167,16 @@ def integrate(cpu: dict[str, list[float]], key: str, lo: float, hi: float) -> fl
 
 def gc_by_generation(spans: list[list[float]], lo: float, hi: float) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for start, pause, gen, _ in spans:
+    for start, pause, gen, _, *cpu in spans:
         if lo <= start <= hi:
-            g = out.setdefault(f"gen{gen}", {"pauses": 0, "total_ms": 0.0, "max_ms": 0.0})
+            g = out.setdefault(f"gen{gen}", {"pauses": 0, "total_ms": 0.0, "max_ms": 0.0,
+                                             "cpu_total_ms": 0.0, "cpu_max_ms": 0.0})
             g["pauses"] += 1
             g["total_ms"] = round(g["total_ms"] + pause * 1e3, 3)
             g["max_ms"] = round(max(g["max_ms"], pause * 1e3), 3)
+            if cpu:  # the collector's own CPU; wall - CPU = the OS ran someone else
+                g["cpu_total_ms"] = round(g["cpu_total_ms"] + cpu[0] * 1e3, 3)
+                g["cpu_max_ms"] = round(max(g["cpu_max_ms"], cpu[0] * 1e3), 3)
     return out
 
 
@@ -239,7 +243,7 @@ def plot_window(name: str, endpoint: str, rows: list[dict[str, float]], api: dic
     ax[1].legend(fontsize=7, loc="upper right")
     for spans, color, label in ((api["gc"], "tab:red", "API GC"),
                                 (gen["gc"], "tab:purple", "generator GC")):
-        for s, d, g, _ in spans:
+        for s, d, g, *_ in spans:
             if lo <= s <= hi:
                 ax[2].barh(label, max(d, 2e-4), left=s - t0, color=color)
                 ax[2].text(s - t0, label, f"g{g} {d * 1e3:.1f}", fontsize=6)

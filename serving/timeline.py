@@ -67,8 +67,10 @@ class Timeline:
         # (path, called, response_start, end, status, redis_s, kafka_s, redis_n, kafka_n)
         self.requests: list[tuple[Any, ...]] = []
         self.lag: list[tuple[float, float]] = []         # (woke, late_s)
-        self.gc: list[tuple[float, float, int, int]] = []  # (start, pause_s, gen, collected)
-        self._gc_start = 0.0
+        # (start, pause_s, generation, collected, cpu_s): a pause's wall time includes
+        # time the OS ran other processes; cpu_s is the collector's own work.
+        self.gc: list[tuple[float, float, int, int, float]] = []
+        self._gc_start = self._gc_cpu = 0.0
         self._ticker: asyncio.Task[None] | None = None
         self._unpatch: list[Callable[[], None]] = []
 
@@ -105,11 +107,12 @@ class Timeline:
     # ------------------------------------------------------------ recorders
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         now = time.perf_counter()
+        cpu = time.thread_time()
         if phase == "start":
-            self._gc_start = now
+            self._gc_start, self._gc_cpu = now, cpu
         else:
             self.gc.append((self._gc_start, now - self._gc_start, info.get("generation", -1),
-                            info.get("collected", 0)))
+                            info.get("collected", 0), cpu - self._gc_cpu))
 
     async def _tick(self) -> None:
         loop_sleep = asyncio.sleep
