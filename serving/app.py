@@ -129,12 +129,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             yield
         finally:
+            if timeline is not None:  # first: its dump counts what is still frozen
+                await timeline.stop()
             if gc_task is not None:
                 gc_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await gc_task
-            if timeline is not None:
-                await timeline.stop()
             await holder.stop()
             await population.stop()
             await routes.drain_exposures()
