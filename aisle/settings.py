@@ -169,6 +169,16 @@ class ServingSettings(BaseModel):
     # Serve the demo storefront (/demo) and the operator's page (/ops) with their JSON;
     # turn off on a public deployment: they list customer ids and pipeline internals.
     pages: bool = True
+    # Per-request timeline (serving/timeline.py): when set, the API records each request's
+    # stages, its event loop's lag and GC pauses, and writes them here on shutdown. A
+    # benchmark's tool (benchmarks/serving_timeline.py); off (None) costs nothing.
+    timeline_path: Path | None = None
+    # Garbage collector (serving/gc_tuning.py): freeze what survived every this many
+    # seconds so full collections stop traversing the model, catalog and caches (at
+    # 1,000 req/s: 1.5 s of gen-2 pauses in 15 s, up to 238 ms each, vs 0.2 s and 81 ms
+    # frozen every 10 s; benchmarks/README.md); 0 = off. gen0 threshold 0 = Python's (700).
+    gc_freeze_s: float = Field(10.0, ge=0)
+    gc_gen0_threshold: int = Field(0, ge=0)
 
 
 class PushSettings(BaseModel):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import random
 import subprocess
 import sys
@@ -81,6 +82,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--api-env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra environment for the worker and API processes, to try a "
                         "change without editing code (e.g. OPENBLAS_NUM_THREADS=1)")
+    p.add_argument("--pin", action="store_true",
+                   help="generator on CPU 0, API on CPU 1 (os.sched_setaffinity): the load "
+                        "comes from elsewhere in production; worker, Valkey, broker unpinned")
     p.add_argument("--out", default=None,
                    help="result file stem in benchmarks/results (serving, serving_quick)")
     args = p.parse_args(argv)
@@ -180,6 +184,15 @@ def peak(gen: LoadGenerator, loaded: Loaded, requests: dict[str, list[str]],
             "all_rps": {e: [r["rps"] for r in rs] for e, rs in runs.items()}}
 
 
+def pin(pids: dict[str, int]) -> dict[str, list[int]]:
+    """Generator on CPU 0, API on CPU 1, so neither takes the other's core."""
+    if (os.cpu_count() or 1) < 2:
+        return {}
+    os.sched_setaffinity(pids["generator"], {0})
+    os.sched_setaffinity(pids["api"], {1})
+    return {"generator": [0], "api": [1]}
+
+
 def with_api_ms(cpu: dict[str, Any], answered: int) -> dict[str, Any]:
     api_s = cpu["process_s"].get("api")
     if api_s is not None and answered:
@@ -207,6 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     with loaded_stack(args.data, args.limit_rows, console.log, extra_env) as loaded, \
             LoadGenerator() as gen:
         result["setup"] = loaded.setup
+        result["pinned"] = pin(processes(loaded, gen)) if args.pin else {}
         items, users = item_ids(loaded, rng), user_ids(loaded, rng)
         requests = {e: paths(e, items, users) for e in ENDPOINTS}
         result["requests"] = {"distinct_items": len(set(items)),

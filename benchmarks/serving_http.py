@@ -32,6 +32,8 @@ class Sent:
     waited: float
     degraded: bool = False  # a 200 the API answered without its store ("degraded": true)
     issued: bool = False    # an offers answer that issued a new offer
+    first_byte: float = 0.0  # when the answer's first bytes reached us (raw client only)
+    last_byte: float = 0.0   # when its last bytes did (before our task resumed)
 
 
 class Client(Protocol):
@@ -53,11 +55,15 @@ class _Connection(asyncio.Protocol):
         self.body_at = 0
         self.end: int | None = None  # buffer offset where the current response ends
         self.lost = False
+        self.first_at = 0.0  # arrival of the current response's first and last bytes
+        self.last_at = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if not self.first_at:
+            self.first_at = time.perf_counter()
         self.buffer += data
         if self.waiter is not None and not self.waiter.done():
             try:
@@ -89,6 +95,7 @@ class _Connection(asyncio.Protocol):
             issued = self.buffer.find(ISSUED, self.body_at, self.end) >= 0
             del self.buffer[: self.end]
             self.end = None
+            self.last_at = time.perf_counter()
             assert self.waiter is not None
             self.waiter.set_result((self.status, degraded, issued))
 
@@ -97,6 +104,7 @@ class _Connection(asyncio.Protocol):
         if self.lost or self.transport.is_closing():
             raise ConnectionError("connection closed before the request was sent")
         self.waiter = asyncio.get_running_loop().create_future()
+        self.first_at = self.last_at = 0.0
         self.transport.write(raw)
         return await self.waiter
 
@@ -137,7 +145,8 @@ class RawPool:
                 self.open.discard(conn)
             else:
                 self.idle.append(conn)
-        return Sent(status, sent_at, sent_at - asked, degraded, issued)
+        return Sent(status, sent_at, sent_at - asked, degraded, issued, conn.first_at,
+                    conn.last_at)
 
     async def _idle_or_new(self) -> _Connection:
         # The server closes connections idle past its keep-alive timeout (uvicorn: 5 s);

@@ -20,6 +20,8 @@ timeouts. With a few dozen sockets ``select()`` costs nothing over epoll.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import json
 import math
 import selectors
@@ -67,7 +69,7 @@ async def _warm(client: Client, paths: list[str], connections: int) -> None:
 
 
 async def open_loop(client: Client, paths: list[str], rate: float, seconds: float,
-                    drain_s: float) -> dict[str, Any]:
+                    drain_s: float, timeline: bool = False) -> dict[str, Any]:
     n = max(1, round(rate * seconds))
     interval = 1.0 / rate
     latency = [math.nan] * n
@@ -77,6 +79,11 @@ async def open_loop(client: Client, paths: list[str], rate: float, seconds: floa
     errors: Counter[str] = Counter()
     degraded = 0
     issued = [False] * n
+    # With ``timeline``: per request (the generator started it, it reached the socket,
+    # first byte, last byte, our task resumed), on perf_counter, which the API's timeline
+    # shares (CLOCK_MONOTONIC). started -> sent is the wait for a free connection.
+    marks: list[tuple[float, ...]] = [(math.nan,) * 5] * n
+    probe = LoopProbe() if timeline else None
 
     async def one(i: int, due: float) -> None:
         nonlocal degraded
@@ -91,10 +98,15 @@ async def open_loop(client: Client, paths: list[str], rate: float, seconds: floa
             waited[i] = sent.waited
             degraded += sent.degraded
             issued[i] = sent.issued
+            if timeline:
+                marks[i] = (started, sent.sent_at, sent.first_byte, sent.last_byte,
+                            time.perf_counter())
         latency[i] = time.perf_counter() - due
         late[i] = started - due
 
     tasks: set[asyncio.Task[None]] = set()
+    if probe is not None:
+        probe.start()
     start = time.perf_counter() + 0.01
     i = 0
     while i < n:
@@ -113,6 +125,8 @@ async def open_loop(client: Client, paths: list[str], rate: float, seconds: floa
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
     stopped = time.perf_counter()
+    if probe is not None:
+        await probe.stop()
     unfinished = [k for k in range(n) if status[k] == UNFINISHED]
     for k in unfinished:  # a lower bound: it had waited this long when we gave up
         latency[k] = stopped - (start + k * interval)
@@ -131,7 +145,51 @@ async def open_loop(client: Client, paths: list[str], rate: float, seconds: floa
         "issued": sum(issued),
         "issued_latency_ms": summary_ms([latency[k] for k in range(n) if issued[k]]),
         "not_issued_latency_ms": summary_ms([latency[k] for k in range(n) if not issued[k]]),
+        **({"timeline": {"start": start, "interval": interval,
+                         "paths": [paths[k % len(paths)] for k in range(n)],
+                         "marks": marks, **probe.dump()}} if probe is not None else {}),
     }
+
+
+class LoopProbe:
+    """The generator's own stalls: a 1 ms ticker's lateness and the GC's pauses."""
+
+    def __init__(self, tick_s: float = 0.001) -> None:
+        self.tick_s = tick_s
+        self.lag: list[tuple[float, float]] = []
+        self.gc: list[tuple[float, float, int, int]] = []
+        self._gc_start = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        gc.callbacks.append(self._on_gc)
+        self._task = asyncio.get_running_loop().create_task(self._tick())
+
+    async def stop(self) -> None:
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self._on_gc)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def dump(self) -> dict[str, Any]:
+        return {"loop_lag": self.lag, "gc": self.gc}
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        now = time.perf_counter()
+        if phase == "start":
+            self._gc_start = now
+        else:
+            self.gc.append((self._gc_start, now - self._gc_start,
+                            info.get("generation", -1), info.get("collected", 0)))
+
+    async def _tick(self) -> None:
+        while True:
+            due = time.perf_counter() + self.tick_s
+            await asyncio.sleep(self.tick_s)
+            woke = time.perf_counter()
+            self.lag.append((woke, woke - due))
 
 
 async def closed_loop(client: Client, paths: list[str], seconds: float, warmup_s: float,
@@ -172,7 +230,7 @@ async def run_job(job: dict[str, Any]) -> dict[str, Any]:
         await _warm(client, job["paths"], job["connections"])
         if job["mode"] == "open":
             return await open_loop(client, job["paths"], job["rate"], job["seconds"],
-                                   job.get("drain_s", 5.0))
+                                   job.get("drain_s", 5.0), job.get("timeline", False))
         return await closed_loop(client, job["paths"], job["seconds"],
                                  job.get("warmup_s", 1.0), job["connections"])
     finally:

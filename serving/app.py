@@ -28,6 +28,7 @@ from serving import routes, web
 from serving.crm import CustomerService, PopulationHolder
 from serving.errors import AisleError, BrokerUnavailable
 from serving.experiments import ExperimentRegistry
+from serving.gc_tuning import freeze_survivors, set_gen0_threshold
 from serving.schemas import ErrorBody
 from serving.service import RecommendationService
 from streams.topics import EventProducer
@@ -87,6 +88,11 @@ class AppState:
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = resolve(settings or Settings())
+    timeline = None
+    if settings.serving.timeline_path is not None:
+        from serving.timeline import Timeline
+
+        timeline = Timeline(settings.serving.timeline_path)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -114,9 +120,21 @@ def create_app(settings: Settings | None = None) -> Starlette:
                          Producer(settings), population, customers)
         state.experiments = ExperimentRegistry(client, keys, settings.serving.cache_ttl_s)
         app.state.aisle = state
+        if timeline is not None:
+            timeline.start()
+        gc_task = None
+        set_gen0_threshold(settings.serving.gc_gen0_threshold)
+        if settings.serving.gc_freeze_s > 0:
+            gc_task = asyncio.create_task(freeze_survivors(settings.serving.gc_freeze_s))
         try:
             yield
         finally:
+            if timeline is not None:  # first: its dump counts what is still frozen
+                await timeline.stop()
+            if gc_task is not None:
+                gc_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await gc_task
             await holder.stop()
             await population.stop()
             await routes.drain_exposures()
@@ -125,6 +143,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await client.aclose()
 
     middleware = []
+    if timeline is not None:
+        from serving.timeline import TimelineMiddleware
+
+        middleware.append(Middleware(TimelineMiddleware, timeline=timeline))
     if settings.serving.cors_origins:
         middleware.append(Middleware(CORSMiddleware, allow_origins=settings.serving.cors_origins,
                                      allow_methods=["GET", "POST"], allow_headers=["*"],
