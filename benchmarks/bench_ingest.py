@@ -66,6 +66,7 @@ from rich.console import Console
 from rich.table import Table
 
 from aisle.replay import replay_file
+from aisle.runtime import allocator_of
 from aisle.settings import Settings
 from aisle.stack import Stack
 from benchmarks.bench_foldin import ROOT, machine, write_result
@@ -495,6 +496,10 @@ def main() -> None:
     tree = tree_state()
     tmp = Path(tempfile.mkdtemp(prefix="aisle-bench-ingest-"))
     stack = Stack.start(bench_settings(tmp), workers=0, api=False)
+    # The embedded Valkey preloads jemalloc when the machine has it (aisle.runtime).
+    store_malloc = next(allocator_of(p.proc.pid) for p in stack.embedded.processes
+                        if p.name == "valkey")
+    console.print(f"embedded Valkey malloc: {store_malloc}")
     try:
         workloads = asyncio.run(run(stack, args.quick, args.retail, rounds,
                                          args.variants))
@@ -511,6 +516,7 @@ def main() -> None:
                            "batch_within_s": s.worker.batch_within_s,
                            "shards": s.features.shards, "partitions": s.topics.partitions,
                            "factors": s.model.factors},
+              "store_malloc": store_malloc,
               "method": __doc__.split("\n\n", 2)[2].strip(),
               "workloads": workloads}
     report(workloads)
