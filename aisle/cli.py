@@ -9,7 +9,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -52,6 +52,7 @@ def up(
     stack = Stack.start(settings, workers=workers, api_port=port or None)
     path = stack.record()
     kind = " (Redis Cluster)" if stack.settings.redis_cluster else ""
+    kind += _store_malloc(stack)
     console.print(f"broker  {stack.settings.kafka_url}\nstore   {stack.settings.redis_url}{kind}\n"
                   f"workers {len(stack.workers)} (logs in {stack.log_dir})\n"
                   f"runtime {path}")
@@ -60,6 +61,17 @@ def up(
     console.print("stopping…")
     stack.stop()
     path.unlink(missing_ok=True)
+
+
+def _store_malloc(stack: Any) -> str:
+    """Which malloc the embedded Valkey runs with (jemalloc is preloaded when installed);
+    empty for a store given by URL."""
+    from aisle.runtime import allocator_of
+
+    pids = [p.proc.pid for p in stack.embedded.processes if p.name.startswith("valkey")]
+    if not pids:
+        return ""
+    return f" (malloc: {', '.join(sorted({allocator_of(pid) for pid in pids}))})"
 
 
 def _wait_for_signal() -> None:

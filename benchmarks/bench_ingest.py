@@ -66,6 +66,7 @@ from rich.console import Console
 from rich.table import Table
 
 from aisle.replay import replay_file
+from aisle.runtime import allocator_of
 from aisle.settings import Settings
 from aisle.stack import Stack
 from benchmarks.bench_foldin import ROOT, machine, write_result
@@ -212,6 +213,7 @@ def _reader_row(code: str, timing: ReadTiming, meter: CpuMeter) -> dict[str, Any
             "first_batch_records": timing.first_batch,
             "startup_s": round(timing.first_s - timing.started_s, 3),
             "cpu_s": meter.used, "others_cpu_s": meter.others,
+            "main_thread_shares": meter.shares,
             "cpu_window_s": round(window, 3)}
 
 
@@ -253,6 +255,7 @@ async def workers(bench: Bench, w: Workload, code: str, rnd: int, count: int,
             "startup_s": round(ready - spawned, 3),
             "release_to_first_s": round(progress.first_s - released, 3),
             "cpu_s": meter.used, "others_cpu_s": meter.others,
+            "main_thread_shares": meter.shares,
             "cpu_window_s": round(progress.done_s - released, 3), **lua}
 
 
@@ -321,6 +324,12 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "others_cpu_s_median": round(statistics.median(r["others_cpu_s"] for r in mine), 2),
             "lua_server_s_median": round(
                 statistics.median(r.get("lua_server_s", 0.0) for r in mine), 2),
+            # Main threads' wall time: on a core / waiting for one / blocked (ingest_probe).
+            "main_thread_shares_median": {
+                n: {part: round(statistics.median(r["main_thread_shares"][n][part]
+                                                  for r in mine), 3)
+                    for part in ("on_cpu", "runqueue", "blocked")}
+                for n in mine[0].get("main_thread_shares", {})},
         }
     return out
 
@@ -424,6 +433,13 @@ def report(workloads: dict[str, Any]) -> None:
                           f"{per_event.get('valkey', 0):.1f}", f"{v['others_cpu_s_median']:.1f}",
                           f"{v['lua_server_s_median']:.2f}")
         console.print(table)
+        for code, v in w["summary"].items():
+            shares = v.get("main_thread_shares_median", {})
+            parts = [f"{n} {sh['on_cpu']:.0%}/{sh['runqueue']:.0%}/{sh['blocked']:.0%}"
+                     for n, sh in shares.items() if "poller" not in n]
+            if parts:
+                console.print(f"  {code} main threads, on a core/waiting for one/blocked: "
+                              + ", ".join(parts))
         base = [b["events_per_s"] for b in w["baselines"]]
         console.print(f"baseline a, before each variant and after the last (events/s): "
                       f"{', '.join(f'{b:,}' for b in base)}")
@@ -495,6 +511,10 @@ def main() -> None:
     tree = tree_state()
     tmp = Path(tempfile.mkdtemp(prefix="aisle-bench-ingest-"))
     stack = Stack.start(bench_settings(tmp), workers=0, api=False)
+    # The embedded Valkey preloads jemalloc when the machine has it (aisle.runtime).
+    store_malloc = next(allocator_of(p.proc.pid) for p in stack.embedded.processes
+                        if p.name == "valkey")
+    console.print(f"embedded Valkey malloc: {store_malloc}")
     try:
         workloads = asyncio.run(run(stack, args.quick, args.retail, rounds,
                                          args.variants))
@@ -511,6 +531,7 @@ def main() -> None:
                            "batch_within_s": s.worker.batch_within_s,
                            "shards": s.features.shards, "partitions": s.topics.partitions,
                            "factors": s.model.factors},
+              "store_malloc": store_malloc,
               "method": __doc__.split("\n\n", 2)[2].strip(),
               "workloads": workloads}
     report(workloads)

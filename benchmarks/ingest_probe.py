@@ -146,26 +146,55 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+def main_thread_sched(pid: int) -> tuple[float, float]:
+    """Seconds a process's main thread has run on a CPU and waited, runnable, for one
+    (``/proc/<pid>/schedstat``: the scheduler's own accounting, in ns)."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            on_cpu, waiting, _ = f.read().split()
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    return int(on_cpu) / 1e9, int(waiting) / 1e9
+
+
 class CpuMeter:
     """CPU seconds of named processes between ``start()`` and ``stop()``, and of
-    everything else on the machine (``others``: other tenants of a shared box)."""
+    everything else on the machine (``others``: other tenants of a shared box).
+
+    ``shares`` splits each main thread's wall time in the window three ways: running on
+    a core, runnable but waiting for a core (the machine is busy: on a shared box, the
+    other tenants), and neither (blocked: waiting for a reply from Valkey or the broker,
+    or idle). For a worker, the last is what overlap can win back; the second is not."""
 
     def __init__(self, pids: dict[str, int]) -> None:
         self.pids = pids
         self._start: dict[str, float] = {}
+        self._sched: dict[str, tuple[float, float]] = {}
         self._machine = 0.0
+        self._wall = 0.0
         self.used: dict[str, float] = {}
         self.others = 0.0
+        self.shares: dict[str, dict[str, float]] = {}
 
     def start(self) -> None:
         self._start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self._sched = {name: main_thread_sched(pid) for name, pid in self.pids.items()}
         self._machine = machine_busy_seconds()
+        self._wall = time.perf_counter()
 
     def stop(self) -> dict[str, float]:
+        wall = time.perf_counter() - self._wall
         machine = machine_busy_seconds() - self._machine
         self.used = {name: round(cpu_seconds(pid) - self._start[name], 3)
                      for name, pid in self.pids.items()}
         self.others = round(max(0.0, machine - sum(self.used.values())), 3)
+        self.shares = {}
+        for name, pid in self.pids.items():
+            on_cpu, waiting = main_thread_sched(pid)
+            run = (on_cpu - self._sched[name][0]) / wall if wall > 0 else 0.0
+            queued = (waiting - self._sched[name][1]) / wall if wall > 0 else 0.0
+            self.shares[name] = {"on_cpu": round(run, 3), "runqueue": round(queued, 3),
+                                 "blocked": round(max(0.0, 1 - run - queued), 3)}
         return self.used
 
 

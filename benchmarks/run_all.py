@@ -15,6 +15,7 @@ BENCHMARKS = [
     ("benchmarks.bench_training", False),
     ("benchmarks.bench_retrain", False),
     ("benchmarks.bench_ingest", True),
+    ("benchmarks.bench_store_malloc", True),  # Valkey with libc malloc vs jemalloc, ~2 min
     ("benchmarks.bench_freshness", True),
     ("benchmarks.bench_serving", True),
     ("benchmarks.bench_cluster", True),   # one Valkey vs a 3-primary cluster, ~6 minutes
