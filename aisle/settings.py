@@ -113,6 +113,9 @@ class ModelSettings(BaseModel):
     # Items bought/viewed by fewer customers are never ALS neighbours (they still get
     # neighbours): keeps the all-pairs similar-items step off the n² path (models/train.py).
     similar_min_support: int = Field(2, ge=1)
+    # Item-kNN neighbours (cosine over the training matrix) published per item with the
+    # model, for "similar to what you just viewed" (serving/viewed.py); 0 = none.
+    knn_neighbours: int = Field(50, ge=0, le=500)
     # Where full retrains run: "gpu" (implicit's CUDA ALS; a process that cannot use one
     # refuses to start), "cpu", or "auto" (the GPU when implicit.gpu.HAS_CUDA). Fold-in
     # and serving stay on the CPU either way.
@@ -143,6 +146,16 @@ class ServingSettings(BaseModel):
     # A viewed item's weight halves per this long between its last view and the
     # customer's latest one.
     resume_half_life_h: float = Field(6.0, gt=0)
+    # Similar to what you just viewed (serving/viewed.py): the neighbours of the
+    # customer's strongest recent items (anchors, weighted like the resume source with
+    # their own half-life), from the model's published item-kNN ("knn") or ALS ("als")
+    # neighbours; "row" scales each anchor's similarities by its best one.
+    blend_viewed_similar: float = Field(1.0, ge=0)
+    viewed_similar_half_life_h: float = Field(1.0, gt=0)
+    viewed_similar_anchors: int = Field(10, ge=1, le=100)
+    viewed_similar_neighbours: int = Field(20, ge=1, le=500)
+    viewed_similar_source: Literal["knn", "als"] = "knn"
+    viewed_similar_norm: Literal["cosine", "row"] = "cosine"
     cache_ttl_s: float = 2.0
     # Related items for anonymous visitors (product pages): the same for everyone and
     # moved by co-purchase counts over thousands of orders, so half a minute old is fresh
