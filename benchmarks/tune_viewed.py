@@ -13,10 +13,16 @@ settings, so every trial answers from the same state for the same customers.
 
 Search (random, seeded): ``blend_viewed_similar`` (the source's weight), its anchors'
 half-life, how many anchors and how many neighbours per anchor, which neighbours (the
-published item-kNN cosine or the ALS factor cosine) and their normalisation. The live
-co-view / co-purchase counts are the existing session source (``blend_session``, the
-five latest views, read from the store per request); after the search, one-factor
-checks around the winner show what each choice is worth, that source included.
+published item-kNN cosine or the ALS factor cosine) and their normalisation, and the
+weight of the live co-view / co-purchase counts: those are the existing session source
+(``blend_session``, the five latest views, read from the store per request), candidate
+(a) of the three. After the search, one-factor checks around the winner show what each
+choice is worth.
+
+Round 1 (``results/tune_viewed_round1.json``) had bought items as anchors too and kept
+``blend_session`` at its default; on Online Retail (only purchases) any weight above
+0.5 lost 2–50% of Recall@20, so bought items are no longer anchors (their neighbours
+are substitutes) and round 2 (this file's default) also searches ``blend_session``.
 
 Objective: the mean relative gain in Recall@20 and NDCG@20 (all items) over the two
 datasets, against the source off. A point that lowers either Online Retail metric by
@@ -63,7 +69,8 @@ def sample(rng: np.random.Generator) -> dict[str, Any]:
             "viewed_similar_anchors": int(rng.choice([3, 5, 10, 20])),
             "viewed_similar_neighbours": int(rng.choice([5, 10, 20, 50])),
             "viewed_similar_source": str(rng.choice(["knn", "als"])),
-            "viewed_similar_norm": str(rng.choice(["cosine", "row"]))}
+            "viewed_similar_norm": str(rng.choice(["cosine", "row"])),
+            "blend_session": float(rng.choice([0.0, 0.5, 1.0, 2.0]))}
 
 
 def current() -> dict[str, Any]:
@@ -112,7 +119,7 @@ def checks(best: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=20, help="random points")
+    parser.add_argument("--trials", type=int, default=24, help="random points")
     args = parser.parse_args()
     tree = tree_state()
     splits = {name: validation_split(load(name)) for name in sorted(DATASETS)}
@@ -137,7 +144,7 @@ def main() -> None:
                      "gain_vs_off": round(g, 4), "eligible": ok,
                      "seconds": round(time.perf_counter() - started, 1)})
         console.print(f"  {label:<40} gain {g:+.3f} {'ok ' if ok else 'OR-'} "
-                      f"{got} { {k: point[k] for k in KEYS} }")
+                      f"{got} { {k: point[k] for k in (*KEYS, 'blend_session')} }")
 
     async def run() -> None:
         sessions: dict[str, StoreSession] = {}

@@ -35,14 +35,17 @@ def recent_anchors(state: UserState, half_life_s: float, limit: int) -> dict[str
     source weighs a viewed item (``serving/again.py``): its interaction weight relative
     to the strongest, halving per ``half_life_s`` between its last view and the
     customer's latest one (an item out of the recent views counts as old as the oldest).
-    Bought and carted items are anchors too: what goes with them is still a candidate.
+    Carted items are anchors; bought ones are not: a bought item's neighbours are its
+    substitutes (a second kettle), and on Online Retail, where every item is bought,
+    they cost up to half of Recall@20 on validation (``results/tune_viewed_round1.json``).
 
-    >>> s = UserState("u", [("b", 100.0), ("a", 40.0)], {}, {}, {}, {},
-    ...               [(b"a", 1.0), (b"b", 1.0), (b"c", 3.0)], None, {})
+    >>> s = UserState("u", [("b", 100.0), ("a", 40.0)], {}, {"d": 1}, {}, {},
+    ...               [(b"a", 1.0), (b"b", 1.0), (b"c", 3.0), (b"d", 5.0)], None, {})
     >>> {k: round(v, 3) for k, v in recent_anchors(s, 60.0, 2).items()}
     {'c': 0.5, 'b': 0.135}
     """
-    weights = {(m.decode() if isinstance(m, bytes) else m): w for m, w in state.interactions}
+    weights = {item: w for m, w in state.interactions
+               if (item := m.decode() if isinstance(m, bytes) else m) not in state.bought}
     if not weights or limit <= 0:
         return {}
     top = max(weights.values())
@@ -104,8 +107,6 @@ def published_neighbours(art: ModelArtifact | None, source: str) -> Neighbours:
 
 
 def similar_reason(anchor: str, state: UserState, title: str) -> str:
-    if anchor in state.bought:
-        return f"because you bought {title}"
     if anchor in state.cart:
         return f"because you added {title} to your cart"
     return f"because you viewed {title}"

@@ -36,11 +36,11 @@ def test_recent_items_weigh_more_and_the_strongest_are_kept() -> None:
     assert list(recent_anchors(s, 3600, 2)) == ["often", "new"]  # the limit keeps the best
 
 
-def test_bought_and_carted_items_are_anchors_too() -> None:
+def test_carted_items_are_anchors_and_bought_ones_are_not() -> None:
+    # A bought item's neighbours are its substitutes: nobody wants a second kettle.
     s = state(views=[("a", 10.0)], bought={"b": 1}, cart={"c": 1.0},
-              ia={"a": 0.0, "b": 0.0, "c": 0.0})
-    assert set(recent_anchors(s, 3600, 10)) == {"a", "b", "c"}
-    assert similar_reason("b", s, "Kettle") == "because you bought Kettle"
+              ia={"a": 0.0, "b": 5.0, "c": 0.0})
+    assert set(recent_anchors(s, 3600, 10)) == {"a", "c"}
     assert similar_reason("c", s, "Mug") == "because you added Mug to your cart"
     assert similar_reason("a", s, "Lamp") == "because you viewed Lamp"
 
@@ -135,7 +135,7 @@ def served(s, knn=None, **serving: float) -> dict[str, str]:  # type: ignore[no-
 
 def test_neighbours_show_with_their_reason_and_every_filter_applies() -> None:
     s = state(views=[("lamp", 100.0)], bought={"fridge": 1, "cups": 2},
-              ia={"lamp": 1.0, "fridge": 1.0, "cups": 1.0},
+              ia={"lamp": 1.0, "fridge": 3.0, "cups": 3.0},
               dislikes={"material:polyester": {"source": "staff"}},
               negatives={"broken": {"reason": "complaint"}})
     got = served(s)
