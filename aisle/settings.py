@@ -138,6 +138,9 @@ class ServingSettings(BaseModel):
     # 2.0 until the viewed-similar search (benchmarks/tune_viewed.py): on Taobao the
     # live co-counts of the latest views crowded the customer's own items out (NDCG).
     blend_session: float = 0.5
+    # Win-back items ("you saved this", "you used to buy this"): blend_session's weight
+    # until the viewed-similar search lowered that one for the co-counts it was about.
+    blend_winback: float = Field(2.0, ge=0)
     # The customer's own items (serving/again.py): recently viewed and not bought
     # ("pick up where you left off"), and bought before ("buy it again"; the
     # non-consumable rule still hides a fridge bought last week). Tuned on both

@@ -133,6 +133,9 @@ def checks(best: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=24, help="random points")
+    parser.add_argument("--out", default="tune_viewed.json",
+                        help="result file in benchmarks/results (--trials 0 --out …: only "
+                             "the reference, the current defaults and the checks around them)")
     args = parser.parse_args()
     tree = tree_state()
     splits = {name: validation_split(load(name)) for name in sorted(DATASETS)}
@@ -197,7 +200,7 @@ def main() -> None:
               "off": rows[0], "first_guess": rows[1], "winner": best, "trials": rows,
               "checks": extra}
     console.print(f"winner: {best['label']} {best['params']} {best['gain_vs_off']:+.3f}")
-    console.print(f"wrote {write_result('tune_viewed.json', result)}")
+    console.print(f"wrote {write_result(args.out, result)}")
 
 
 if __name__ == "__main__":

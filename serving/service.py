@@ -351,8 +351,8 @@ class RecommendationService:
         if view.profile.segment in WINBACK_SEGMENTS:
             saved = {i: 1.0 for i in view.facts.favorites[:10]}
             again = {i: float(n) for i, n in state.bought.items() if n >= 2}
-            cands.add(saved, s.blend_session, lambda i: "you saved this", specificity=2.5)
-            cands.add(again, s.blend_session, lambda i: "you used to buy this",
+            cands.add(saved, s.blend_winback, lambda i: "you saved this", specificity=2.5)
+            cands.add(again, s.blend_winback, lambda i: "you used to buy this",
                       specificity=2.5)
             allow |= set(again)
         return allow
