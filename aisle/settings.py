@@ -113,6 +113,9 @@ class ModelSettings(BaseModel):
     # Items bought/viewed by fewer customers are never ALS neighbours (they still get
     # neighbours): keeps the all-pairs similar-items step off the n² path (models/train.py).
     similar_min_support: int = Field(2, ge=1)
+    # Item-kNN neighbours (cosine over the training matrix) published per item with the
+    # model, for "similar to what you just viewed" (serving/viewed.py); 0 = none.
+    knn_neighbours: int = Field(50, ge=0, le=500)
     # Where full retrains run: "gpu" (implicit's CUDA ALS; a process that cannot use one
     # refuses to start), "cpu", or "auto" (the GPU when implicit.gpu.HAS_CUDA). Fold-in
     # and serving stay on the CPU either way.
@@ -132,7 +135,12 @@ class ServingSettings(BaseModel):
     blend_als: float = 1.0
     blend_copurchase: float = 2.5
     blend_coview: float = 0.3
-    blend_session: float = 2.0
+    # 2.0 until the viewed-similar search (benchmarks/tune_viewed.py): on Taobao the
+    # live co-counts of the latest views crowded the customer's own items out (NDCG).
+    blend_session: float = 0.5
+    # Win-back items ("you saved this", "you used to buy this"): blend_session's weight
+    # until the viewed-similar search lowered that one for the co-counts it was about.
+    blend_winback: float = Field(2.0, ge=0)
     # The customer's own items (serving/again.py): recently viewed and not bought
     # ("pick up where you left off"), and bought before ("buy it again"; the
     # non-consumable rule still hides a fridge bought last week). Tuned on both
@@ -143,6 +151,19 @@ class ServingSettings(BaseModel):
     # A viewed item's weight halves per this long between its last view and the
     # customer's latest one.
     resume_half_life_h: float = Field(6.0, gt=0)
+    # Similar to what you just viewed (serving/viewed.py): the neighbours of the
+    # customer's strongest recent items (anchors, weighted like the resume source with
+    # their own half-life), from the model's published item-kNN ("knn") or ALS ("als")
+    # neighbours; "row" scales each anchor's similarities by its best one.
+    # Tuned on both validation splits (benchmarks/tune_viewed.py, round 2; the first
+    # guess 1.0, 1 h, 10, 20, knn, cosine gained +1.2%, the winner +3.2% over the source
+    # off with blend_session 2.0).
+    blend_viewed_similar: float = Field(0.5, ge=0)
+    viewed_similar_half_life_h: float = Field(6.0, gt=0)
+    viewed_similar_anchors: int = Field(5, ge=1, le=100)
+    viewed_similar_neighbours: int = Field(50, ge=1, le=500)
+    viewed_similar_source: Literal["knn", "als"] = "knn"
+    viewed_similar_norm: Literal["cosine", "row"] = "row"
     cache_ttl_s: float = 2.0
     # Related items for anonymous visitors (product pages): the same for everyone and
     # moved by co-purchase counts over thousands of orders, so half a minute old is fresh

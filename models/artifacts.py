@@ -55,6 +55,11 @@ class ModelArtifact:
     similar_scores: np.ndarray  # float32 [n, K], cosine
     consumable: np.ndarray  # bool [n]: bought again by most buyers
     stats: dict[str, Any] = field(default_factory=dict)
+    # Item-kNN on the training matrix (co-occurrence cosine; ``models/train.py``), for
+    # "similar to what you just viewed". int32 / float32 [n, K], -1 / 0 padded. Optional:
+    # blobs written before it load with None, and the source then stays silent.
+    knn_ids: np.ndarray | None = None
+    knn_scores: np.ndarray | None = None
     _index: dict[str, int] | None = field(default=None, init=False, repr=False)
     _fold_in: FoldIn | None = field(default=None, init=False, repr=False)
 
@@ -79,8 +84,15 @@ class ModelArtifact:
                  item_factors=np.asarray(self.item_factors, dtype=np.float32),
                  similar_ids=np.asarray(self.similar_ids, dtype=np.int32),
                  similar_scores=np.asarray(self.similar_scores, dtype=np.float32),
-                 consumable=np.asarray(self.consumable, dtype=bool))
+                 consumable=np.asarray(self.consumable, dtype=bool),
+                 **self._knn_arrays())
         return buf.getvalue()
+
+    def _knn_arrays(self) -> dict[str, np.ndarray]:
+        if self.knn_ids is None or self.knn_scores is None:
+            return {}
+        return {"knn_ids": np.asarray(self.knn_ids, dtype=np.int32),
+                "knn_scores": np.asarray(self.knn_scores, dtype=np.float32)}
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ModelArtifact:
@@ -92,7 +104,9 @@ class ModelArtifact:
                       ref_ts=meta["ref_ts"], params=meta["params"],
                       item_ids=npz["item_ids"].tolist(), item_factors=npz["item_factors"],
                       similar_ids=npz["similar_ids"], similar_scores=npz["similar_scores"],
-                      consumable=npz["consumable"], stats=meta["stats"])
+                      consumable=npz["consumable"], stats=meta["stats"],
+                      knn_ids=npz["knn_ids"] if "knn_ids" in npz.files else None,
+                      knn_scores=npz["knn_scores"] if "knn_scores" in npz.files else None)
         art.check()
         return art
 
@@ -101,6 +115,9 @@ class ModelArtifact:
         n = len(self.item_ids)
         rows = {"item_factors": len(self.item_factors), "similar_ids": len(self.similar_ids),
                 "similar_scores": len(self.similar_scores), "consumable": len(self.consumable)}
+        rows |= {name: len(arr) for name, arr in (("knn_ids", self.knn_ids),
+                                                  ("knn_scores", self.knn_scores))
+                 if arr is not None}
         bad = {name: got for name, got in rows.items() if got != n}
         if bad:
             raise ValueError(f"model {self.version}: {n} items but rows {bad}")
@@ -156,11 +173,12 @@ async def publish_model(r: aioredis.Redis, prefix: str, art: ModelArtifact, keep
     keys = ModelKeys(prefix)
     data = memoryview(art.to_bytes())
     chunks = [data[i:i + chunk_bytes] for i in range(0, len(data), chunk_bytes)]
-    pipe = r.pipeline(transaction=False)
+    # One chunk per round trip: a pipeline of all of them is one write of the whole blob,
+    # which on a busy machine outlasted the client's socket timeout once the item-kNN
+    # neighbours made Taobao's model ~50% larger. A few ms per chunk; nothing else waits.
     for i, chunk in enumerate(chunks):
-        pipe.set(keys.chunk(art.version, i), chunk, ex=STAGING_TTL_S)
-    pipe.set(keys.count(art.version), len(chunks), ex=STAGING_TTL_S)
-    await pipe.execute()
+        await r.set(keys.chunk(art.version, i), chunk, ex=STAGING_TTL_S)
+    await r.set(keys.count(art.version), len(chunks), ex=STAGING_TTL_S)
     await _swap_pointer(r, keys, art, len(chunks))
     await _prune(r, keys, keep)
 

@@ -13,6 +13,8 @@ import time
 
 import numpy as np
 import redis.asyncio as aioredis
+import scipy.sparse as sp
+from implicit.nearest_neighbours import ItemItemRecommender, normalize
 
 from aisle.settings import Settings
 from feature_store.client import open_redis
@@ -105,13 +107,51 @@ def shrunk_similar_items(item_factors: np.ndarray, inter: Interactions, top_k: i
             np.take_along_axis(shrunk, order, axis=1).astype(np.float32))
 
 
+def knn_neighbours(inter: Interactions, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each item's ``top_k`` most similar items by cosine over the customers' rows of the
+    training matrix (``implicit``'s ``CosineRecommender`` weighting: items that the same customers
+    touched), the item itself left out; ids -1 and scores 0 pad short rows.
+
+    Unlike ALS neighbours this keeps what is specific to a pair of items (two items
+    viewed in the same visits), which a marketplace's "similar to what you viewed" is
+    made of; computed at retrain and published with the model, so the API reads no key.
+
+    >>> from models.matrix import build_interactions
+    >>> inter = build_interactions([("u", "a", 1.0), ("u", "b", 1.0), ("v", "b", 1.0),
+    ...                             ("v", "c", 1.0)])
+    >>> ids, scores = knn_neighbours(inter, 2)
+    >>> [[inter.item_ids[j] for j in row if j >= 0] for row in ids.tolist()]
+    [['b'], ['a', 'c'], ['b']]
+    """
+    n = len(inter.item_ids)
+    ids = np.full((n, top_k), -1, dtype=np.int32)
+    scores = np.zeros((n, top_k), dtype=np.float32)
+    if top_k <= 0 or n == 0:
+        return ids, scores
+    # ``CosineRecommender.fit`` is this with a COO matrix, which implicit warns about.
+    model = ItemItemRecommender(K=top_k + 1, num_threads=0)  # + 1: the item itself
+    model.fit(sp.csr_matrix(normalize(inter.matrix.T).T), show_progress=False)
+    sim = model.similarity.tocoo()
+    keep = (sim.row != sim.col) & (sim.data > 0)
+    row, col, val = sim.row[keep], sim.col[keep], sim.data[keep]
+    order = np.lexsort((col, -val, row))  # by row, best first, ties by item index
+    row, col, val = row[order], col[order], val[order]
+    starts = np.searchsorted(row, np.arange(n))
+    rank = np.arange(len(row)) - starts[row]
+    fit = rank < top_k
+    ids[row[fit], rank[fit]] = col[fit]
+    scores[row[fit], rank[fit]] = val[fit]
+    return ids, scores
+
+
 def fit_artifact(inter: Interactions, ref_ts: float, params: ALSParams, top_k: int,
                  consumable: dict[str, bool], min_support: int = 1,
-                 device: str = "cpu") -> ModelArtifact:
+                 device: str = "cpu", knn_k: int = 0) -> ModelArtifact:
     started = time.perf_counter()
     _, item_factors = fit_als(inter, params, device=device)
     fit_s = time.perf_counter() - started
     sim_ids, sim_scores = shrunk_similar_items(item_factors, inter, top_k, min_support)
+    knn_ids, knn_scores = knn_neighbours(inter, knn_k) if knn_k > 0 else (None, None)
     return ModelArtifact(
         version=new_version(), created_at=time.time(), ref_ts=ref_ts,
         params=vars(params).copy(), item_ids=list(inter.item_ids), item_factors=item_factors,
@@ -119,6 +159,7 @@ def fit_artifact(inter: Interactions, ref_ts: float, params: ALSParams, top_k: i
         consumable=np.array([consumable.get(i, False) for i in inter.item_ids], dtype=bool),
         stats={"users": len(inter.user_ids), "items": len(inter.item_ids),
                "nnz": int(inter.matrix.nnz), "fit_s": round(fit_s, 3), "device": device},
+        knn_ids=knn_ids, knn_scores=knn_scores,
     )
 
 
@@ -143,7 +184,8 @@ async def train_once(settings: Settings, client: aioredis.Redis | None = None,
         params = ALSParams(factors=m.factors, regularization=m.regularization,
                            iterations=m.iterations, alpha=m.alpha, seed=m.seed)
         art = await asyncio.to_thread(fit_artifact, inter, ref_ts, params, m.top_k_similar,
-                                      consumable, m.similar_min_support, device)
+                                      consumable, m.similar_min_support, device,
+                                      m.knn_neighbours)
         if events_applied is None:
             events_applied = int(await client.get(keys.control("applied")) or 0)
         art.stats["events_applied"] = events_applied

@@ -31,7 +31,7 @@ from streams import events as ev
 
 log = logging.getLogger(__name__)
 BLEND_PARAMS = ("blend_als", "blend_copurchase", "blend_coview", "blend_session",
-                "blend_resume", "blend_rebuy")
+                "blend_resume", "blend_rebuy", "blend_viewed_similar")
 SegmentOf = Callable[[], Awaitable[str]]
 STORE_TIMEOUT_S = 0.25  # as the recommendation service's reads: answers must not wait
 

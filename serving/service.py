@@ -26,6 +26,13 @@ from feature_store.reader import CustomerRead, FeatureReader, ItemInfo, UserStat
 from models.artifacts import ModelArtifact
 from models.online import ModelHolder, decode_vector, user_vector
 from serving.again import own_items, rebuy_reason, resume_reason
+from serving.viewed import (
+    SimilarToViewed,
+    published_neighbours,
+    recent_anchors,
+    similar_reason,
+    similar_to_viewed,
+)
 
 if TYPE_CHECKING:
     from serving.crm import CustomerService
@@ -225,7 +232,13 @@ class RecommendationService:
                   specificity=1.2)
         cands.add(own.rebuy, s.blend_rebuy, lambda i: rebuy_reason(own.orders[i]),
                   specificity=2.0)
-        await self._await_titles([v for v, _ in state.views[:5]] + [context_item or ""], flags)
+        similar = self._similar_to_viewed(art, state)
+        cands.add(similar.scores, s.blend_viewed_similar,
+                  lambda i: similar_reason(similar.because[i], state,
+                                           self._title(similar.because[i])),
+                  specificity=1.5)
+        await self._await_titles([v for v, _ in state.views[:5]] + [context_item or ""]
+                                 + list(set(similar.because.values())), flags)
         for rank, (viewed, _) in enumerate(state.views[:5]):
             title = self._title(viewed)
             more = await self._related_candidates(
@@ -252,6 +265,17 @@ class RecommendationService:
         if art is not None and vec is not None:
             await self._explain_picks(items, art, state, flags)
         return Answer(items, art.version if art else None, strategy, bool(flags))
+
+    def _similar_to_viewed(self, art: ModelArtifact | None, state: UserState,
+                           ) -> SimilarToViewed:
+        """Neighbours of the customer's recent items from the model in memory: no read."""
+        s = self.settings.serving
+        if art is None or s.blend_viewed_similar <= 0:
+            return SimilarToViewed({}, {})
+        anchors = recent_anchors(state, s.viewed_similar_half_life_h * 3600,
+                                 s.viewed_similar_anchors)
+        return similar_to_viewed(anchors, published_neighbours(art, s.viewed_similar_source),
+                                 s.viewed_similar_neighbours, s.viewed_similar_norm)
 
     async def _not_just_pushed(self, user_id: str, items: list[Scored], flags: list[str],
                                pushed: dict[str, float] | None = None) -> list[Scored]:
@@ -331,8 +355,8 @@ class RecommendationService:
         if view.profile.segment in WINBACK_SEGMENTS:
             saved = {i: 1.0 for i in view.facts.favorites[:10]}
             again = {i: float(n) for i, n in state.bought.items() if n >= 2}
-            cands.add(saved, s.blend_session, lambda i: "you saved this", specificity=2.5)
-            cands.add(again, s.blend_session, lambda i: "you used to buy this",
+            cands.add(saved, s.blend_winback, lambda i: "you saved this", specificity=2.5)
+            cands.add(again, s.blend_winback, lambda i: "you used to buy this",
                       specificity=2.5)
             allow |= set(again)
         return allow

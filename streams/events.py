@@ -272,6 +272,7 @@ VARIANT_PARAMS: Final = {
     "blend_als": float, "blend_copurchase": float, "blend_coview": float,
     "blend_session": float,  # related/recommendations blend weights (settings.serving)
     "blend_resume": float, "blend_rebuy": float,  # the customer's own items (serving/again.py)
+    "blend_viewed_similar": float,  # similar to what you just viewed (serving/viewed.py)
     "discount_scale": float,  # offers: every rule's discount × this (policy version tagged)
     "offers_off": bool,  # offers: a holdout that gets no new offers
 }
