@@ -95,12 +95,19 @@ def applied_count(settings: Settings) -> int:
         client.close()
 
 
-def wait_applied(settings: Settings, at_least: int, timeout: float) -> int:
+def wait_applied(settings: Settings, at_least: int, timeout: float,
+                 replay: BackgroundReplay | None = None) -> int:
+    """Wait until the workers have applied ``at_least`` events. On a timeout the message
+    says whether the replay feeding them was still producing, and what it raised, so a
+    stalled worker can be told from a producer that died."""
     deadline = time.monotonic() + timeout
     while (n := applied_count(settings)) < at_least:
         if time.monotonic() > deadline:
+            feeding = "" if replay is None else (
+                f"; replay {'still running' if replay.is_alive() else 'finished'}"
+                f", error {replay.error!r}")
             raise AssertionError(f"only {n} events applied after {timeout:.0f}s "
-                                 f"(waiting for {at_least})")
+                                 f"(waiting for {at_least}){feeding}")
         time.sleep(0.05)
     return n
 

@@ -82,7 +82,7 @@ def test_killed_worker_loses_nothing_and_counts_nothing_twice(crash_stack: Stack
     replay.start()
     redelivered = []
     for threshold in (1_000, 3_500, 6_000):
-        wait_applied(stack.settings, threshold, timeout=120)
+        wait_applied(stack.settings, threshold, timeout=120, replay=replay)
         victim = stack.workers[0]
         victim.proc.kill()
         victim.proc.wait(10)
