@@ -51,6 +51,7 @@ from benchmarks.serving_load import LoadGenerator, summary_ms
 from benchmarks.serving_report import RESULTS, machine, write_json
 from benchmarks.serving_stack import DATA, Loaded, item_ids, loaded_stack, user_ids
 from feature_store.keys import Keys
+from feature_store.redis_store import queue_applied, sum_applied
 from streams.events import AnyEvent
 from streams.lag import group_lag, wait_caught_up
 from streams.topics import EventProducer
@@ -76,6 +77,12 @@ NOTES = {
            "others = the machine's busy time outside the benchmark's processes "
            "(neighbours such as a test suite, and the kernel)",
 }
+
+
+def applied_now(client: redis.Redis, keys: Keys) -> int:
+    pipe = client.pipeline(transaction=False)
+    queue_applied(pipe, keys)
+    return sum_applied(pipe.execute())
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -246,7 +253,7 @@ class Sampler:
         lag = asyncio.run(group_lag(self.settings))
         info = self.client.info("memory")
         return {
-            "applied": int(self.client.get(self.keys.control("applied")) or 0),
+            "applied": applied_now(self.client, self.keys),
             "lag": sum(lag.values()),
             "used_memory_mib": round(int(info["used_memory"]) / 2**20, 1),
             "rss_mib": {n: rss_mib(p) if p else None for n, p in self.rss_of.items()},

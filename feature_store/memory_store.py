@@ -54,6 +54,8 @@ class MemoryStore:
         if maxoff > wm:
             wms[source] = maxoff
         meta["maxts"] = maxts
+        if applied:
+            meta["applied"] = int(meta.get("applied", 0)) + applied
         for eid in [e for e, t in seen.items() if t < maxts - self.window]:
             del seen[eid]
         self._drop_empty()

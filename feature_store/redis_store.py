@@ -21,6 +21,30 @@ from feature_store.client import queue_evalsha
 from feature_store.keys import Keys
 from feature_store.memory_store import BatchEvent
 
+#: Field of each shard's meta hash that counts the events the shard applied. store.lua
+#: adds to it in the same script that applies them, so the count is exact under crashes
+#: and redelivery (a separate counter written after the script lost a whole batch's
+#: count whenever a worker died between the two), and a rebuild recounts it.
+APPLIED_FIELD = "applied"
+
+
+def queue_applied(pipe: Any, keys: Keys) -> int:
+    """Queue one read per shard of its applied count; returns how many were queued."""
+    for shard in range(keys.shards):
+        pipe.hget(keys.meta(shard), APPLIED_FIELD)
+    return keys.shards
+
+
+def sum_applied(values: Sequence[Any]) -> int:
+    return sum(int(v or 0) for v in values)
+
+
+async def applied_total(client: Any, keys: Keys) -> int:
+    """Events applied group-wide: the sum of the shards' counters."""
+    pipe = client.pipeline(transaction=False)
+    queue_applied(pipe, keys)
+    return sum_applied(await pipe.execute())
+
 SCRIPT = files("feature_store").joinpath("store.lua").read_text()
 ShardBatch = tuple[int, str, Sequence[BatchEvent]]
 _pack = msgspec.msgpack.Encoder().encode

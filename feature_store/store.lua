@@ -1,7 +1,8 @@
 -- Apply one batch of folded events to one shard, atomically and idempotently.
 -- KEYS[1] watermarks hash (source -> highest applied offset)
 -- KEYS[2] seen zset (event_id -> event ts), the dedupe window
--- KEYS[3] meta hash (maxts: newest event time applied in this shard)
+-- KEYS[3] meta hash (maxts: newest event time applied in this shard; applied: how many
+--         events this shard has applied, counted here so a crash can't lose the count)
 -- ARGV[1] msgpack [source, window_s, [[event_id, offset, ts, ops], ...]]
 -- Every other key an op names carries the same hash tag, so this stays one slot.
 -- Returns {applied, duplicates, already_applied_offsets}.
@@ -276,5 +277,6 @@ for _, e in ipairs(events) do
 end
 if maxoff > wm then redis.call('HSET', KEYS[1], source, maxoff) end
 redis.call('HSET', KEYS[3], 'maxts', fmt(maxts))
+if applied > 0 then redis.call('HINCRBY', KEYS[3], 'applied', applied) end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. fmt(maxts - window))
 return {applied, dups, old}

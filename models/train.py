@@ -19,6 +19,7 @@ from implicit.nearest_neighbours import ItemItemRecommender, normalize
 from aisle.settings import Settings
 from feature_store.client import open_redis
 from feature_store.keys import Keys
+from feature_store.redis_store import applied_total
 from feature_store.snapshot import read_interactions
 from models.als import ALSParams, fit_als, resolve_device, similar_items
 from models.artifacts import ModelArtifact, new_version, publish_model
@@ -187,7 +188,7 @@ async def train_once(settings: Settings, client: aioredis.Redis | None = None,
                                       consumable, m.similar_min_support, device,
                                       m.knn_neighbours)
         if events_applied is None:
-            events_applied = int(await client.get(keys.control("applied")) or 0)
+            events_applied = await applied_total(client, keys)
         art.stats["events_applied"] = events_applied
         await publish_model(client, settings.features.key_prefix, art, keep=m.keep_versions)
         art.stats.update(read_s=round(read_s, 3),

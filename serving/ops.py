@@ -24,6 +24,7 @@ from prometheus_client import REGISTRY
 
 from aisle.settings import Settings
 from feature_store.keys import Keys
+from feature_store.redis_store import queue_applied, sum_applied
 from models.online import ModelHolder
 from streams.lag import end_offsets, group_lag
 from streams.topics import DeadLetter
@@ -195,12 +196,12 @@ class OpsSummary:
     async def _events(self) -> dict[str, Any]:
         try:
             pipe = self.client.pipeline(transaction=False)
-            pipe.get(self.keys.control("applied"))
+            shards = queue_applied(pipe, self.keys)
             pipe.hgetall(self.keys.control("workers"))
-            applied_raw, workers_raw = await pipe.execute()
+            got = await pipe.execute()
         except Exception as exc:  # the page shows what failed instead of failing itself
             return {"error": f"store unavailable: {type(exc).__name__}"}
-        applied = int(applied_raw or 0)
+        applied, workers_raw = sum_applied(got[:shards]), got[shards]
         per_s = self.rate.add(time.monotonic(), applied)
         workers = {k.decode(): int(v) for k, v in workers_raw.items()}
         return {"applied_total": applied, "per_s": per_s, "window_s": self.rate.window_s,

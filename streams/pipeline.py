@@ -168,12 +168,12 @@ class BatchProcessor:
         result.applied, result.duplicates, result.already_applied = await self._apply(
             prepared.batches)
         if result.applied:
-            # Group-wide count of applied events (the retrain schedule reads it) and each
-            # worker's share (operators see who does the work).
-            pipe = self.store.client.pipeline(transaction=False)
-            pipe.incrby(self.keys.control("applied"), result.applied)
-            pipe.hincrby(self.keys.control("workers"), WORKER_ID, result.applied)
-            await pipe.execute()
+            # Each worker's share, for operators to see who does the work. Approximate by
+            # design: a crash between the apply and this call loses it. The group-wide
+            # count the retrain schedule reads is kept exactly by the store script itself
+            # (feature_store/redis_store.py applied_total).
+            await self.store.client.hincrby(self.keys.control("workers"), WORKER_ID,
+                                            result.applied)
         if self.vectors is not None and users:
             result.folded_users = await self.vectors.update(users)
         result.seconds = time.perf_counter() - started

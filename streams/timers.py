@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 
 from aisle.settings import Settings
 from feature_store.keys import Keys
+from feature_store.redis_store import applied_total
 from models.artifacts import load_current
 from models.customer import load_segment_rules
 from models.population import refresh
@@ -20,7 +21,6 @@ from models.train import TrainingBusy, train_once
 from streams.topics import EventProducer
 
 log = logging.getLogger(__name__)
-APPLIED = "applied"
 
 
 async def refresh_population(settings: Settings, client: aioredis.Redis,
@@ -41,7 +41,7 @@ async def refresh_population(settings: Settings, client: aioredis.Redis,
 
 
 async def applied_events(client: aioredis.Redis, keys: Keys) -> int:
-    return int(await client.get(keys.control(APPLIED)) or 0)
+    return await applied_total(client, keys)
 
 
 async def retrain_if_due(settings: Settings, client: aioredis.Redis) -> bool:
@@ -49,6 +49,8 @@ async def retrain_if_due(settings: Settings, client: aioredis.Redis) -> bool:
     applied = await applied_events(client, keys)
     current = await load_current(client, settings.features.key_prefix)
     since = applied - int(current.stats.get("events_applied", 0)) if current else applied
+    if since < 0:  # a model counted by an older scheme (the counter before store.lua kept it)
+        since = applied
     if since < settings.worker.retrain_min_new_events:
         return False
     try:

@@ -23,6 +23,7 @@ from aisle.stack import Stack
 from feature_store.client import open_redis_sync
 from feature_store.dump import dump_state
 from feature_store.keys import Keys
+from feature_store.redis_store import queue_applied, sum_applied
 from streams.lag import end_offsets, wait_caught_up
 from streams.rebuild import rebuild_from_log
 
@@ -90,7 +91,9 @@ def applied_count(settings: Settings) -> int:
     """The group-wide count of applied events (the workers keep it in Redis)."""
     client = open_redis_sync(settings)
     try:
-        return int(client.get(keys_of(settings).control("applied")) or 0)
+        pipe = client.pipeline(transaction=False)
+        queue_applied(pipe, keys_of(settings))
+        return sum_applied(pipe.execute())
     finally:
         client.close()
 
@@ -107,7 +110,8 @@ def wait_applied(settings: Settings, at_least: int, timeout: float,
                 f"; replay {'still running' if replay.is_alive() else 'finished'}"
                 f", error {replay.error!r}")
             raise AssertionError(f"only {n} events applied after {timeout:.0f}s "
-                                 f"(waiting for {at_least}){feeding}")
+                                 f"(waiting for {at_least}){feeding}\n"
+                                 + partition_report(settings))
         time.sleep(0.05)
     return n
 
@@ -139,6 +143,22 @@ async def committed_offsets(settings: Settings) -> dict[str, int]:
         await admin.close()
     return {f"{tp.topic}/{tp.partition}": meta.offset for tp, meta in got.items()
             if isinstance(tp, TopicPartition) and meta is not None}
+
+
+def partition_report(settings: Settings) -> str:
+    """Per partition: the log's end (from a fetch), the group's committed offset and the
+    highest offset applied in the store. Tells a worker that stopped fetching a partition
+    (committed = applied + 1 < end) from one that never got the records (end too low)."""
+    topics = [settings.topics.events, settings.topics.catalog]
+    ends = asyncio.run(end_offsets(settings, topics))
+    committed = asyncio.run(committed_offsets(settings))
+    applied = watermarks(settings)
+    rows = []
+    for tp in sorted(ends, key=lambda t: (t.topic, t.partition)):
+        src = f"{tp.topic}/{tp.partition}"
+        rows.append(f"  {src}: end {ends[tp]}, committed {committed.get(src)}, "
+                    f"applied up to {applied.get(src)}")
+    return "partitions:\n" + "\n".join(rows)
 
 
 def applied_not_committed(settings: Settings) -> dict[str, tuple[int, int]]:

@@ -1,12 +1,13 @@
-"""The embedded broker's end offset, pinned: it must be one past the last record.
+"""The embedded broker's ListOffsets(latest), pinned: it must be one past the last record.
 
-Found while chasing test_faults' stalled worker: after a kill -9 the group's committed
-offsets were beyond the broker's reported log end (events[0]: committed 958, end 702),
-and the restarted worker sat past the end waiting. With records produced in multi-record
-batches (linger), Tansu's ListOffsets(latest) answers far less than the last record's
-offset + 1 (1,000 records in one partition: offsets 0..999, end 1 when seen). Strict
-xfail: when an upgraded broker gets this right the test fails, and the known-issue
-notes (and the mitigation, if any) should go."""
+Tansu (memory storage) answers it with the base offset of the last record batch plus one,
+not the log's end: 1,000 records produced with linger land at offsets 0..999 and the
+answer is 1. A fetch's high watermark is right, so Aisle reads the end from a fetch
+(``streams.lag.end_offsets``) wherever it needs one (lag, ``aisle rebuild``, the tests).
+A group's committed offset above ListOffsets' answer is therefore normal on Tansu, and a
+consumer seeking there is served (``test_a_fetch_past_the_listed_end_is_served``).
+Strict xfail: when an upgraded broker gets this right the test fails, and the note in
+``streams/lag.py`` can go."""
 
 from __future__ import annotations
 
@@ -49,3 +50,44 @@ def test_end_offset_is_one_past_the_last_record(servers: dict[str, str]) -> None
     bootstrap = servers["kafka_url"].removeprefix("kafka://")
     end, last = asyncio.run(_end_and_last(bootstrap, 1_000))
     assert end == last + 1, f"log end {end}, last record at offset {last}"
+
+
+async def _fetch_from(bootstrap: str, records: int, start: int) -> tuple[list[int], int]:
+    topic = f"offsets-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 1, 1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20)
+    await producer.start()
+    try:
+        await asyncio.gather(*[await producer.send(topic, b"r%d" % i) for i in range(records)])
+    finally:
+        await producer.stop()
+    tp = TopicPartition(topic, 0)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        consumer.seek(tp, start)
+        got: list[int] = []
+        for _ in range(20):
+            batch = await consumer.getmany(tp, timeout_ms=200)
+            got += [m.offset for m in batch.get(tp, [])]
+            if got and got[-1] == records - 1:
+                break
+        return got, consumer.highwater(tp) or -1
+    finally:
+        await consumer.stop()
+
+
+def test_a_fetch_past_the_listed_end_is_served(servers: dict[str, str]) -> None:
+    """What a restarted worker does after a crash: seek to its committed offset, which on
+    Tansu lies past the listed end, and fetch. Every record from there on must come, and
+    the fetch's high watermark (what ``streams.lag.end_offsets`` reads) is the true end."""
+    bootstrap = servers["kafka_url"].removeprefix("kafka://")
+    got, highwater = asyncio.run(_fetch_from(bootstrap, 600, 450))
+    assert got == list(range(450, 600))
+    assert highwater == 600

@@ -82,8 +82,12 @@ def test_killed_worker_loses_nothing_and_counts_nothing_twice(crash_stack: Stack
     replay.start()
     redelivered = []
     for threshold in (1_000, 3_500, 6_000):
-        wait_applied(stack.settings, threshold, timeout=120, replay=replay)
         victim = stack.workers[0]
+        try:
+            wait_applied(stack.settings, threshold, timeout=120, replay=replay)
+        except AssertionError as exc:
+            raise AssertionError(describe(exc, "worker log:", log_tail(victim.log_path))) \
+                from None
         victim.proc.kill()
         victim.proc.wait(10)
         # What the dead worker applied but never committed comes back to its successor.
