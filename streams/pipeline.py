@@ -25,8 +25,12 @@ from streams.topics import DeadLetter, EventProducer
 
 log = logging.getLogger(__name__)
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
-#: Records folded between two yields to the event loop (see ``prepare_yielding``).
-PREPARE_CHUNK = 250
+#: Records folded between two yields to the event loop (see ``prepare_yielding``). Each
+#: yield moves the write of the previous batch one step (connection, send, each reply),
+#: so the store waits for its next pipeline at most one chunk's fold (~0.4 ms at 20).
+#: One worker on the Taobao slice, one round each, same session: 250 → 21–23k events/s
+#: with the worker blocked 43% of the time; 50 → 27.5k; 20 → 31.0k (34%); 10 → 30.2k.
+PREPARE_CHUNK = 20
 
 
 @dataclass(frozen=True, slots=True)
