@@ -56,6 +56,7 @@ from benchmarks.ingest_probe import cpu_seconds, machine_busy_seconds
 from benchmarks.serving_report import machine, write_json
 from benchmarks.serving_stack import Loaded, item_ids, loaded_stack
 from feature_store.keys import Keys
+from feature_store.redis_store import applied_total
 from streams.events import ItemRef, ProductViewed
 from streams.lag import group_lag
 from streams.topics import EventProducer
@@ -183,7 +184,7 @@ def percentiles(values: list[float | None]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- the run
 async def _applied(store: aioredis.Redis, keys: Keys) -> int:
-    return int(await store.get(keys.control("applied")) or 0)
+    return await applied_total(store, keys)
 
 
 async def run_phase(loaded: Loaded, prober: Prober, name: str, seconds: float,
