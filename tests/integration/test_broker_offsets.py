@@ -19,7 +19,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 
-async def _end_and_last(bootstrap: str, records: int) -> tuple[int, int]:
+async def _produce(bootstrap: str, records: int) -> tuple[str, int]:
+    """A new one-partition topic holding ``records`` records sent in linger batches;
+    returns it and the last record's offset."""
     topic = f"offsets-{uuid.uuid4().hex[:8]}"
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -31,9 +33,13 @@ async def _end_and_last(bootstrap: str, records: int) -> tuple[int, int]:
     await producer.start()
     try:
         pending = [await producer.send(topic, b"r%d" % i) for i in range(records)]
-        last = max(meta.offset for meta in await asyncio.gather(*pending))
+        return topic, max(meta.offset for meta in await asyncio.gather(*pending))
     finally:
         await producer.stop()
+
+
+async def _end_and_last(bootstrap: str, records: int) -> tuple[int, int]:
+    topic, last = await _produce(bootstrap, records)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
@@ -53,19 +59,7 @@ def test_end_offset_is_one_past_the_last_record(servers: dict[str, str]) -> None
 
 
 async def _fetch_from(bootstrap: str, records: int, start: int) -> tuple[list[int], int]:
-    topic = f"offsets-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 1, 1)])
-    finally:
-        await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20)
-    await producer.start()
-    try:
-        await asyncio.gather(*[await producer.send(topic, b"r%d" % i) for i in range(records)])
-    finally:
-        await producer.stop()
+    topic, _ = await _produce(bootstrap, records)
     tp = TopicPartition(topic, 0)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
