@@ -161,7 +161,7 @@ def _unit_rows(factors: np.ndarray) -> np.ndarray:
 
 
 # -- GPU retrains (model.device). implicit's CUDA ALS needs an NVIDIA GPU, implicit's
-# CUDA extension and RAPIDS' rmm package (pip install rmm-cu13); implicit.gpu.HAS_CUDA
+# CUDA extension and RAPIDS' rmm package (pip install 'rmm-cu13==26.4.*'); implicit.gpu.HAS_CUDA
 # says whether all three are there.
 DEVICES = ("cpu", "gpu", "auto")
 
@@ -186,7 +186,8 @@ def resolve_device(device: str) -> str:
     raise GPUUnavailable(
         f"AISLE_MODEL__DEVICE=gpu, but implicit cannot train on a GPU here ({why}); "
         "it needs an NVIDIA GPU, implicit's CUDA build and the rmm package "
-        "(pip install rmm-cu13). Set AISLE_MODEL__DEVICE=auto to use a GPU only where "
+        "(pip install 'rmm-cu13==26.4.*'; 26.10 breaks implicit 0.7.3). "
+        "Set AISLE_MODEL__DEVICE=auto to use a GPU only where "
         "there is one, or cpu.")
 
 
@@ -207,10 +208,19 @@ def _cuda() -> tuple[bool, str]:
 def _fit_als_gpu(inter: Interactions, params: ALSParams) -> tuple[np.ndarray, np.ndarray]:
     from implicit.gpu.als import AlternatingLeastSquares as GpuALS
 
+    # implicit 0.7.3's GPU fit() does not multiply by alpha (its CPU fit and both
+    # partial fits do): factors came out identical at alpha 0.54 and 1.0, with a loss
+    # 7-8% worse than the CPU fit's. So scale here and hand it alpha = 1.
     model = GpuALS(factors=params.factors, regularization=params.regularization,
-                   alpha=params.alpha, dtype=np.float32, iterations=params.iterations,
+                   alpha=1.0, dtype=np.float32, iterations=params.iterations,
                    calculate_training_loss=False, random_state=params.seed)
-    model.fit(inter.matrix, show_progress=False)
-    cpu = model.to_cpu()  # numpy factors: the artifact and the fold-in never see the GPU
-    return (np.ascontiguousarray(cpu.user_factors, dtype=np.float32),
-            np.ascontiguousarray(cpu.item_factors, dtype=np.float32))
+    model.fit(gpu_confidence(inter.matrix, params.alpha), show_progress=False)
+    # to_numpy, not to_cpu(): that builds a CPU model outside the BLAS thread limit,
+    # which only earns an OpenBLAS warning. The artifact and the fold-in never see the GPU.
+    return (np.ascontiguousarray(model.user_factors.to_numpy(), dtype=np.float32),
+            np.ascontiguousarray(model.item_factors.to_numpy(), dtype=np.float32))
+
+
+def gpu_confidence(matrix, alpha: float):
+    """The CSR the GPU fit must see: ``alpha * w`` in float32, which the CPU fit forms itself."""
+    return (matrix * np.float32(alpha)).astype(np.float32)
