@@ -8,6 +8,7 @@ change the content without touching the drain. The push system renders the text 
 from __future__ import annotations
 
 import hashlib
+import inspect
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
@@ -103,5 +104,16 @@ def decode_candidate(data: bytes) -> Candidate:
 
 
 def json_schema() -> dict[str, Any]:
-    """The published JSON Schema of the candidate document."""
-    return msgspec.json.schema(Candidate)
+    """The published JSON Schema of the candidate document. Descriptions are cleaned
+    here (as msgspec >= 0.23 does itself, and earlier versions did not), so the file the
+    push team reads does not change with the msgspec version installed."""
+    return _clean_descriptions(msgspec.json.schema(Candidate))
+
+
+def _clean_descriptions(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: inspect.cleandoc(v) if k == "description" and isinstance(v, str)
+                else _clean_descriptions(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_clean_descriptions(v) for v in node]
+    return node
