@@ -109,7 +109,11 @@ async def publish_stats(client: aioredis.Redis, keys: Keys, stats: PopulationSta
 
 async def load_stats(client: aioredis.Redis, keys: Keys) -> PopulationStats | None:
     raw = await client.get(keys.control(KEY))
-    return msgspec.json.decode(raw, type=PopulationStats) if raw else None
+    return decode_stats(raw) if raw else None
+
+
+def decode_stats(raw: bytes) -> PopulationStats:
+    return msgspec.json.decode(raw, type=PopulationStats)
 
 
 async def refresh(client: aioredis.Redis, keys: Keys, rules: SegmentRules,

@@ -32,7 +32,8 @@ from models.customer_types import (
     PopulationStats,
     RFMThresholds,
 )
-from models.population import load_stats
+from models.population import KEY as STATS_KEY
+from models.population import decode_stats
 from serving.offers import (
     Decision,
     Offer,
@@ -47,6 +48,7 @@ from serving.offers import (
 
 log = logging.getLogger(__name__)
 PENDING_S = 60.0
+DERIVED_MAX_AGE_S = 60.0  # log-clock seconds a derived profile is reused (see _derived)
 BUDGET_READ_S = 1.0
 EMPTY_STATS = PopulationStats(
     rfm=RFMThresholds((), (), (), as_of=0.0, customers=0), churn=None,
@@ -63,6 +65,7 @@ class PopulationHolder:
     def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
         self.client, self.keys = client, keys
         self.current: PopulationStats | None = None
+        self._raw: bytes | None = None
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -70,9 +73,13 @@ class PopulationHolder:
         return self.current or EMPTY_STATS
 
     async def refresh(self) -> None:
-        stats = await load_stats(self.client, self.keys)
-        if stats is not None:
-            self.current = stats
+        """Take newly published stats. The same bytes keep the same object: the
+        per-customer caches key on its identity, and a fresh object every poll emptied
+        them every second (the derived profile was rebuilt on almost every answer)."""
+        raw = await self.client.get(self.keys.control(STATS_KEY))
+        if raw is None or raw == self._raw:
+            return
+        self.current, self._raw = decode_stats(raw), raw
 
     def start_polling(self, every_s: float) -> None:
         async def loop() -> None:
@@ -147,11 +154,14 @@ class CustomerService:
                        ) -> tuple[CustomerFacts, CustomerProfile]:
         """Facts and profile, reused while they would come out the same: the same stored
         facts and bought counts (compared as read, so the customer's next event
-        invalidates them), the same log clock and the same population stats."""
+        invalidates them) and the same population stats, derived at most
+        ``DERIVED_MAX_AGE_S`` earlier on the log clock. Only time passing can age them,
+        and a minute moves no recency or run-out date that is counted in days; keyed on
+        the exact clock, they lasted one second while events flowed."""
         stats, bought = self.population.stats, record.state.bought
         hit = self._derived_cache.get(user_id)
-        if (hit is not None and hit[0] is stats and hit[1] == clock and hit[2] == bought
-                and hit[3] == record.facts_raw):
+        if (hit is not None and hit[0] is stats and 0.0 <= clock - hit[1] < DERIVED_MAX_AGE_S
+                and hit[2] == bought and hit[3] == record.facts_raw):
             return hit[4], hit[5]
         facts = await self.reader.facts_from(user_id, record.facts_raw)
         profile = self._profile(facts, record.state, clock)

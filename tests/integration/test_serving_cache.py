@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -24,8 +25,11 @@ from aisle.replay import replay_file
 from aisle.settings import Settings
 from aisle.stack import Stack
 from feature_store.keys import Keys
+from models.population import KEY as STATS_KEY
+from models.population import decode_stats
 from models.train import train_once
 from serving.app import create_app
+from serving.crm import EMPTY_STATS
 from streams.events import decode_event
 from streams.lag import wait_caught_up
 from streams.topics import EventProducer
@@ -181,6 +185,56 @@ def test_answers_equal_uncached_for_new_and_unknown_customers(loaded: Stack) -> 
 
     asyncio.run(check())
 
+
+
+def test_a_derived_profile_lasts_a_minute_of_log_clock(loaded: Stack) -> None:
+    s = loaded.settings
+    user = buyers(s, 4)[-1]
+
+    async def check() -> None:
+        async with two_services(s) as (cached, plain):
+            record = await cached.reader.customer(user)
+            clock = await cached.reader.clock()
+            derive = cached.customers._derived
+            _, first = await derive(user, record, clock)
+            _, later = await derive(user, record, clock + 30)
+            assert later is first  # half a minute on: reused
+            _, stale = await derive(user, record, clock + 7 * 86400)
+            _, fresh = await plain.customers._derived(user, record, clock + 7 * 86400)
+            assert stale is not first and stale == fresh  # a week on: derived again
+            assert stale.clock == clock + 7 * 86400 and first.clock == clock
+
+    asyncio.run(check())
+
+
+def test_the_same_published_stats_keep_their_object(loaded: Stack) -> None:
+    # The caches key on the stats object; a poll that rebuilt it from the same bytes
+    # emptied them every second.
+    s = loaded.settings
+
+    async def check() -> None:
+        async with two_services(s) as (cached, _):
+            population = cached.customers.population
+            await population.refresh()
+            before = population.current
+            await population.refresh()
+            assert population.current is before
+            key = cached.reader.keys.control(STATS_KEY)
+            raw = await cached.redis.get(key)
+            stats = decode_stats(raw) if raw else EMPTY_STATS
+            try:
+                changed = dataclasses.replace(stats, as_of=stats.as_of + 1)
+                await cached.redis.set(key, msgspec.json.encode(changed))
+                await population.refresh()
+                assert population.current is not before
+                assert population.current.as_of == changed.as_of
+            finally:
+                if raw is None:
+                    await cached.redis.delete(key)
+                else:
+                    await cached.redis.set(key, raw)
+
+    asyncio.run(check())
 
 
 def test_erasure_leaves_nothing_in_the_caches(loaded: Stack) -> None:
