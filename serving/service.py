@@ -81,6 +81,12 @@ class Candidates:
         if top <= 0:
             return
         scores, best, get = self.scores, self.best, self.scores.get
+        if not scores:  # the first source (the ALS pool): nothing to merge with
+            parts = {item: weight * raw / top for item, raw in source.items() if raw > 0}
+            scores.update(parts)
+            best.update({item: (p * specificity, reason) for item, p in parts.items()
+                         if p * specificity > 0.0})
+            return
         for item, raw in source.items():
             if raw <= 0:  # e.g. a popularity that decayed to 0.0: nothing to add or explain
                 continue
@@ -112,7 +118,8 @@ class RecommendationService:
         self.timeout = store_timeout_s
         self.half_life_s = settings.model.half_life_d * 86400
         self._related: dict[tuple[str, int, str | None], tuple[float, Answer]] = {}
-        self._vectors: dict[str, tuple[str, list[tuple[bytes, float]], np.ndarray]] = {}
+        # customer -> ((model version, decay reference), interactions, vector)
+        self._vectors: dict[str, tuple[tuple[str, float], Any, np.ndarray]] = {}
         self._histories: dict[str, tuple[str, list[tuple[bytes, float]], Any]] = {}
 
     async def _safe(self, call: Awaitable[T], default: T, flags: list[str]) -> T:
@@ -313,15 +320,23 @@ class RecommendationService:
         # Stored vector missing or from an older model (after a retrain, until the
         # customer's next event): fold in now, and keep it while the model and the
         # customer's interactions are the ones it was solved from.
+        # Decayed to the customer's newest event, as the worker's fold-in does. Decayed
+        # to the model's training time, events years later weighed e^100 and more and
+        # the solve failed: a 500 (the demo's 2011 model and today's events).
+        ref = max(art.ref_ts, state.rfm.get("last_seen", 0.0))
         hit = self._vectors.get(state.user_id)
-        if hit is not None and hit[0] == art.version and hit[1] == state.interactions:
+        if hit is not None and hit[0] == (art.version, ref) and hit[1] == state.interactions:
             return hit[2]
-        vec = user_vector(art, state.interactions, art.ref_ts, self.half_life_s)
+        try:
+            vec = user_vector(art, state.interactions, ref, self.half_life_s)
+        except ValueError:  # not expected any more; the other sources still answer
+            log.exception("fold-in failed for a customer; answering without the model")
+            return None
         size = self.settings.serving.customer_cache_size
         if size > 0:
             if len(self._vectors) >= size:
                 self._vectors.pop(next(iter(self._vectors)))  # the oldest
-            self._vectors[state.user_id] = (art.version, state.interactions, vec)
+            self._vectors[state.user_id] = ((art.version, ref), state.interactions, vec)
         return vec
 
     def forget(self, user_id: str) -> None:

@@ -141,7 +141,7 @@ def test_cached_fold_in_follows_a_new_model(loaded: Stack) -> None:
                 assert answer(a) == answer(b) and a.model_version == v1
             # Replayed before there was a model: their vectors are solved per request.
             held = {u: cached.service._vectors[u] for u in users}
-            assert all(version == v1 for version, _, _ in held.values())
+            assert all(key[0] == v1 for key, _, _ in held.values())
 
             # Other customers buy; a retrain gives every item new factors.
             docs = [event("order.placed", {"order_id": uid("o"), "lines": [
@@ -162,8 +162,8 @@ def test_cached_fold_in_follows_a_new_model(loaded: Stack) -> None:
             for user in users:
                 a, b = await both(cached, plain, user)
                 assert answer(a) == answer(b) and a.model_version == v2
-                version, _, vec = cached.service._vectors[user]
-                assert version == v2
+                key, _, vec = cached.service._vectors[user]
+                assert key[0] == v2
                 moved += not np.allclose(vec, held[user][2])
             assert moved  # the old vectors were wrong for the new model
 

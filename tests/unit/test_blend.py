@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from feature_store.reader import ItemInfo
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aisle.settings import Settings
+from feature_store.reader import ItemInfo, UserState
+from models.artifacts import ModelArtifact
+from models.matrix import log_weight
 from serving.service import Candidates, RecommendationService
 
 
@@ -60,3 +67,51 @@ def test_items_with_a_zero_score_are_left_out_and_ranking_never_fails() -> None:
     c = Candidates()
     c.add({"hot": 1.0, "cold": 0.0}, 0.5, lambda i: "popular now")
     assert [item for item, _, _ in c.ranked()] == ["hot"]
+
+
+@given(st.dictionaries(st.sampled_from("abcdefgh"),
+                       st.one_of(st.just(0.0), st.floats(-1.0, 1e6), st.just(1e-320)),
+                       max_size=8),
+       st.floats(0.01, 10.0), st.sampled_from([1.0, 1.5, 2.0]))
+def test_the_first_source_is_added_as_a_merge_into_nothing_would_be(
+        source: dict[str, float], weight: float, specificity: float) -> None:
+    """The first source takes a shortcut (nothing to merge with); it must land as the
+    merging path would land it, tiny and non-positive values included."""
+    first, merged = Candidates(), Candidates()
+    merged.scores["~"] = 0.0  # one entry sends the add down the merging path
+    first.add(source, weight, lambda i: "r", specificity)
+    merged.add(source, weight, lambda i: "r", specificity)
+    del merged.scores["~"]
+    assert first.scores == merged.scores
+    assert {i: s for i, (s, _) in first.best.items()} == {
+        i: s for i, (s, _) in merged.best.items()}
+
+
+def test_a_customer_folded_in_long_after_the_models_training_gets_the_same_vector() -> None:
+    """The request-time fold-in decays a customer's weights to their newest event, so
+    the same history gives the same vector a day or sixteen years after the model's
+    reference time; decayed to the model's time, the weights overflowed the solve."""
+    rng = np.random.default_rng(3)
+    k, half_life = 8, 30 * 86400.0
+    art = ModelArtifact(
+        version="v1", created_at=0.0, ref_ts=1291223160.0,
+        params={"factors": k, "regularization": 0.05, "alpha": 4.0},
+        item_ids=[f"i{n}" for n in range(20)],
+        item_factors=rng.standard_normal((20, k)).astype(np.float32),
+        similar_ids=np.zeros((20, 1), dtype=np.int32),
+        similar_scores=np.zeros((20, 1), dtype=np.float32), consumable=np.zeros(20, bool),
+        stats={})
+    service = RecommendationService(Settings(), None, None)  # type: ignore[arg-type]
+
+    def vector(after_s: float) -> np.ndarray:
+        last = art.ref_ts + after_s
+        events = [(b"i1", 1.0, last - 3 * 86400), (b"i4", 5.0, last - 86400), (b"i7", 2.0, last)]
+        state = UserState(f"u{after_s}", [], {}, {}, {}, {},
+                          [(i, log_weight(w, ts, half_life)) for i, w, ts in events], None,
+                          {"last_seen": last})
+        vec = service._vector(art, state)
+        assert vec is not None and np.isfinite(vec).all()
+        return vec
+
+    np.testing.assert_allclose(vector(16 * 365 * 86400.0), vector(86400.0), rtol=1e-4)
+    assert np.abs(vector(86400.0)).max() > 0.01  # a real vector, not the zero fallback
