@@ -114,12 +114,16 @@ class UserVectorUpdater:
         pipe = self.client.pipeline(transaction=False)
         for uid in ids:
             pipe.zrange(self.keys.user(uid, "ia"), 0, -1, withscores=True)
-        histories = await pipe.execute()
+            pipe.hget(self.keys.user(uid, "rfm"), "last_seen")
+        replies = await pipe.execute()
         pipe = self.client.pipeline(transaction=False)
-        for uid, hist in zip(ids, histories, strict=True):
+        for uid, hist, last in zip(ids, replies[::2], replies[1::2], strict=True):
             if not hist:  # erased in this batch
                 continue
-            ref = max(art.ref_ts, users[uid])
+            # Decayed to the customer's newest event (the API's request-time fold-in does
+            # the same): an old event arriving late must not weigh newer ones up by
+            # e^(years / tau), which overflows the solve.
+            ref = max(art.ref_ts, users[uid], float(last or 0.0))
             vec = user_vector(art, hist, ref, self.half_life_s)
             pipe.set(self.keys.user(uid, "vec"), encode_vector(art.version, vec))
         await pipe.execute()

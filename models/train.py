@@ -14,7 +14,7 @@ import time
 import numpy as np
 import redis.asyncio as aioredis
 import scipy.sparse as sp
-from implicit.nearest_neighbours import ItemItemRecommender, normalize
+from implicit.nearest_neighbours import ItemItemRecommender
 
 from aisle.settings import Settings
 from feature_store.client import open_redis
@@ -131,7 +131,7 @@ def knn_neighbours(inter: Interactions, top_k: int) -> tuple[np.ndarray, np.ndar
         return ids, scores
     # ``CosineRecommender.fit`` is this with a COO matrix, which implicit warns about.
     model = ItemItemRecommender(K=top_k + 1, num_threads=0)  # + 1: the item itself
-    model.fit(sp.csr_matrix(normalize(inter.matrix.T).T), show_progress=False)
+    model.fit(unit_items(inter.matrix), show_progress=False)
     sim = model.similarity.tocoo()
     keep = (sim.row != sim.col) & (sim.data > 0)
     row, col, val = sim.row[keep], sim.col[keep], sim.data[keep]
@@ -143,6 +143,28 @@ def knn_neighbours(inter: Interactions, top_k: int) -> tuple[np.ndarray, np.ndar
     ids[row[fit], rank[fit]] = col[fit]
     scores[row[fit], rank[fit]] = val[fit]
     return ids, scores
+
+
+def unit_items(matrix: sp.spmatrix) -> sp.csr_matrix:
+    """``matrix`` (customers × items) with each item's column scaled to unit length, in
+    float64 and by the column's largest entry first, so cosines come out right for any
+    scale of weights. Decayed weights of old events are tiny (2^-70 for six years at a
+    30-day half-life): in float32 their squares underflowed, the norms came out 0 or
+    denormal, and every similarity of such an item was inf (implicit's own ``normalize``).
+
+    >>> m = sp.csr_matrix(np.array([[1e-30, 2e-30], [0.0, 2e-30]], dtype=np.float32))
+    >>> unit_items(m).toarray().round(4).tolist()
+    [[1.0, 0.7071], [0.0, 0.7071]]
+    """
+    x = sp.coo_matrix(matrix.T, dtype=np.float64)  # items × customers
+    x.sum_duplicates()
+    n = x.shape[0]
+    peak = np.zeros(n)
+    np.maximum.at(peak, x.row, np.abs(x.data))
+    data = x.data / np.where(peak > 0, peak, 1.0)[x.row]
+    norm = np.sqrt(np.bincount(x.row, data * data, minlength=n))
+    data = data / np.where(norm > 0, norm, 1.0)[x.row]
+    return sp.csr_matrix((data, (x.col, x.row)), shape=matrix.shape)
 
 
 def fit_artifact(inter: Interactions, ref_ts: float, params: ALSParams, top_k: int,

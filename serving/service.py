@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -78,8 +79,11 @@ class Candidates:
         if not source or weight <= 0:
             return
         top = max(source.values())
-        if top <= 0:
-            return
+        if not 0.0 < top < math.inf:  # a NaN or an infinity came in: keep the sound ones
+            source = {i: v for i, v in source.items() if 0.0 < v < math.inf}
+            if not source:
+                return
+            top = max(source.values())
         scores, best, get = self.scores, self.best, self.scores.get
         if not scores:  # the first source (the ALS pool): nothing to merge with
             parts = {item: weight * raw / top for item, raw in source.items() if raw > 0}
@@ -88,7 +92,7 @@ class Candidates:
                          if p * specificity > 0.0})
             return
         for item, raw in source.items():
-            if raw <= 0:  # e.g. a popularity that decayed to 0.0: nothing to add or explain
+            if not raw > 0:  # a popularity that decayed to 0.0, a NaN: nothing to add
                 continue
             part = weight * raw / top
             scores[item] = get(item, 0.0) + part

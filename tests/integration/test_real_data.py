@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 
 from aisle.replay import replay_file
@@ -109,6 +110,22 @@ def test_fold_in_makes_the_next_request_personal(api, stack, store, model_versio
     assert [i["item_id"] for i in after["items"]] != [i["item_id"] for i in before["items"]]
     reasons = " ".join(i["reason"] for i in after["items"])
     assert "because you viewed" in reasons
+
+    # A view from 2011 arrives late (a shop's backfill), then a view of today: the worker
+    # decays to the customer's newest event (2024), not to the late event's time, which
+    # weighed the 2024 views up by e^100 and could fail the solve.
+    late = event("product.viewed", {"item_id": "22423"}, user, minutes=-13 * 365 * 24 * 60)
+    assert api.post("/v1/events", json=[late]).status_code == 202
+    rfm_key = keys_of(stack).user(user, "rfm")
+    eventually(lambda: float(store.hget(rfm_key, "first_seen") or 0) < 1.4e9)
+    more = event("product.viewed", {"item_id": "85123A"}, user, minutes=10, session_id="s")
+    assert api.post("/v1/events", json=[more]).status_code == 202
+    solved = eventually(lambda: (r := store.get(vec_key)) != raw and r)
+    vec = decode_vector(solved, model_version)
+    assert vec is not None
+    assert np.isfinite(vec).all()
+    again = api.get(f"/v1/users/{user}/recommendations")
+    assert again.status_code == 200 and again.json()["strategy"] == "personal"
 
 
 def test_a_stated_dislike_filters_everywhere(api, stack, store, model_version) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
@@ -70,13 +72,16 @@ def test_items_with_a_zero_score_are_left_out_and_ranking_never_fails() -> None:
 
 
 @given(st.dictionaries(st.sampled_from("abcdefgh"),
-                       st.one_of(st.just(0.0), st.floats(-1.0, 1e6), st.just(1e-320)),
+                       st.one_of(st.just(0.0), st.floats(-1.0, 1e6), st.just(1e-320),
+                                 st.just(math.nan), st.just(math.inf)),
                        max_size=8),
        st.floats(0.01, 10.0), st.sampled_from([1.0, 1.5, 2.0]))
 def test_the_first_source_is_added_as_a_merge_into_nothing_would_be(
         source: dict[str, float], weight: float, specificity: float) -> None:
     """The first source takes a shortcut (nothing to merge with); it must land as the
-    merging path would land it, tiny and non-positive values included."""
+    merging path would land it, tiny and non-positive values included. A NaN or an
+    infinity (the kNN neighbours of a model fitted on underflowing weights were all inf)
+    adds nothing: every score that lands is finite and has a reason to show."""
     first, merged = Candidates(), Candidates()
     merged.scores["~"] = 0.0  # one entry sends the add down the merging path
     first.add(source, weight, lambda i: "r", specificity)
@@ -85,6 +90,8 @@ def test_the_first_source_is_added_as_a_merge_into_nothing_would_be(
     assert first.scores == merged.scores
     assert {i: s for i, (s, _) in first.best.items()} == {
         i: s for i, (s, _) in merged.best.items()}
+    assert all(math.isfinite(v) for v in first.scores.values())
+    assert all(first.reason(i) == "r" for i, v in first.scores.items() if v > 0)
 
 
 def test_a_customer_folded_in_long_after_the_models_training_gets_the_same_vector() -> None:

@@ -12,6 +12,7 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 
 from aisle.settings import Settings
 from models.artifacts import ModelArtifact
@@ -80,6 +81,23 @@ def test_knn_neighbours_are_cosine_over_customers_best_first_without_the_item() 
     assert scores[b, 0] > scores[b, 1] > 0 and scores[b, 2] == 0 and ids[b, 2] == -1
     assert np.isclose(scores[a, 0], 2 / np.sqrt(2 * 3))  # cosine of (1,0,1) and (1,1,1)
     assert (ids[name.index("d")] == -1).all()  # no customer shares it
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-36, 1e30])
+def test_knn_neighbours_do_not_depend_on_the_scale_of_the_weights(scale: float) -> None:
+    """Decayed weights of years-old events are tiny; the cosines must not change (in
+    float32 every similarity of such items came out inf and NaN'd the served scores)."""
+    rows = [("u", "a", 1.0), ("u", "b", 3.0), ("v", "b", 1.0), ("v", "c", 2.0),
+            ("w", "a", 0.5), ("w", "c", 1.0)]
+    ids, scores = knn_neighbours(build_interactions(rows), 2)
+    small = build_interactions([(u, i, w * scale) for u, i, w in rows])
+    ids_s, scores_s = knn_neighbours(small, 2)
+    assert np.isfinite(scores_s).all() and (ids_s == ids).all()
+    np.testing.assert_allclose(scores_s, scores, rtol=1e-5)
+    # Mixed: old items next to current ones keep their own cosines.
+    mixed = build_interactions(rows + [(u, f"old-{i}", w * scale) for u, i, w in rows])
+    ids_m, scores_m = knn_neighbours(mixed, 2)
+    assert np.isfinite(scores_m).all() and scores_m.max() <= 1.0 + 1e-6
 
 
 def artifact(knn: dict[str, list[tuple[str, float]]]) -> ModelArtifact:
