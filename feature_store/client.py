@@ -11,6 +11,7 @@ scripts must be loaded on every primary) are handled where they happen.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any, TypeAlias
 
@@ -21,6 +22,24 @@ from aisle.settings import Settings
 
 AsyncRedis: TypeAlias = aioredis.Redis | aioredis.RedisCluster
 SyncRedis: TypeAlias = redis.Redis | redis.RedisCluster
+
+
+async def cancel_and_wait(*tasks: asyncio.Task[Any]) -> None:
+    """Cancel ``tasks`` and wait until they are done, asking again while they run.
+
+    redis-py (8.1) swallows a cancellation that lands while a command is in flight:
+    a task polling ``GET`` in a loop and cancelled once went on polling 137 and 147
+    times in 300 tries. A polling task cancelled once could then run forever, and the
+    API's shutdown, which awaited it, hung. What the tasks raised is dropped: they are
+    being stopped."""
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.05)
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()  # retrieved, so asyncio does not warn that nobody did
 
 
 def _url(settings: Settings) -> str:

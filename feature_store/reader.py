@@ -7,7 +7,6 @@ merged here. Catalog entries are cached in process for ``ttl`` seconds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -18,6 +17,7 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 
+from feature_store.client import cancel_and_wait
 from feature_store.keys import Keys
 from feature_store.updates import logaddexp
 from models.customer_types import CustomerFacts, Purchase
@@ -179,11 +179,7 @@ class FeatureReader:
         """Stop background reads still pending (the API is stopping)."""
         tasks = [*self._refreshing.values(),
                  *([self._revalidating] if self._revalidating else [])]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(*tasks)
 
     def cached_item(self, item_id: str) -> ItemInfo | None:
         hit = self._items.get(item_id)

@@ -9,13 +9,13 @@ stores them next to the customer's other keys.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import msgspec
 import numpy as np
 import redis.asyncio as aioredis
 
+from feature_store.client import cancel_and_wait
 from feature_store.keys import Keys
 from models.als import FoldIn
 from models.artifacts import ModelArtifact, load_current
@@ -58,9 +58,7 @@ class ModelHolder:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
 
 def user_vector(art: ModelArtifact, items_logw: list[tuple[bytes | str, float]],

@@ -20,7 +20,7 @@ from threadpoolctl import threadpool_limits
 
 from aisle.runtime import resolve
 from aisle.settings import Settings
-from feature_store.client import open_redis
+from feature_store.client import cancel_and_wait, open_redis
 from feature_store.keys import Keys
 from feature_store.reader import FeatureReader
 from models.online import ModelHolder
@@ -132,9 +132,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             if timeline is not None:  # first: its dump counts what is still frozen
                 await timeline.stop()
             if gc_task is not None:
-                gc_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await gc_task
+                await cancel_and_wait(gc_task)
             await holder.stop()
             await population.stop()
             await routes.drain_exposures()

@@ -23,6 +23,7 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 
+from feature_store.client import cancel_and_wait
 from feature_store.keys import Keys
 from feature_store.reader import CustomerRead, FeatureReader, ItemInfo, UserState
 from models.customer import SegmentRules, build_profile, load_segment_rules
@@ -92,9 +93,7 @@ class PopulationHolder:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
+from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from aisle.settings import Settings
@@ -39,6 +40,9 @@ if TYPE_CHECKING:
     from serving.crm import CustomerService
 
 log = logging.getLogger(__name__)
+FALLBACKS = Counter("aisle_fallback_answers_total",
+                    "answers that fell back to popular items after an unexpected error",
+                    ["route"])
 T = TypeVar("T")
 WINBACK_SEGMENTS = frozenset({"dormant", "lost", "at_risk"})
 RESTOCK_SLOTS = 3
@@ -139,7 +143,17 @@ class RecommendationService:
         """Related items; with ``user_id``, that customer's dislikes and complaints apply.
 
         Answers without a customer are the same for everyone: they are cached for
-        ``related_cache_ttl_s`` per (item, limit, model version), as product pages repeat."""
+        ``related_cache_ttl_s`` per (item, limit, model version), as product pages repeat.
+        An unexpected error answers popular items, as :meth:`recommendations` does."""
+        try:
+            return await self._related_cached(item_id, limit, user_id)
+        except Exception:
+            log.exception("related items of %s failed; answering popular items", item_id)
+            FALLBACKS.labels("related").inc()
+            return await self._fallback(user_id, limit, {item_id})
+
+    async def _related_cached(self, item_id: str, limit: int, user_id: str | None,
+                              ) -> Answer:
         if user_id is None:
             key = (item_id, limit, self.holder.version)
             hit = self._related.get(key)
@@ -219,6 +233,33 @@ class RecommendationService:
     # ------------------------------------------------------------ recommendations
     async def recommendations(self, user_id: str, limit: int, context_item: str | None,
                               ) -> Answer:
+        """The customer's list. An unexpected error on the way (a bug, a model that came
+        out wrong: see aa9e822) answers popular items instead, flagged degraded, logged
+        with its traceback and counted: the widget on the page still gets an answer."""
+        try:
+            return await self._recommendations(user_id, limit, context_item)
+        except Exception:
+            log.exception("recommendations for %s failed; answering popular items", user_id)
+            FALLBACKS.labels("recommendations").inc()
+            return await self._fallback(user_id, limit, {context_item or ""})
+
+    async def _fallback(self, user_id: str | None, limit: int, exclude: set[str]) -> Answer:
+        """Popular items, with the customer's dislikes, complaints and cart left out when
+        their state can be read; what the store answers when the personal path failed."""
+        flags = ["fallback"]
+        keep: Callable[[ItemInfo], bool] = lambda info: True  # noqa: E731
+        if user_id is not None:
+            empty = UserState(user_id, [], {}, {}, {}, {}, [], None, {})
+            state = await self._safe(self.reader.user(user_id), empty, flags)
+            keep = self._keeper(state, None, allow=set(state.bought))
+            exclude = exclude | set(state.negatives) | set(state.cart)
+        fill = await self._popular(flags, None)
+        items = self._select(fill, await self._infos(list(fill.scores), flags), limit,
+                             exclude, keep, degraded=True)
+        return Answer(items, None, "popular", True)
+
+    async def _recommendations(self, user_id: str, limit: int, context_item: str | None,
+                               ) -> Answer:
         flags: list[str] = []
         s = self.settings.serving
         art = self.holder.current

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 
 from aisle.settings import Settings
-from feature_store.client import open_redis
+from feature_store.client import cancel_and_wait, open_redis
 from feature_store.keys import Keys
 from feature_store.redis_store import RedisStore
 from feature_store.updates import Folder
@@ -49,7 +49,7 @@ async def rebuild_from_log(settings: Settings) -> dict[str, float]:
         for topic in (settings.topics.catalog, settings.topics.events):
             await _replay_topic(settings, topic, processor)
         total = processor.counters.total
-        keeper.cancel()
+        await cancel_and_wait(keeper)
     finally:
         await client.delete(lock)
         await client.aclose()

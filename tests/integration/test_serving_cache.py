@@ -30,6 +30,7 @@ from models.population import decode_stats
 from models.train import train_once
 from serving.app import create_app
 from serving.crm import EMPTY_STATS
+from serving.service import FALLBACKS
 from streams.events import decode_event
 from streams.lag import wait_caught_up
 from streams.topics import EventProducer
@@ -262,5 +263,33 @@ def test_erasure_leaves_nothing_in_the_caches(loaded: Stack) -> None:
             assert user not in cached.service._vectors
             view = await cached.customers.view(user)
             assert view.facts.orders == 0 and view.facts.purchases == ()
+
+    asyncio.run(check())
+
+
+def test_an_unexpected_error_answers_popular_items_flagged_degraded(loaded: Stack) -> None:
+    """A bug on the personal path (here: the fold-in and the related blend raise) still
+    answers: popular items, degraded, counted; not a 500 on the shop's page."""
+    s = loaded.settings
+    user = buyers(s, 3)[-1]
+
+    def broken(*_: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    async def check() -> None:
+        async with two_services(s) as (cached, plain):
+            service = cached.service
+            service._vector = broken
+            service._related_answer = broken
+            before = FALLBACKS.labels("recommendations")._value.get()
+            got = await service.recommendations(user, 10, None)
+            assert got.strategy == "popular" and got.degraded and len(got.items) == 10
+            assert FALLBACKS.labels("recommendations")._value.get() == before + 1
+            healthy = await plain.service.recommendations(user, 10, None)
+            assert not healthy.degraded
+            item = healthy.items[0].item_id
+            related = await service.related(item, 5, None)
+            assert related.strategy == "popular" and related.degraded
+            assert item not in {x.item_id for x in related.items} and len(related.items) == 5
 
     asyncio.run(check())
