@@ -37,6 +37,11 @@ class WorkerSettings(BaseModel):
     rebalance_timeout_s: float = 6.0
     retrain_interval_s: float = Field(3600.0, ge=0, description="0 disables the schedule")
     retrain_min_new_events: int = 1000
+    # Between retrains: re-solve the factors of the items touched since the model was
+    # trained (models.train.refresh_items_once) once this many events arrived; 0
+    # disables. ~3 s of one core on Online Retail (a week's items), a retrain 5-15 s.
+    item_refresh_interval_s: float = Field(600.0, ge=0)
+    item_refresh_min_new_events: int = 500
     # Population stats (RFM quintiles, churn rhythm, repurchase cycles) and the lifecycle
     # sweep; 0 disables the schedule (run `aisle stats` instead).
     population_interval_s: float = Field(300.0, ge=0)

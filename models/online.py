@@ -138,7 +138,8 @@ def refresh_item_factors(art: ModelArtifact, inter: Interactions, items: set[str
     hold ~0.5% of the new-items truth on Online Retail). Returns the new factors and
     how many items were re-solved. Pure: reads and writes nothing.
 
-    Not wired into the worker yet (``benchmarks/stream_staleness.py`` measures it)."""
+    The worker's ``item_refresh_interval_s`` timer runs it between retrains
+    (``models.train.refresh_items_once``); ``benchmarks/stream_staleness.py`` measures it."""
     index = art.item_index
     cols = np.array([index.get(i, -1) for i in inter.item_ids], dtype=np.int64)
     x = inter.matrix.tocsr()

@@ -22,8 +22,9 @@ from feature_store.keys import Keys
 from feature_store.redis_store import applied_total
 from feature_store.snapshot import read_interactions
 from models.als import ALSParams, fit_als, resolve_device, similar_items
-from models.artifacts import ModelArtifact, new_version, publish_model
-from models.matrix import Interactions, decayed_weight, interactions_from_histories
+from models.artifacts import ModelArtifact, load_current, new_version, publish_model
+from models.matrix import Interactions, decayed_weight, interactions_from_histories, log_weight
+from models.online import refresh_item_factors
 
 log = logging.getLogger(__name__)
 LOCK_TTL_S = 900
@@ -222,3 +223,75 @@ async def train_once(settings: Settings, client: aioredis.Redis | None = None,
         if own:
             await client.aclose()
 
+
+
+# ---------------------------------------------------------------- between retrains
+def touched_since(histories: dict[str, tuple[list[str], np.ndarray]], since_ts: float,
+                  half_life_s: float, min_weight: float) -> set[str]:
+    """Items an event after ``since_ts`` may have touched, from the stored log weights.
+
+    An event after ``since_ts`` adds at least ``log_weight(min_weight, since_ts)`` to its
+    pair's forward-decayed sum, so every such pair is at or above that floor: nothing
+    touched is missed. Pairs with enough older weight pass too (a superset: they are
+    re-solved for nothing, which costs time, not correctness).
+
+    >>> h = {"u": (["new", "old", "heavy"], np.array([log_weight(1.0, 100.0, 10.0),
+    ...     log_weight(1.0, 50.0, 10.0), log_weight(64.0, 50.0, 10.0)]))}
+    >>> sorted(touched_since(h, 90.0, 10.0, 1.0))
+    ['heavy', 'new']
+    """
+    floor = log_weight(min_weight, since_ts, half_life_s) - 1e-9
+    out: set[str] = set()
+    for items, logw in histories.values():
+        out.update(item for item, w in zip(items, logw.tolist(), strict=True) if w >= floor)
+    return out
+
+
+async def refresh_items_once(settings: Settings, client: aioredis.Redis,
+                             events_applied: int | None = None) -> ModelArtifact | None:
+    """The current model with the factors of the items touched since it was trained
+    re-solved against today's interactions (every customer folded in first:
+    ``models.online.refresh_item_factors``), published as a new version. Between
+    retrains this is what keeps new co-purchases in the recommendations: measured on
+    Online Retail a week after a retrain, the new-items gap to a full retrain went from
+    −2.4% / −5.1% (R@20 / NDCG@20) to −0.7% / −2.6% (``benchmarks/stream_staleness.py``).
+
+    The ALS neighbours, the kNN lists and ``events_applied`` stay the retrain's (the
+    retrain schedule keeps counting from it). Holds the training lock; None when there
+    is no model or nothing newer than it."""
+    keys = Keys(settings.features.key_prefix, settings.features.shards)
+    lock = keys.control("train")
+    if not await client.set(lock, b"1", nx=True, ex=LOCK_TTL_S):
+        raise TrainingBusy("another training run holds the lock")
+    try:
+        started = time.perf_counter()
+        current = await load_current(client, settings.features.key_prefix)
+        ref_ts = await read_ref_ts(client, keys)
+        if current is None or ref_ts <= current.ref_ts:
+            return None
+        m = settings.model
+        half_life_s = m.half_life_d * 86400
+        histories = await read_interactions(client, keys, "ia")
+        least = min(w for w in (m.weight_view, m.weight_favorite, m.weight_cart,
+                                m.weight_purchase, m.weight_review_good) if w > 0)
+        touched = touched_since(histories, current.ref_ts, half_life_s, least)
+        if not touched:
+            return None
+        inter = interactions_from_histories(histories, ref_ts, half_life_s)
+        factors, n = await asyncio.to_thread(refresh_item_factors, current, inter, touched)
+        stats = {**current.stats, "refreshed_items": n, "refreshed_from": current.version,
+                 "refresh_s": round(time.perf_counter() - started, 3)}
+        if events_applied is not None:
+            stats["refreshed_at_events"] = events_applied
+        art = ModelArtifact(
+            version=new_version(), created_at=time.time(), ref_ts=ref_ts,
+            params=current.params, item_ids=current.item_ids, item_factors=factors,
+            similar_ids=current.similar_ids, similar_scores=current.similar_scores,
+            consumable=current.consumable, stats=stats, knn_ids=current.knn_ids,
+            knn_scores=current.knn_scores)
+        await publish_model(client, settings.features.key_prefix, art, keep=m.keep_versions)
+        log.info("refreshed %d item factors of %s as %s in %.2fs", n, current.version,
+                 art.version, stats["refresh_s"])
+        return art
+    finally:
+        await client.delete(lock)

@@ -29,7 +29,7 @@ from push.sweep import sweep as push_sweep
 from push.watch import ItemWatchers
 from streams.batching import BatchApp, batch_consumer, quiet_gc
 from streams.pipeline import BatchProcessor, BatchResult, PreparedBatch, Record
-from streams.timers import refresh_population, retrain_if_due
+from streams.timers import refresh_items_if_due, refresh_population, retrain_if_due
 from streams.topics import EventProducer, ensure_topics
 
 log = logging.getLogger(__name__)
@@ -223,5 +223,14 @@ def build_app(settings: Settings) -> faust.App:
                 await retrain_if_due(settings, processor.store.client)
             except Exception:  # a failed retrain must not stop the worker
                 log.exception("scheduled retrain failed; serving the previous model")
+
+    if w.item_refresh_interval_s > 0:
+        @app.timer(w.item_refresh_interval_s)
+        async def scheduled_item_refresh() -> None:
+            processor = await ctx.get()
+            try:
+                await refresh_items_if_due(settings, processor.store.client)
+            except Exception:  # the next retrain refreshes everything anyway
+                log.exception("scheduled item refresh failed; serving the previous model")
 
     return app

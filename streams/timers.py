@@ -17,7 +17,7 @@ from feature_store.redis_store import applied_total
 from models.artifacts import load_current
 from models.customer import load_segment_rules
 from models.population import refresh
-from models.train import TrainingBusy, train_once
+from models.train import TrainingBusy, refresh_items_once, train_once
 from streams.topics import EventProducer
 
 log = logging.getLogger(__name__)
@@ -58,4 +58,27 @@ async def retrain_if_due(settings: Settings, client: aioredis.Redis) -> bool:
     except TrainingBusy:
         return False
     log.info("scheduled retrain published %s (%d new events)", art.version, since)
+    return True
+
+
+async def refresh_items_if_due(settings: Settings, client: aioredis.Redis) -> bool:
+    """Refresh the current model's touched items once ``item_refresh_min_new_events``
+    arrived since the last retrain or refresh. False when not due, when a training run
+    holds the lock, or when nothing was touched."""
+    keys = Keys(settings.features.key_prefix, settings.features.shards)
+    applied = await applied_events(client, keys)
+    current = await load_current(client, settings.features.key_prefix)
+    if current is None:
+        return False
+    last = max(int(current.stats.get("events_applied", 0)),
+               int(current.stats.get("refreshed_at_events", 0)))
+    if applied - last < settings.worker.item_refresh_min_new_events:
+        return False
+    try:
+        art = await refresh_items_once(settings, client, events_applied=applied)
+    except TrainingBusy:
+        return False
+    if art is None:
+        return False
+    log.info("item refresh published %s (%d items)", art.version, art.stats["refreshed_items"])
     return True

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import doctest
+
 import numpy as np
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
+from models import train
 from models.als import ALSParams, fit_als
 from models.artifacts import ModelArtifact
-from models.matrix import build_interactions
+from models.matrix import build_interactions, log_weight
 from models.online import refresh_item_factors
+from models.train import touched_since
 
 
 def stale_and_now() -> tuple[ModelArtifact, object, object]:
@@ -59,3 +63,31 @@ def test_nothing_touched_changes_nothing() -> None:
     art, before, _ = stale_and_now()
     factors, n = refresh_item_factors(art, before, set())
     assert n == 0 and np.array_equal(factors, art.item_factors)
+
+
+def test_touched_since_misses_no_item_an_event_after_the_model_touched() -> None:
+    """Every pair an event after the model touched is at or above the floor, whatever
+    came before; an item only touched before, lightly, is left alone."""
+    half_life = 30 * 86400.0
+    since = 1_300_000_000.0
+    rng = np.random.default_rng(5)
+    histories, touched_after = {}, set()
+    for u in range(12):
+        items, logw = [], []
+        for i in rng.choice(30, 5, replace=False):
+            ts = since + float(rng.uniform(-90, 5)) * 86400
+            weights = [float(w) for w in rng.choice([1.0, 3.0, 10.0], rng.integers(1, 4))]
+            lw = log_weight(weights[0], ts, half_life)
+            for w in weights[1:]:
+                lw = float(np.logaddexp(lw, log_weight(w, ts - 3600, half_life)))
+            items.append(f"i{i}")
+            logw.append(lw)
+            if ts >= since:  # its newest event came after the model
+                touched_after.add(f"i{i}")
+        histories[f"u{u}"] = (items, np.array(logw))
+    got = touched_since(histories, since, half_life, 1.0)
+    assert touched_after <= got
+    assert touched_after and got != {f"i{i}" for i in range(30)}  # a real selection
+    only_old = {"v": (["old"], np.array([log_weight(1.0, since - 86400, half_life)]))}
+    assert touched_since(only_old, since, half_life, 1.0) == set()
+    assert doctest.testmod(train).failed == 0
