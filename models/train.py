@@ -187,15 +187,19 @@ def fit_artifact(inter: Interactions, ref_ts: float, params: ALSParams, top_k: i
     )
 
 
+async def take_training_lock(client: aioredis.Redis, keys: Keys) -> None:
+    """One training run at a time (retrain or item refresh), across workers."""
+    if not await client.set(keys.control("train"), b"1", nx=True, ex=LOCK_TTL_S):
+        raise TrainingBusy("another training run holds the lock")
+
+
 async def train_once(settings: Settings, client: aioredis.Redis | None = None,
                      events_applied: int | None = None) -> ModelArtifact:
     device = resolve_device(settings.model.device)  # before any work: a clear error
     own = client is None
     client = client or open_redis(settings)
     keys = Keys(settings.features.key_prefix, settings.features.shards)
-    lock = keys.control("train")
-    if not await client.set(lock, b"1", nx=True, ex=LOCK_TTL_S):
-        raise TrainingBusy("another training run holds the lock")
+    await take_training_lock(client, keys)
     try:
         started = time.perf_counter()
         m, f = settings.model, settings.features
@@ -219,7 +223,7 @@ async def train_once(settings: Settings, client: aioredis.Redis | None = None,
         log.info("trained and published %s: %s", art.version, art.stats)
         return art
     finally:
-        await client.delete(lock)
+        await client.delete(keys.control("train"))
         if own:
             await client.aclose()
 
@@ -260,9 +264,7 @@ async def refresh_items_once(settings: Settings, client: aioredis.Redis,
     retrain schedule keeps counting from it). Holds the training lock; None when there
     is no model or nothing newer than it."""
     keys = Keys(settings.features.key_prefix, settings.features.shards)
-    lock = keys.control("train")
-    if not await client.set(lock, b"1", nx=True, ex=LOCK_TTL_S):
-        raise TrainingBusy("another training run holds the lock")
+    await take_training_lock(client, keys)
     try:
         started = time.perf_counter()
         current = await load_current(client, settings.features.key_prefix)
@@ -294,4 +296,4 @@ async def refresh_items_once(settings: Settings, client: aioredis.Redis,
                  art.version, stats["refresh_s"])
         return art
     finally:
-        await client.delete(lock)
+        await client.delete(keys.control("train"))

@@ -17,13 +17,11 @@ import pytest
 
 from aisle.replay import replay_file
 from aisle.stack import Stack
-from feature_store.client import open_redis
-from models.artifacts import ModelArtifact, load_current
 from models.train import train_once
 from streams.lag import wait_caught_up
 from tests.conftest import ONLINE_RETAIL
 from tests.integration.conftest import ADMIN_KEY, isolated_settings
-from tests.integration.util import event, eventually, loaded, uid
+from tests.integration.util import current_model, event, eventually, loaded, uid
 
 pytestmark = pytest.mark.integration
 
@@ -41,23 +39,12 @@ def stack(servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
         s.stop()
 
 
-def current(stack: Stack) -> ModelArtifact | None:
-    async def load() -> ModelArtifact | None:
-        client = open_redis(stack.settings)
-        try:
-            return await load_current(client, stack.settings.features.key_prefix)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(load())
-
-
 def test_the_worker_refreshes_touched_items_between_retrains(stack: Stack) -> None:
     first = asyncio.run(train_once(stack.settings))
     item = max(first.item_ids, key=lambda i: first.item_index[i] % 97)  # any known item
-    assert current(stack).version == first.version
+    assert current_model(stack).version == first.version
     time.sleep(3)  # nothing new since the retrain: no refresh
-    assert current(stack).version == first.version
+    assert current_model(stack).version == first.version
 
     orders = [event("order.placed", {"order_id": uid("o"), "lines": [
         {"item_id": item, "quantity": 2, "unit_price": 3.0},
@@ -67,7 +54,7 @@ def test_the_worker_refreshes_touched_items_between_retrains(stack: Stack) -> No
                       headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as api:
         assert api.post("/v1/events", json=orders).status_code == 202
     deadline = time.monotonic() + 60
-    while (art := current(stack)) is not None and art.version == first.version:
+    while (art := current_model(stack)) is not None and art.version == first.version:
         assert time.monotonic() < deadline, "no refresh within 60 s"
         time.sleep(0.3)
     assert art is not None
@@ -83,4 +70,4 @@ def test_the_worker_refreshes_touched_items_between_retrains(stack: Stack) -> No
         eventually(lambda: loaded(api, art.version))  # the API serves it
 
     time.sleep(3)  # no new events since the refresh: no second one
-    assert current(stack).version == art.version
+    assert current_model(stack).version == art.version

@@ -11,7 +11,6 @@ import pytest
 
 from aisle.replay import replay_file
 from aisle.stack import Stack
-from feature_store.client import open_redis
 from feature_store.dump import dump_state
 from models.online import decode_vector
 from models.train import train_once
@@ -19,7 +18,16 @@ from streams.lag import wait_caught_up
 from streams.rebuild import rebuild_from_log
 from tests.conftest import ONLINE_RETAIL, TAOBAO
 from tests.integration.conftest import ADMIN_KEY, isolated_settings
-from tests.integration.util import catalog, customers, event, eventually, keys_of, loaded, uid
+from tests.integration.util import (
+    catalog,
+    current_model,
+    customers,
+    event,
+    eventually,
+    keys_of,
+    loaded,
+    uid,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +68,7 @@ def test_recommendations_for_real_customers_skip_what_they_cannot_want(
         api, stack, store, model_version) -> None:
     eventually(lambda: loaded(api, model_version))
     k = keys_of(stack)
-    art = _model(stack)
+    art = current_model(stack)
     assert art is not None and art.version == model_version
     assert 0 < art.consumable.sum() < len(art.consumable)
     checked = repeats = 0
@@ -81,17 +89,6 @@ def test_recommendations_for_real_customers_skip_what_they_cannot_want(
     assert checked >= 10
 
 
-def _model(stack: Stack):  # type: ignore[no-untyped-def]
-    from models.artifacts import load_current
-
-    async def load():  # type: ignore[no-untyped-def]
-        client = open_redis(stack.settings)
-        try:
-            return await load_current(client, stack.settings.features.key_prefix)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(load())
 
 
 def test_fold_in_makes_the_next_request_personal(api, stack, store, model_version) -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from feature_store.client import open_redis
 from feature_store.keys import Keys
+from models.artifacts import ModelArtifact, load_current
 
 if TYPE_CHECKING:
     import httpx
@@ -70,3 +73,15 @@ def customers(stack: Stack, store: redis.Redis | redis.RedisCluster,
             if n and float(n) >= min_orders:
                 out.append(raw.decode())
     return sorted(out)
+
+
+def current_model(stack: Stack) -> ModelArtifact | None:
+    """The model the store serves now, read as the API and workers read it."""
+    async def load() -> ModelArtifact | None:
+        client = open_redis(stack.settings)
+        try:
+            return await load_current(client, stack.settings.features.key_prefix)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(load())
