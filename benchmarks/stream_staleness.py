@@ -48,7 +48,7 @@ from benchmarks.quality_data import Split, load, test_split, touched
 from benchmarks.quality_served import StoreSession
 from models.als import FoldIn
 from models.artifacts import ModelArtifact, new_version, publish_model
-from models.train import read_matrix
+from models.train import read_matrix, refresh_items_once
 
 console = Console(width=None if sys.stdout.isatty() else 150)
 GAPS_D = (1, 3, 7)
@@ -125,6 +125,13 @@ async def staleness_run(split: Split, users: list[str], session: StoreSession, s
     stale = await session.train()
     await session.replay(tail)
     row: dict[str, Any] = {"streaming": score(await served(session, split, users), split, users)}
+    # The worker's own refresh (models.train.refresh_items_once): items read off the store.
+    started = time.perf_counter()
+    wired = await refresh_items_once(session.settings, session.client)
+    row["wired_refresh"] = {"items_refreshed": wired.stats["refreshed_items"] if wired else 0,
+                            "seconds": round(time.perf_counter() - started, 2)}
+    await session.holder.refresh()
+    row["streaming_wired_refresh"] = score(await served(session, split, users), split, users)
     _, row["item_refresh"] = await refresh_items(session, stale, fresh)
     row["streaming_item_refresh"] = score(await served(session, split, users), split, users)
     await session.train()
@@ -133,11 +140,12 @@ async def staleness_run(split: Split, users: list[str], session: StoreSession, s
     return row
 
 
-async def measure(name: str, redis_url: str, tmp: Path, max_users: int) -> dict[str, Any]:
+async def measure(name: str, redis_url: str, tmp: Path, max_users: int,
+                  gaps: tuple[int, ...] = GAPS_D) -> dict[str, Any]:
     split = test_split(load(name))
     users = sample_users(split, max_users)
     rows = {}
-    for days in GAPS_D:
+    for days in gaps:
         started = time.perf_counter()
         since = split.cut_ts - days * 86400.0
         session = StoreSession.open(eval_settings(redis_url, tmp, f"st{days}"))
@@ -147,10 +155,12 @@ async def measure(name: str, redis_url: str, tmp: Path, max_users: int) -> dict[
             await session.close()
         row["streaming_vs_full"] = gap(row["streaming"], row["full"])
         row["item_refresh_vs_full"] = gap(row["streaming_item_refresh"], row["full"])
+        row["wired_refresh_vs_full"] = gap(row["streaming_wired_refresh"], row["full"])
         row |= new_since(split, since, users)
         row["seconds"] = round(time.perf_counter() - started, 1)
         console.print(f"  {days} d: streaming {row['streaming_vs_full']}, with item refresh "
-                      f"{row['item_refresh_vs_full']}; {row['item_refresh']}; first seen "
+                      f"{row['item_refresh_vs_full']}; {row['item_refresh']}; wired refresh "
+                      f"{row['wired_refresh_vs_full']} ({row['wired_refresh']}); first seen "
                       f"since: {row['items_first_seen_since_retrain']} items, "
                       f"{row['share_of_new_truth_pairs']:.1%} of new truth")
         rows[f"{days}d"] = row
@@ -161,16 +171,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="online_retail")
     parser.add_argument("--users", type=int, default=MAX_USERS)
+    parser.add_argument("--gaps", default=",".join(map(str, GAPS_D)),
+                        help="days between the stale retrain and the cut (1,3,7)")
+    parser.add_argument("--out", default="stream_staleness")
     args = parser.parse_args()
     tree = tree_state()
     tmp = Path(tempfile.mkdtemp(prefix="aisle-staleness-"))
     store, redis_url = start_store(tmp)
     try:
-        result = asyncio.run(measure(args.dataset, redis_url, tmp, args.users))
+        gaps = tuple(int(d) for d in args.gaps.split(","))
+        result = asyncio.run(measure(args.dataset, redis_url, tmp, args.users, gaps))
     finally:
         store.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    path = write_result("stream_staleness.json", {"machine": machine_info(tree), **result})
+    path = write_result(f"{args.out}.json", {"machine": machine_info(tree), **result})
     console.print(f"wrote {path}")
 
 
