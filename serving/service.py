@@ -179,13 +179,8 @@ class RecommendationService:
     async def _related_answer(self, item_id: str, limit: int, user_id: str | None) -> Answer:
         flags: list[str] = []
         art = self.holder.current
-        keep: Callable[[ItemInfo], bool] = lambda info: True  # noqa: E731
-        exclude = {item_id}
-        if user_id is not None:
-            empty = UserState(user_id, [], {}, {}, {}, {}, [], None, {})
-            state = await self._safe(self.reader.user(user_id), empty, flags)
-            keep = self._keeper(state, None, allow=set(state.bought))
-            exclude |= set(state.negatives)
+        keep, state = await self._customer_filter(user_id, flags)
+        exclude = {item_id, *(state.negatives if state else ())}
         await self._infos([item_id], flags)  # the anchor's title, for the reasons
         cands = await self._related_candidates(item_id, art, flags, weight=1.0,
                                                als=self.settings.serving.related_blend_als)
@@ -243,15 +238,22 @@ class RecommendationService:
             FALLBACKS.labels("recommendations").inc()
             return await self._fallback(user_id, limit, {context_item or ""})
 
+    async def _customer_filter(self, user_id: str | None, flags: list[str],
+                               ) -> tuple[Callable[[ItemInfo], bool], UserState | None]:
+        """The customer's dislikes and bought non-consumables as a filter, and their
+        state; keep-all and None without a customer (an unreadable state reads empty)."""
+        if user_id is None:
+            return (lambda info: True), None
+        empty = UserState(user_id, [], {}, {}, {}, {}, [], None, {})
+        state = await self._safe(self.reader.user(user_id), empty, flags)
+        return self._keeper(state, None, allow=set(state.bought)), state
+
     async def _fallback(self, user_id: str | None, limit: int, exclude: set[str]) -> Answer:
         """Popular items, with the customer's dislikes, complaints and cart left out when
         their state can be read; what the store answers when the personal path failed."""
         flags = ["fallback"]
-        keep: Callable[[ItemInfo], bool] = lambda info: True  # noqa: E731
-        if user_id is not None:
-            empty = UserState(user_id, [], {}, {}, {}, {}, [], None, {})
-            state = await self._safe(self.reader.user(user_id), empty, flags)
-            keep = self._keeper(state, None, allow=set(state.bought))
+        keep, state = await self._customer_filter(user_id, flags)
+        if state is not None:
             exclude = exclude | set(state.negatives) | set(state.cart)
         fill = await self._popular(flags, None)
         items = self._select(fill, await self._infos(list(fill.scores), flags), limit,
