@@ -15,13 +15,10 @@ import httpx
 import numpy as np
 import pytest
 
-from aisle.replay import replay_file
 from aisle.stack import Stack
 from models.train import train_once
-from streams.lag import wait_caught_up
-from tests.conftest import ONLINE_RETAIL
 from tests.integration.conftest import ADMIN_KEY, isolated_settings
-from tests.integration.util import current_model, event, eventually, loaded, uid
+from tests.integration.util import current_model, event, eventually, loaded, stack_over_slice, uid
 
 pytestmark = pytest.mark.integration
 
@@ -30,13 +27,8 @@ pytestmark = pytest.mark.integration
 def stack(servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     settings = isolated_settings(servers, tmp_path_factory.mktemp("refresh"),
                                  item_refresh_interval_s=1.0, item_refresh_min_new_events=20)
-    s = Stack.start(settings, workers=1, api=True)
-    try:
-        asyncio.run(replay_file(settings, ONLINE_RETAIL, limit_rows=3_000))
-        asyncio.run(wait_caught_up(settings, timeout=120))
+    with stack_over_slice(settings) as s:
         yield s
-    finally:
-        s.stop()
 
 
 def test_the_worker_refreshes_touched_items_between_retrains(stack: Stack) -> None:

@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 import redis
 
-from aisle.replay import replay_file
 from aisle.settings import Settings
 from aisle.stack import Stack
 from feature_store.keys import Keys
@@ -34,9 +33,8 @@ from serving.service import FALLBACKS
 from streams.events import decode_event
 from streams.lag import wait_caught_up
 from streams.topics import EventProducer
-from tests.conftest import ONLINE_RETAIL
 from tests.integration.conftest import ADMIN_KEY, isolated_settings
-from tests.integration.util import event, uid
+from tests.integration.util import event, stack_over_slice, uid
 
 pytestmark = pytest.mark.integration
 
@@ -46,14 +44,9 @@ def loaded(servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory,
            ) -> Iterator[Stack]:
     """A worker over 3,000 Online Retail rows and a trained model; no API process."""
     settings = isolated_settings(servers, tmp_path_factory.mktemp("serving-cache"))
-    stack = Stack.start(settings, workers=1, api=False)
-    try:
-        asyncio.run(replay_file(settings, ONLINE_RETAIL, limit_rows=3_000))
-        asyncio.run(wait_caught_up(settings, timeout=120))
+    with stack_over_slice(settings, api=False) as stack:
         asyncio.run(train_once(settings))
         yield stack
-    finally:
-        stack.stop()
 
 
 @contextlib.asynccontextmanager

@@ -14,15 +14,12 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from aisle.replay import replay_file
 from aisle.stack import Stack
 from feature_store.client import open_redis
 from models.artifacts import ModelArtifact, load_current
 from models.train import train_once
-from streams.lag import wait_caught_up
-from tests.conftest import ONLINE_RETAIL
 from tests.integration.conftest import isolated_settings
-from tests.integration.util import event, eventually, keys_of, loaded, uid
+from tests.integration.util import event, eventually, keys_of, loaded, stack_over_slice, uid
 
 pytestmark = pytest.mark.integration
 
@@ -33,13 +30,8 @@ def stack(servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
     settings = base.model_copy(update={"serving": base.serving.model_copy(update={
         "blend_als": 0.0, "blend_session": 0.0, "blend_resume": 0.0, "blend_rebuy": 0.0,
         "blend_viewed_similar": 1.0, "viewed_similar_source": "knn"})})
-    s = Stack.start(settings, workers=1, api=True)
-    try:
-        asyncio.run(replay_file(settings, ONLINE_RETAIL, limit_rows=3_000))
-        asyncio.run(wait_caught_up(settings, timeout=120))
+    with stack_over_slice(settings) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="module")

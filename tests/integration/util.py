@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from feature_store.client import open_redis
@@ -17,6 +19,7 @@ if TYPE_CHECKING:
     import httpx
     import redis
 
+    from aisle.settings import Settings
     from aisle.stack import Stack
 
 T = TypeVar("T")
@@ -85,3 +88,22 @@ def current_model(stack: Stack) -> ModelArtifact | None:
             await client.aclose()
 
     return asyncio.run(load())
+
+
+@contextlib.contextmanager
+def stack_over_slice(settings: Settings, rows: int = 3_000, api: bool = True,
+                     data: Path | None = None) -> Iterator[Stack]:
+    """One worker (and the API) over the first ``rows`` rows of Online Retail, caught up;
+    stopped on the way out. What most module fixtures start."""
+    from aisle.replay import replay_file
+    from aisle.stack import Stack
+    from streams.lag import wait_caught_up
+    from tests.conftest import ONLINE_RETAIL
+
+    stack = Stack.start(settings, workers=1, api=api)
+    try:
+        asyncio.run(replay_file(settings, data or ONLINE_RETAIL, limit_rows=rows))
+        asyncio.run(wait_caught_up(settings, timeout=120))
+        yield stack
+    finally:
+        stack.stop()
