@@ -136,6 +136,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await holder.stop()
             await population.stop()
             await routes.drain_exposures()
+            await state.service.close()
             await reader.close()
             await state.producer.close()
             await client.aclose()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -28,6 +27,7 @@ from feature_store.reader import CustomerRead, FeatureReader, ItemInfo, UserStat
 from models.artifacts import ModelArtifact
 from models.online import ModelHolder, decode_vector, user_vector
 from serving.again import own_items, rebuy_reason, resume_reason
+from serving.answer_cache import StaleWhileRevalidate
 from serving.viewed import (
     SimilarToViewed,
     published_neighbours,
@@ -125,7 +125,10 @@ class RecommendationService:
         self.holder = holder
         self.timeout = store_timeout_s
         self.half_life_s = settings.model.half_life_d * 86400
-        self._related: dict[tuple[str, int, str | None], tuple[float, Answer]] = {}
+        # Anonymous related answers per (item, limit): see serving/answer_cache.py.
+        self._related: StaleWhileRevalidate[tuple[str, int], Answer] = StaleWhileRevalidate(
+            lambda key: self._related_answer(key[0], key[1], None), self._related_ttl,
+            current=lambda answer: answer.model_version == self.holder.version)
         # customer -> ((model version, decay reference), interactions, vector)
         self._vectors: dict[str, tuple[tuple[str, float], Any, np.ndarray]] = {}
         self._histories: dict[str, tuple[str, list[tuple[bytes, float]], Any]] = {}
@@ -142,8 +145,9 @@ class RecommendationService:
     async def related(self, item_id: str, limit: int, user_id: str | None = None) -> Answer:
         """Related items; with ``user_id``, that customer's dislikes and complaints apply.
 
-        Answers without a customer are the same for everyone: they are cached for
-        ``related_cache_ttl_s`` per (item, limit, model version), as product pages repeat.
+        Answers without a customer are the same for everyone: they are cached per (item,
+        limit) for ``related_cache_ttl_s``, as product pages repeat, and refreshed in the
+        background once stale or made with an older model (serving/answer_cache.py).
         An unexpected error answers popular items, as :meth:`recommendations` does."""
         try:
             return await self._related_cached(item_id, limit, user_id)
@@ -155,25 +159,17 @@ class RecommendationService:
     async def _related_cached(self, item_id: str, limit: int, user_id: str | None,
                               ) -> Answer:
         if user_id is None:
-            key = (item_id, limit, self.holder.version)
-            hit = self._related.get(key)
-            now = time.monotonic()
-            if hit is not None and now - hit[0] < self._related_ttl(hit[1], limit):
-                return hit[1]
-            answer = await self._related_answer(item_id, limit, None)
-            if not answer.degraded:
-                if len(self._related) > 50_000:
-                    self._related.clear()
-                self._related[key] = (now, answer)
-            return answer
+            return await self._related.get((item_id, limit))
         return await self._related_answer(item_id, limit, user_id)
 
-    def _related_ttl(self, answer: Answer, limit: int) -> float:
+    def _related_ttl(self, key: tuple[str, int], answer: Answer) -> float:
         """A full list from the item's own neighbours keeps for ``related_cache_ttl_s``;
         a cold item's answer (filled from popular items) only for ``cache_ttl_s``, so its
-        first co-purchases show within seconds."""
+        first co-purchases show within seconds; a degraded one is not kept."""
         s = self.settings.serving
-        full = answer.strategy == "related" and len(answer.items) >= limit
+        if answer.degraded:
+            return 0.0
+        full = answer.strategy == "related" and len(answer.items) >= key[1]
         return s.related_cache_ttl_s if full else s.cache_ttl_s
 
     async def _related_answer(self, item_id: str, limit: int, user_id: str | None) -> Answer:
@@ -385,6 +381,10 @@ class RecommendationService:
                 self._vectors.pop(next(iter(self._vectors)))  # the oldest
             self._vectors[state.user_id] = ((art.version, ref), state.interactions, vec)
         return vec
+
+    async def close(self) -> None:
+        """Stop background work (the API is stopping)."""
+        await self._related.close()
 
     def forget(self, user_id: str) -> None:
         """Drop what this process derived for a customer (erasure). Never needed for
