@@ -170,6 +170,11 @@ class ServingSettings(BaseModel):
     viewed_similar_source: Literal["knn", "als"] = "knn"
     viewed_similar_norm: Literal["cosine", "row"] = "row"
     cache_ttl_s: float = 2.0
+    # Catalog entries (title, price, stock, removed) are kept in the API's memory until
+    # the catalog's change feed says the item changed (checked once a second), and at
+    # most this long: re-reading every item every cache_ttl_s was ~7% of the API's CPU
+    # per recommendation. The bound covers a store emptied and rebuilt behind its back.
+    catalog_max_age_s: float = Field(60.0, gt=0)
     # Related items for anonymous visitors (product pages): the same for everyone and
     # moved by co-purchase counts over thousands of orders, so half a minute old is fresh
     # enough (a stock-out shows within it). A new model version misses the cache at once;

@@ -26,7 +26,9 @@ from aisle.replay import replay_file
 from aisle.settings import Settings
 from aisle.stack import Stack
 from benchmarks.common import SHARED_DATA
+from feature_store.client import open_redis
 from feature_store.keys import Keys
+from models.artifacts import load_current, new_version, publish_model
 from models.train import train_once
 from serving.routes import ID_RE
 from streams.lag import wait_caught_up
@@ -83,6 +85,25 @@ def _wait_model(api_url: str, version: str, timeout: float = 60) -> None:
                 return
         time.sleep(0.2)
     raise TimeoutError(f"the API did not load model {version} within {timeout:.0f}s")
+
+
+def republish(settings: Settings) -> str:
+    """Publish the current model again under a new version: what the API sees when a
+    retrain or an item refresh lands, without their CPU on this machine."""
+    async def go() -> str:
+        client = open_redis(settings)
+        try:
+            prefix = settings.features.key_prefix
+            art = await load_current(client, prefix)
+            if art is None:
+                raise RuntimeError("no model to republish")
+            art = dataclasses.replace(art, version=new_version(), created_at=time.time())
+            await publish_model(client, prefix, art)
+            return art.version
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
 
 
 # ---------------------------------------------------------------- what to ask for

@@ -51,7 +51,7 @@ from rich.console import Console
 from benchmarks.bench_serving import SEED, pin, processes
 from benchmarks.serving_load import LoadGenerator, summary_ms
 from benchmarks.serving_report import RESULTS, machine, open_point, write_json
-from benchmarks.serving_stack import DATA, item_ids, loaded_stack, paths, user_ids
+from benchmarks.serving_stack import DATA, item_ids, loaded_stack, paths, republish, user_ids
 
 STAGES = ("generator_late", "pool_wait", "to_handler", "redis", "kafka", "handler_other",
           "to_first_byte", "to_last_byte", "generator_resume")
@@ -273,6 +273,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pin", action="store_true", help="generator on CPU 0, API on CPU 1")
     p.add_argument("--limit-rows", type=int, default=None)
     p.add_argument("--api-env", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--publish-at", type=float, default=None, metavar="SECONDS",
+                   help="republish the model under a new version this long into each "
+                        "point, as a retrain or item refresh does (serving_stack.republish)")
     p.add_argument("--out", default="serving_timeline")
     return p.parse_args(argv)
 
@@ -300,6 +303,10 @@ def main(argv: list[str] | None = None) -> None:
                 gen.run(mode="closed", url=loaded.api_url, paths=requests[endpoint],
                         seconds=1.0, warmup_s=0.0, connections=4)
             for endpoint in endpoints:
+                publish = (threading.Timer(args.publish_at, republish, [loaded.stack.settings])
+                           if args.publish_at is not None else None)
+                if publish is not None:
+                    publish.start()
                 with CpuSampler(pids) as sampler:
                     raw[endpoint] = gen.run(mode="open", url=loaded.api_url,
                                             paths=requests[endpoint], rate=args.rate,

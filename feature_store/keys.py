@@ -112,6 +112,11 @@ class Keys:
         return f"{self.tag(self.shard_of(item_id))}:i:{item_id}"
 
     # -- item aggregates, partial per shard
+    def catalog_changes(self, shard: int) -> str:
+        """zset: item -> the shard's catalog sequence number when it last changed (the
+        counter is the ``catalog`` field of :meth:`meta`); the API's item cache reads it."""
+        return f"{self.tag(shard)}:catalog:changes"
+
     def trending(self, shard: int) -> str:
         return f"{self.tag(shard)}:trend"
 

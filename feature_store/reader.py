@@ -7,7 +7,9 @@ merged here. Catalog entries are cached in process for ``ttl`` seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -16,6 +18,7 @@ from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from feature_store.client import cancel_and_wait
 from feature_store.keys import Keys
@@ -23,6 +26,7 @@ from feature_store.updates import logaddexp
 from models.customer_types import CustomerFacts, Purchase
 
 log = logging.getLogger(__name__)
+CATALOG_CHECK_S = 1.0  # how often the API looks at the catalog change feed
 CUSTOMER_SCRIPT = files("feature_store").joinpath("customer.lua").read_text()
 CUSTOMER_KEYS = ("views", "cart", "bought", "dislikes", "neg", "ia", "vec", "rfm", "hist",
                  "spend", "src", "fav", "cat", "offers", "ostate", "pushitems")
@@ -94,10 +98,20 @@ def _parse_item(item_id: str, h: dict[bytes, bytes]) -> ItemInfo | None:
 
 class FeatureReader:
     def __init__(self, client: aioredis.Redis, keys: Keys, ttl: float = 2.0,
-                 revalidate_s: float = 0.0) -> None:
+                 revalidate_s: float = 0.0, catalog_max_age_s: float | None = None,
+                 ) -> None:
         self.client = client
         self.keys = keys
         self.ttl = ttl
+        # With catalog_max_age_s, a catalog entry is kept until the catalog's change feed
+        # (Keys.catalog_changes, checked at most once a second) says the item changed, or
+        # for catalog_max_age_s at most; without it, for ttl (then revalidated).
+        self.catalog_max_age_s = catalog_max_age_s
+        self._catalog_seq: list[int] | None = None  # per shard, as of the last check
+        self._catalog_checked = -math.inf
+        self._catalog_epoch = 0  # +1 whenever a check dropped entries
+        self.catalog_invalidated = 0
+        self.item_reads = 0  # catalog entries read from the store
         # Catalog entries between ttl and ttl + revalidate_s old are answered from memory
         # and re-read in the background (one pipeline for all of them), so an answer does
         # not wait for a round trip because some of its 40 items just expired.
@@ -118,9 +132,18 @@ class FeatureReader:
     # ------------------------------------------------------------ catalog
     async def items(self, item_ids: list[str]) -> dict[str, ItemInfo]:
         now = time.monotonic()
+        fresh = self.ttl
+        if self.catalog_max_age_s is not None:
+            fresh = self.catalog_max_age_s
+            if self._catalog_seq is None:  # first: the feed's position before any read
+                with contextlib.suppress(RedisError, OSError):
+                    await self._check_catalog()
+            elif now - self._catalog_checked >= CATALOG_CHECK_S:
+                self._catalog_checked = now
+                self._in_background(("catalog",), self._check_catalog)
         out: dict[str, ItemInfo] = {}
         missing = []
-        stale = self.ttl + self.revalidate_s
+        stale = fresh + self.revalidate_s
         for iid in dict.fromkeys(item_ids):
             hit = self._items.get(iid)
             if hit is None:
@@ -130,7 +153,7 @@ class FeatureReader:
                     missing.append(iid)  # asked again: it may have just been added
             elif now - hit[0] < stale:
                 out[iid] = hit[1]
-                if now - hit[0] >= self.ttl:
+                if now - hit[0] >= fresh:
                     self._stale.add(iid)
             else:
                 missing.append(iid)
@@ -141,12 +164,43 @@ class FeatureReader:
                                                      name="catalog-revalidate")
         return out
 
-    async def _read_items(self, ids: list[str], out: dict[str, ItemInfo]) -> None:
+    def fresh_items(self, item_ids: list[str]) -> dict[str, ItemInfo] | None:
+        """What :meth:`items` would answer, when it can be answered from memory alone
+        (every entry fresh, no check of the change feed due); else None. Most answers'
+        catalog lookups: no coroutine, no timeout, no read."""
         now = time.monotonic()
+        fresh = self.ttl
+        if self.catalog_max_age_s is not None:
+            if self._catalog_seq is None or now - self._catalog_checked >= CATALOG_CHECK_S:
+                return None
+            fresh = self.catalog_max_age_s
+        out: dict[str, ItemInfo] = {}
+        get = self._items.get
+        for iid in item_ids:
+            hit = get(iid)
+            if hit is None:
+                return None
+            if hit[1] is None:
+                if now - hit[0] >= self.ttl:
+                    return None
+            elif now - hit[0] < fresh:
+                out[iid] = hit[1]
+            else:
+                return None
+        return out
+
+    async def _read_items(self, ids: list[str], out: dict[str, ItemInfo]) -> None:
+        now, epoch = time.monotonic(), self._catalog_epoch
         pipe = self.client.pipeline(transaction=False)
         for iid in ids:
             pipe.hgetall(self.keys.item(iid))
-        for iid, h in zip(ids, await pipe.execute(), strict=True):
+        replies = await pipe.execute()
+        self.item_reads += len(ids)
+        if epoch != self._catalog_epoch and self.catalog_max_age_s is not None:
+            # A change came in while this read was on its way: what it read may be from
+            # before it. Kept as if read catalog_max_age_s - ttl ago: re-read within ttl.
+            now -= self.catalog_max_age_s - self.ttl
+        for iid, h in zip(ids, replies, strict=True):
             info = _parse_item(iid, h)
             if info is not None:
                 self._items[iid] = (now, info)
@@ -174,6 +228,37 @@ class FeatureReader:
             log.debug("catalog revalidation failed: %r", exc)
         finally:
             self._revalidating = None
+
+    async def _check_catalog(self) -> None:
+        """Drop the cached entries of the items whose catalog entry changed since the
+        last check: one HGET per shard, and a ZRANGEBYSCORE for a shard that moved. A
+        shard whose counter went back (the store was emptied and rebuilt) drops all."""
+        self._catalog_checked = time.monotonic()
+        pipe = self.client.pipeline(transaction=False)
+        for shard in range(self.keys.shards):
+            pipe.hget(self.keys.meta(shard), "catalog")
+        seqs = [int(v or 0) for v in await pipe.execute()]
+        last = self._catalog_seq
+        self._catalog_seq = seqs
+        if last is None:
+            return
+        if any(new < old for new, old in zip(seqs, last, strict=True)):
+            dropped = list(self._items)
+        else:
+            moved = [(shard, old) for shard, (new, old) in enumerate(zip(seqs, last,
+                                                                         strict=True))
+                     if new > old]
+            if not moved:
+                return
+            pipe = self.client.pipeline(transaction=False)
+            for shard, old in moved:
+                pipe.zrangebyscore(self.keys.catalog_changes(shard), f"({old}", "+inf")
+            dropped = [_s(m) for members in await pipe.execute() for m in members]
+        self._catalog_epoch += 1
+        for iid in dropped:
+            if self._items.pop(iid, None) is not None:
+                self.catalog_invalidated += 1
+            self._stale.discard(iid)
 
     async def close(self) -> None:
         """Stop background reads still pending (the API is stopping)."""
@@ -239,12 +324,18 @@ class FeatureReader:
         every request in flight."""
         if age >= fresh_s + self.revalidate_s:
             return False
+        self._in_background(name, read)
+        return True
+
+    def _in_background(self, name: tuple[Any, ...], read: Callable[[], Awaitable[Any]],
+                       ) -> None:
+        """Start ``read`` unless one by this name is under way; its failure is dropped
+        (the value stays as it was, and is asked for again)."""
         if name not in self._refreshing:
             task = asyncio.create_task(read(), name=f"revalidate-{name[0]}")
             self._refreshing[name] = task
             task.add_done_callback(lambda t: (self._refreshing.pop(name, None),
                                               t.cancelled() or t.exception()))
-        return True
 
     async def _read_trending(self, n: int) -> list[tuple[str, float]]:
         now = time.monotonic()

@@ -19,7 +19,7 @@ from redis.exceptions import NoScriptError
 from feature_store.canonical import canonical_value
 from feature_store.client import queue_evalsha
 from feature_store.keys import Keys
-from feature_store.memory_store import BatchEvent
+from feature_store.memory_store import DERIVED, BatchEvent
 
 #: Field of each shard's meta hash that counts the events the shard applied. store.lua
 #: adds to it in the same script that applies them, so the count is exact under crashes
@@ -89,12 +89,13 @@ class RedisStore:
         return list(await pipe.execute())
 
     async def dump(self, include_derived: bool = False) -> dict[str, Any]:
-        """Every key of this prefix in canonical form (model and control keys excluded)."""
+        """Every key of this prefix in canonical form (model and control keys excluded;
+        derived keys too unless asked for: see ``DERIVED``)."""
         skip = (f"{{{self.keys.prefix}:m}}", f"{{{self.keys.prefix}:ctl}}")
         names: list[str] = []
         async for raw in self.client.scan_iter(match=f"{{{self.keys.prefix}:*", count=1000):
             key = raw.decode() if isinstance(raw, bytes) else raw
-            if not key.startswith(skip) and (include_derived or not key.endswith(":vec")):
+            if not key.startswith(skip) and (include_derived or not key.endswith(DERIVED)):
                 names.append(key)
         out: dict[str, Any] = {}
         for start in range(0, len(names), 500):

@@ -60,6 +60,12 @@ OPS.hnewer = function(o)
   end
   redis.call('HSET', o[2], unpack(args))
 end
+-- A catalog entry changed: number the change in the shard's meta (KEYS[3]) and note it
+-- in the changes zset, which the API polls to drop what it cached of the item.
+OPS.changed = function(o)
+  local seq = redis.call('HINCRBY', KEYS[3], 'catalog', 1)
+  redis.call('ZADD', o[2], seq, o[3])
+end
 OPS.lpush = function(o)
   redis.call('LPUSH', o[2], o[3])
   redis.call('LTRIM', o[2], 0, o[4] - 1)

@@ -136,8 +136,9 @@ class Folder:
             case ev.CatalogItemUpserted():
                 return self._catalog(event)
             case ev.CatalogItemRemoved():
-                key = self.keys.item(event.payload.item_id)
-                return [["hnewer", key, event.ts, "removed", 1]]
+                item = event.payload.item_id
+                return [["hnewer", self.keys.item(item), event.ts, "removed", 1],
+                        ["changed", self.keys.catalog_changes(self.shard(event)), item]]
             case ev.UserErased():
                 uid = _uid(event)
                 watch = self.keys.push_watch_prefix(self.shard(event))
@@ -324,7 +325,8 @@ class Folder:
             fields += ["consumable", int(p.consumable)]
         shard = self.shard(event)
         return [["hnewer", self.keys.item(p.item_id), event.ts, *fields],
-                ["sadd", self.keys.items(shard), p.item_id]]
+                ["sadd", self.keys.items(shard), p.item_id],
+                ["changed", self.keys.catalog_changes(shard), p.item_id]]
 
 
     # ------------------------------------------------------------ experiments (A/B)

@@ -104,7 +104,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
                             max_connections=64)
         keys = Keys(settings.features.key_prefix, settings.features.shards)
         reader = FeatureReader(client, keys, settings.serving.cache_ttl_s,
-                               revalidate_s=settings.serving.cache_ttl_s)
+                               revalidate_s=settings.serving.cache_ttl_s,
+                               catalog_max_age_s=settings.serving.catalog_max_age_s)
         holder = ModelHolder(client, settings.features.key_prefix)
         with contextlib.suppress(Exception):
             await holder.refresh()

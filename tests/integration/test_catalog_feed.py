@@ -1,0 +1,90 @@
+"""The API's catalog cache follows the catalog's change feed: a changed item is re-read
+within a check (~1 s), an unchanged one is not re-read, a store emptied behind the
+API's back drops everything it held."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis.asyncio as aioredis
+
+from aisle.settings import Settings
+from feature_store.keys import Keys
+from feature_store.reader import CATALOG_CHECK_S, FeatureReader
+from feature_store.redis_store import RedisStore
+from feature_store.updates import Folder
+from streams import events as ev
+
+pytestmark = pytest.mark.integration
+T0 = datetime(2011, 1, 1, tzinfo=UTC)
+
+
+def upsert(n: int, item: str, title: str, stock: int = 5) -> ev.CatalogItemUpserted:
+    return ev.CatalogItemUpserted(event_id=f"c{n}-{uuid.uuid4().hex[:6]}",
+                                  occurred_at=T0 + timedelta(minutes=n),
+                                  payload=ev.CatalogItem(item_id=item, title=title,
+                                                         price=1.0, stock=stock))
+
+
+async def _scenario(redis_url: str) -> dict[str, object]:
+    keys = Keys(f"cf{uuid.uuid4().hex[:6]}", 4)
+    s = Settings()
+    folder = Folder(keys, s.features, s.model)
+    client = aioredis.Redis.from_url(redis_url)
+    store = RedisStore(client, keys, 86400.0)
+    offset = 0
+
+    async def apply(*events: ev.AnyEvent) -> None:
+        nonlocal offset
+        batches: dict[int, list] = {}
+        for e in events:
+            batches.setdefault(folder.shard(e), []).append((e.event_id, offset, e.ts,
+                                                            folder.fold(e)))
+            offset += 1
+        await store.apply_many([(shard, "t/0", b) for shard, b in batches.items()])
+
+    items = [f"i{n}" for n in range(12)]
+    await apply(*(upsert(1, i, f"old {i}") for i in items))
+    reader = FeatureReader(client, keys, ttl=0.2, revalidate_s=0.2, catalog_max_age_s=60.0)
+    out: dict[str, object] = {}
+    try:
+        first = await reader.items(items)
+        await asyncio.sleep(0.5)  # past the plain TTL: without the feed all would re-read
+        reads_before = reader.item_reads
+        await apply(upsert(2, "i3", "new i3", stock=0), upsert(2, "i7", "new i7"))
+        served_at_once = (await reader.items(items))["i3"].title
+        await asyncio.sleep(CATALOG_CHECK_S + 0.1)
+        await reader.items(items)  # starts the check in the background
+        await asyncio.sleep(0.2)
+        after = await reader.items(items)
+        out.update(first={i: first[i].title for i in items},
+                   served_at_once=served_at_once,
+                   after={i: after[i].title for i in items}, stock_i3=after["i3"].stock,
+                   invalidated=reader.catalog_invalidated,
+                   reread=reader.item_reads - reads_before)
+        # The store emptied and rebuilt with fewer catalog changes: the counter went back.
+        await client.delete(*[k for k in await client.keys(f"{{{keys.prefix}:*")])
+        await apply(upsert(3, "i1", "rebuilt i1"))
+        await asyncio.sleep(CATALOG_CHECK_S + 0.1)
+        await reader.items(items)
+        await asyncio.sleep(0.2)
+        out["after_rebuild"] = {i: info.title for i, info in (await reader.items(items)).items()}
+    finally:
+        await reader.close()
+        await client.aclose()
+    return out
+
+
+def test_the_item_cache_drops_what_changed_and_keeps_the_rest(redis_url: str) -> None:
+    got = asyncio.run(_scenario(redis_url))
+    assert got["first"] == {f"i{n}": f"old i{n}" for n in range(12)}
+    assert got["served_at_once"] == "old i3"  # within a check, the cached entry answers
+    want = {f"i{n}": f"old i{n}" for n in range(12)} | {"i3": "new i3", "i7": "new i7"}
+    assert got["after"] == want
+    assert got["stock_i3"] == 0
+    assert got["invalidated"] == 2
+    assert got["reread"] == 2  # the ten unchanged items were not read again
+    assert got["after_rebuild"] == {"i1": "rebuilt i1"}  # the others are gone from the store
