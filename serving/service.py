@@ -502,6 +502,9 @@ class RecommendationService:
     async def _infos(self, ids: list[str], flags: list[str]) -> dict[str, ItemInfo]:
         if not ids:
             return {}
+        known = self.reader.fresh_items(ids)
+        if known is not None:
+            return known
         cached = {i: info for i in ids if (info := self.reader.cached_item(i)) is not None}
         return await self._safe(self.reader.items(ids), cached, flags)
 
