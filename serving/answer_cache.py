@@ -98,9 +98,16 @@ class StaleWhileRevalidate(Generic[K, V]):
         finally:
             self._task = None
 
-    async def close(self) -> None:
-        """Stop the background refresh (the API is stopping)."""
+    async def close(self, grace_s: float = 2.0) -> None:
+        """Stop the background refresh (the API is stopping): the answer being made is
+        let finish (cancelled mid-gather, its store reads would be left unawaited), the
+        rest of the queue is dropped."""
         self._due.clear()
-        if self._task is not None:
-            await cancel_and_wait(self._task)
-            self._task = None  # cancelled before it first ran, its finally never did
+        task = self._task
+        if task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(task), grace_s)
+        except TimeoutError:
+            await cancel_and_wait(task)
+        self._task = None
