@@ -86,6 +86,9 @@ class FakeReader:
     def cached_item(self, item_id: str) -> ItemInfo | None:
         return self.catalog.get(item_id)
 
+    def fresh_items(self, ids: list[str]) -> dict[str, ItemInfo] | None:
+        return None  # always the awaited path, items()
+
     async def co_counts(self, kind: str, item_id: str, n: int = 50) -> dict[str, float]:
         return {}
 
