@@ -266,6 +266,10 @@ class FeatureReader:
                  *([self._revalidating] if self._revalidating else [])]
         await cancel_and_wait(*tasks)
 
+    @property
+    def cached_items(self) -> int:
+        return len(self._items)
+
     def cached_item(self, item_id: str) -> ItemInfo | None:
         hit = self._items.get(item_id)
         return hit[1] if hit else None

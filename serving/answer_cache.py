@@ -51,6 +51,11 @@ class StaleWhileRevalidate(Generic[K, V]):
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def queued(self) -> int:
+        """Entries waiting for the background refresh."""
+        return len(self._due)
+
     async def get(self, key: K) -> V:
         hit = self._entries.get(key)
         if hit is not None:

@@ -138,6 +138,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await population.stop()
             await routes.drain_exposures()
             await state.service.close()
+            await state.experiments.close()
             await reader.close()
             await state.producer.close()
             await client.aclose()

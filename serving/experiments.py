@@ -185,6 +185,12 @@ class ExperimentRegistry:
             self._services[key] = svc
         return svc  # type: ignore[no-any-return]
 
+    async def close(self) -> None:
+        """Stop the variant services' background work (the API is stopping)."""
+        for svc in self._services.values():
+            if isinstance(svc, RecommendationService):
+                await svc.close()
+
     def customers_for(self, base: CustomerService, assignments: list[Assignment],
                       ) -> CustomerService:
         """The customer service with the variant's offer policy: discounts scaled, or no

@@ -71,6 +71,12 @@ DEGRADED = Counter("aisle_degraded_answers_total", "answers served without the s
 ACCEPTED = Counter("aisle_events_accepted_total", "events handed to Kafka by the API")
 CACHE = Gauge("aisle_aggregate_cache_lookups", "co-occurrence cache lookups", ["result"])
 REJECTED = Counter("aisle_events_rejected_total", "event submissions rejected", ["reason"])
+RELATED_CACHE = Gauge("aisle_related_answer_cache",
+                      "anonymous related answers kept (serving/answer_cache.py): entries, "
+                      "stale answers given while a refresh was due, background refreshes, "
+                      "refreshes queued", ["what"])
+CATALOG_CACHE = Gauge("aisle_catalog_cache", "catalog entries in memory, read from the "
+                      "store, and dropped by the change feed", ["what"])
 
 _encoder = msgspec.json.Encoder()
 
@@ -331,9 +337,16 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    reader = _state(request).reader
+    state = _state(request)
+    reader, related = state.reader, state.service.related_cache
     CACHE.labels("hits").set(reader.hits)
     CACHE.labels("misses").set(reader.misses)
+    for what, value in (("entries", len(related)), ("stale_answers", related.stale_answers),
+                        ("refreshes", related.refreshes), ("queued", related.queued)):
+        RELATED_CACHE.labels(what).set(value)
+    for what, value in (("entries", reader.cached_items), ("reads", reader.item_reads),
+                        ("invalidated", reader.catalog_invalidated)):
+        CATALOG_CACHE.labels(what).set(value)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 

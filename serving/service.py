@@ -382,6 +382,10 @@ class RecommendationService:
             self._vectors[state.user_id] = ((art.version, ref), state.interactions, vec)
         return vec
 
+    @property
+    def related_cache(self) -> StaleWhileRevalidate[tuple[str, int], Answer]:
+        return self._related
+
     async def close(self) -> None:
         """Stop background work (the API is stopping)."""
         await self._related.close()

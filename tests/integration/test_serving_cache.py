@@ -23,6 +23,7 @@ import redis
 
 from aisle.settings import Settings
 from aisle.stack import Stack
+from benchmarks.serving_stack import republish
 from feature_store.keys import Keys
 from models.population import KEY as STATS_KEY
 from models.population import decode_stats
@@ -284,5 +285,50 @@ def test_an_unexpected_error_answers_popular_items_flagged_degraded(loaded: Stac
             related = await service.related(item, 5, None)
             assert related.strategy == "popular" and related.degraded
             assert item not in {x.item_id for x in related.items} and len(related.items) == 5
+
+    asyncio.run(check())
+
+
+def test_related_answers_follow_a_new_model_in_the_background(loaded: Stack) -> None:
+    """A new model makes every cached related answer due, not missing: the next request
+    still gets the old model's answer at once, one background task remakes them, and
+    then the answers are the new model's, equal to answers made without the cache."""
+    s = loaded.settings
+
+    async def check() -> None:
+        async with two_services(s) as (state, _):
+            service, cache = state.service, state.service.related_cache
+            v1 = state.holder.version
+            items = [i for i in state.holder.current.item_ids[:60]][:25]
+            for item in items:
+                assert (await service.related(item, 10)).model_version == v1
+            assert len(cache) == len(items) and cache.refreshes == 0
+
+            v2 = await asyncio.to_thread(republish, s)
+            await state.holder.refresh()
+            assert state.holder.version == v2 != v1
+            first = [await service.related(item, 10) for item in items]
+            assert {a.model_version for a in first} == {v1}  # nobody waited
+            assert cache.stale_answers >= len(items)
+            for _ in range(200):
+                if cache.queued == 0 and cache.refreshes >= len(items):
+                    break
+                await asyncio.sleep(0.05)
+            assert cache.refreshes >= len(items)
+            for item in items:
+                a = await service.related(item, 10)
+                fresh = await service._related_answer(item, 10, None)
+                assert a.model_version == v2
+                assert answer(a) == answer(fresh)
+
+        # The metrics page reports the cache.
+        app = create_app(s)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                await c.get(f"/v1/items/{items[0]}/related")
+                body = (await c.get("/metrics")).text
+        assert 'aisle_related_answer_cache{what="entries"} 1.0' in body
+        assert 'aisle_catalog_cache{what="entries"}' in body
 
     asyncio.run(check())
