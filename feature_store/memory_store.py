@@ -68,9 +68,9 @@ class MemoryStore:
         self._drop_empty()
         return applied, dups, old
 
-    def dump(self) -> dict[str, Any]:
+    def dump(self, include_derived: bool = False) -> dict[str, Any]:
         return {k: canonical_value(k, v) for k, v in sorted(self.data.items())
-                if not k.endswith(DERIVED)}
+                if include_derived or not k.endswith(DERIVED)}
 
     # ------------------------------------------------------------ containers
     def _zset(self, key: str) -> Zset:
@@ -137,10 +137,19 @@ class MemoryStore:
         for name, value in zip(fields[::2], fields[1::2], strict=True):
             h[name] = value
 
-    def _op_changed(self, o: Op) -> None:
-        meta = self._hash(self._meta_key)
-        meta["catalog"] = int(meta.get("catalog", 0)) + 1
-        self._zset(o[1])[o[2]] = float(meta["catalog"])
+    def _op_catalog(self, o: Op) -> None:
+        h = self._hash(o[1])
+        old = float(h["ts"]) if "ts" in h else None
+        if old is not None and o[4] < old:
+            return
+        h["ts"] = o[4]
+        fields = o[5:]
+        for name, value in zip(fields[::2], fields[1::2], strict=True):
+            h[name] = value
+        if old is not None:  # an update: numbered in the shard's catalog change feed
+            meta = self._hash(self._meta_key)
+            meta["catalog"] = int(meta.get("catalog", 0)) + 1
+            self._zset(o[2])[o[3]] = float(meta["catalog"])
 
     def _op_lpush(self, o: Op) -> None:
         lst = self._list(o[1])

@@ -60,11 +60,43 @@ OPS.hnewer = function(o)
   end
   redis.call('HSET', o[2], unpack(args))
 end
--- A catalog entry changed: number the change in the shard's meta (KEYS[3]) and note it
--- in the changes zset, which the API polls to drop what it cached of the item.
-OPS.changed = function(o)
-  local seq = redis.call('HINCRBY', KEYS[3], 'catalog', 1)
-  redis.call('ZADD', o[2], seq, o[3])
+-- A catalog entry changed: number the change (the shard's counter, field 'catalog' of
+-- KEYS[3]) and note it in the changes zset, which the API polls to drop what it cached of
+-- the item. Numbered here, written once per batch at the end: a catalog-heavy batch
+-- (a replay's first sight of every item) costs one ZADD per key, not two calls an event.
+local catalog_seq, changed = nil, {}
+local function note_change(key, item)
+  if not catalog_seq then catalog_seq = num(redis.call('HGET', KEYS[3], 'catalog'), 0) end
+  catalog_seq = catalog_seq + 1
+  local args = changed[key]
+  if not args then args = {}; changed[key] = args end
+  args[#args + 1] = catalog_seq
+  args[#args + 1] = item
+end
+-- A catalog upsert or removal: hnewer on the item's hash, and a numbered change when the
+-- entry existed before (an item seen for the first time is in no API's cache: an API
+-- that asked for it before holds "not in the catalog" for cache_ttl_s only).
+-- {'catalog', item key, changes key, item, ts, field, value, ...}
+OPS.catalog = function(o)
+  local old = num(redis.call('HGET', o[2], 'ts'), nil)
+  if old and o[5] < old then return end
+  local args = {'ts', fmt(o[5])}
+  for i = 6, #o do
+    local v = o[i]
+    if type(v) == 'number' then v = fmt(v) end
+    args[#args + 1] = v
+  end
+  redis.call('HSET', o[2], unpack(args))
+  if old then note_change(o[3], o[4]) end
+end
+local function write_changes()
+  if not catalog_seq then return end
+  redis.call('HSET', KEYS[3], 'catalog', catalog_seq)
+  for key, args in pairs(changed) do
+    for i = 1, #args, 2000 do  -- unpack's stack limit: 1,000 members a call
+      redis.call('ZADD', key, unpack(args, i, math.min(i + 1999, #args)))
+    end
+  end
 end
 OPS.lpush = function(o)
   redis.call('LPUSH', o[2], o[3])
@@ -282,6 +314,7 @@ for _, e in ipairs(events) do
   if off > maxoff then maxoff = off end
 end
 if maxoff > wm then redis.call('HSET', KEYS[1], source, maxoff) end
+write_changes()
 redis.call('HSET', KEYS[3], 'maxts', fmt(maxts))
 if applied > 0 then redis.call('HINCRBY', KEYS[3], 'applied', applied) end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. fmt(maxts - window))

@@ -16,6 +16,8 @@ Opcodes
 ``hset k f v``         field := v
 ``hdel k f``           delete field
 ``hnewer k ts f v ...`` set the fields only if ``ts`` >= the stored ``ts`` field
+``catalog k_item k_changes item ts f v ...`` hnewer on the item; an update of an entry
+                       that existed is numbered in the shard's catalog change feed
 ``lpush k v n``        push and keep n newest (values are text: the script's msgpack has no bytes)
 ``sadd/srem k m``      set membership
 ``buy k_bought item k_buyers k_rebuyers`` count the order in the customer's ``bought``;
@@ -136,9 +138,7 @@ class Folder:
             case ev.CatalogItemUpserted():
                 return self._catalog(event)
             case ev.CatalogItemRemoved():
-                item = event.payload.item_id
-                return [["hnewer", self.keys.item(item), event.ts, "removed", 1],
-                        ["changed", self.keys.catalog_changes(self.shard(event)), item]]
+                return [self._catalog_op(event, event.payload.item_id, ["removed", 1])]
             case ev.UserErased():
                 uid = _uid(event)
                 watch = self.keys.push_watch_prefix(self.shard(event))
@@ -323,10 +323,14 @@ class Folder:
             fields += ["stock", p.stock]
         if p.consumable is not None:
             fields += ["consumable", int(p.consumable)]
-        shard = self.shard(event)
-        return [["hnewer", self.keys.item(p.item_id), event.ts, *fields],
-                ["sadd", self.keys.items(shard), p.item_id],
-                ["changed", self.keys.catalog_changes(shard), p.item_id]]
+        return [self._catalog_op(event, p.item_id, fields),
+                ["sadd", self.keys.items(self.shard(event)), p.item_id]]
+
+    def _catalog_op(self, event: ev.Event, item: str, fields: list[Any]) -> Op:
+        """The newer write wins (``hnewer``); an update of an entry that existed is also
+        numbered in the shard's catalog change feed, which the API's item cache follows."""
+        return ["catalog", self.keys.item(item), self.keys.catalog_changes(self.shard(event)),
+                item, event.ts, *fields]
 
 
     # ------------------------------------------------------------ experiments (A/B)

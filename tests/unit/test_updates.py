@@ -153,23 +153,29 @@ def test_an_older_catalog_upsert_cannot_overwrite_a_newer_one() -> None:
     assert store.data[K.item("a")]["price"] == 2.0
 
 
-def test_catalog_changes_are_numbered_per_shard_once_per_event() -> None:
-    def upsert(eid: str, item: str) -> ev.CatalogItemUpserted:
-        return ev.CatalogItemUpserted(event_id=eid, occurred_at=at(1),
+def test_catalog_updates_are_numbered_per_shard_once_per_event() -> None:
+    def upsert(eid: str, item: str, minutes: float = 1) -> ev.CatalogItemUpserted:
+        return ev.CatalogItemUpserted(event_id=eid, occurred_at=at(minutes),
                                       payload=ev.CatalogItem(item_id=item, title="Mug"))
 
     store = fresh()
-    same = [i for i in (f"x{n}" for n in range(40)) if K.shard_of(i) == K.shard_of("a")][:2]
-    apply(store, [upsert("c1", same[0]), upsert("c2", same[1]), upsert("c3", same[0])])
     shard = K.shard_of("a")
+    same = [i for i in (f"x{n}" for n in range(40)) if K.shard_of(i) == shard][:2]
+    # First sight of an item is in no cache: not a change. Updates are, in order.
+    apply(store, [upsert("c1", same[0]), upsert("c2", same[1])])
+    assert K.catalog_changes(shard) not in store.data
+    apply(store, [upsert("c3", same[0], 2), upsert("c4", same[1], 2), upsert("c5", same[0], 3)],
+          first_offset=2)
     assert store.data[K.catalog_changes(shard)] == {same[0]: 3.0, same[1]: 2.0}
     assert store.data[K.meta(shard)]["catalog"] == 3
-    # A redelivered event changes nothing; a removal is a change too.
-    apply(store, [upsert("c3", same[0])], first_offset=10)
+    # A redelivered or an older event changes nothing; a removal is a change.
+    apply(store, [upsert("c5", same[0], 3), upsert("c0", same[1], 0)], first_offset=10)
     assert store.data[K.meta(shard)]["catalog"] == 3
-    apply(store, [ev.CatalogItemRemoved(event_id="r1", occurred_at=at(2),
-                                        payload=ev.ItemRef(item_id=same[1]))], first_offset=11)
+    apply(store, [ev.CatalogItemRemoved(event_id="r1", occurred_at=at(4),
+                                        payload=ev.ItemRemoved(item_id=same[1]))],
+          first_offset=12)
     assert store.data[K.catalog_changes(shard)][same[1]] == 4.0
+    assert store.data[K.item(same[1])]["removed"] == 1
 
 
 def test_dislikes_are_remembered_and_can_be_taken_back() -> None:
