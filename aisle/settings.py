@@ -172,8 +172,9 @@ class ServingSettings(BaseModel):
     cache_ttl_s: float = 2.0
     # Catalog entries (title, price, stock, removed) are kept in the API's memory until
     # the catalog's change feed says the item changed (checked once a second), and at
-    # most this long: re-reading every item every cache_ttl_s was ~7% of the API's CPU
-    # per recommendation. The bound covers a store emptied and rebuilt behind its back.
+    # most this long (before, every item in use was re-read every 2-4 s: under cProfile
+    # 7% of a recommendation's time). The bound covers a store emptied and rebuilt
+    # behind the API's back while its change counters climbed past the API's.
     catalog_max_age_s: float = Field(60.0, gt=0)
     # Related items for anonymous visitors (product pages): the same for everyone and
     # moved by co-purchase counts over thousands of orders, so half a minute old is fresh
