@@ -128,25 +128,23 @@ class MemoryStore:
     def _op_hdel(self, o: Op) -> None:
         self._hash(o[1]).pop(o[2], None)
 
-    def _op_hnewer(self, o: Op) -> None:
-        h = self._hash(o[1])
-        if "ts" in h and o[2] < float(h["ts"]):
-            return
-        h["ts"] = o[2]
-        fields = o[3:]
+    def _set_newer(self, key: str, ts: float, fields: Sequence[Any]) -> tuple[bool, bool]:
+        """store.lua's set_newer: (fields set, the hash had a ts before)."""
+        h = self._hash(key)
+        old = float(h["ts"]) if "ts" in h else None
+        if old is not None and ts < old:
+            return False, True
+        h["ts"] = ts
         for name, value in zip(fields[::2], fields[1::2], strict=True):
             h[name] = value
+        return True, old is not None
+
+    def _op_hnewer(self, o: Op) -> None:
+        self._set_newer(o[1], o[2], o[3:])
 
     def _op_catalog(self, o: Op) -> None:
-        h = self._hash(o[1])
-        old = float(h["ts"]) if "ts" in h else None
-        if old is not None and o[4] < old:
-            return
-        h["ts"] = o[4]
-        fields = o[5:]
-        for name, value in zip(fields[::2], fields[1::2], strict=True):
-            h[name] = value
-        if old is not None:  # an update: numbered in the shard's catalog change feed
+        set_, existed = self._set_newer(o[1], o[4], o[5:])
+        if set_ and existed:  # an update: numbered in the shard's catalog change feed
             meta = self._hash(self._meta_key)
             meta["catalog"] = int(meta.get("catalog", 0)) + 1
             self._zset(o[2])[o[3]] = float(meta["catalog"])

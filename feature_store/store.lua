@@ -49,17 +49,21 @@ OPS.hset = function(o)
   redis.call('HSET', o[2], o[3], v)
 end
 OPS.hdel = function(o) redis.call('HDEL', o[2], o[3]) end
-OPS.hnewer = function(o)
-  local old = num(redis.call('HGET', o[2], 'ts'), nil)
-  if old and o[3] < old then return end
-  local args = {'ts', fmt(o[3])}
-  for i = 4, #o do
+-- Set the fields o[first], o[first + 1], ... of hash `key` unless its 'ts' is newer than
+-- `ts`; returns whether they were set, and whether the hash had a 'ts' before.
+local function set_newer(key, ts, o, first)
+  local old = num(redis.call('HGET', key, 'ts'), nil)
+  if old and ts < old then return false, true end
+  local args = {'ts', fmt(ts)}
+  for i = first, #o do
     local v = o[i]
     if type(v) == 'number' then v = fmt(v) end
     args[#args + 1] = v
   end
-  redis.call('HSET', o[2], unpack(args))
+  redis.call('HSET', key, unpack(args))
+  return true, old ~= nil
 end
+OPS.hnewer = function(o) set_newer(o[2], o[3], o, 4) end
 -- A catalog entry changed: number the change (the shard's counter, field 'catalog' of
 -- KEYS[3]) and note it in the changes zset, which the API polls to drop what it cached of
 -- the item. Numbered here, written once per batch at the end: a catalog-heavy batch
@@ -78,16 +82,8 @@ end
 -- that asked for it before holds "not in the catalog" for cache_ttl_s only).
 -- {'catalog', item key, changes key, item, ts, field, value, ...}
 OPS.catalog = function(o)
-  local old = num(redis.call('HGET', o[2], 'ts'), nil)
-  if old and o[5] < old then return end
-  local args = {'ts', fmt(o[5])}
-  for i = 6, #o do
-    local v = o[i]
-    if type(v) == 'number' then v = fmt(v) end
-    args[#args + 1] = v
-  end
-  redis.call('HSET', o[2], unpack(args))
-  if old then note_change(o[3], o[4]) end
+  local set, existed = set_newer(o[2], o[5], o, 6)
+  if set and existed then note_change(o[3], o[4]) end
 end
 local function write_changes()
   if not catalog_seq then return end
