@@ -239,8 +239,8 @@ class FeatureReader:
             pipe.hget(self.keys.meta(shard), "catalog")
         seqs = [int(v or 0) for v in await pipe.execute()]
         last = self._catalog_seq
-        self._catalog_seq = seqs
         if last is None:
+            self._catalog_seq = seqs
             return
         if any(new < old for new, old in zip(seqs, last, strict=True)):
             dropped = list(self._items)
@@ -254,6 +254,8 @@ class FeatureReader:
             for shard, old in moved:
                 pipe.zrangebyscore(self.keys.catalog_changes(shard), f"({old}", "+inf")
             dropped = [_s(m) for members in await pipe.execute() for m in members]
+        # Only now: had the read above failed, the next check asks again from `last`.
+        self._catalog_seq = seqs
         self._catalog_epoch += 1
         for iid in dropped:
             if self._items.pop(iid, None) is not None:
