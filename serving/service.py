@@ -165,11 +165,14 @@ class RecommendationService:
     def _related_ttl(self, key: tuple[str, int], answer: Answer) -> float:
         """A full list from the item's own neighbours keeps for ``related_cache_ttl_s``;
         a cold item's answer (filled from popular items) only for ``cache_ttl_s``, so its
-        first co-purchases show within seconds; a degraded one is not kept."""
+        first co-purchases show within seconds; a degraded one is not kept. Nor, for
+        long, one about an item the catalog does not know yet (its first orders came
+        before its listing): its reasons name it by id until the listing comes."""
         s = self.settings.serving
         if answer.degraded:
             return 0.0
-        full = answer.strategy == "related" and len(answer.items) >= key[1]
+        full = (answer.strategy == "related" and len(answer.items) >= key[1]
+                and self.reader.cached_item(key[0]) is not None)
         return s.related_cache_ttl_s if full else s.cache_ttl_s
 
     async def _related_answer(self, item_id: str, limit: int, user_id: str | None) -> Answer:

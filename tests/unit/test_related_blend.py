@@ -51,3 +51,25 @@ def test_its_weight_brings_them_back_and_recommendations_keep_blend_als() -> Non
     assert candidates(s, s.serving.related_blend_als)["als_neighbour"] == 0.5
     # Recommendations' related candidates (no override) still weigh them by blend_als.
     assert candidates(s, None)["als_neighbour"] == s.serving.blend_als
+
+
+def test_a_full_answer_about_an_item_not_yet_listed_keeps_only_briefly() -> None:
+    """Orders can come before the item's listing: the answer's reasons then name it by
+    id, so it is kept for ``cache_ttl_s``, not ``related_cache_ttl_s``."""
+    from serving.service import Answer, Scored
+
+    s = Settings()
+    listed: dict[str, Any] = {}
+
+    class Reader(CoCounts):
+        def cached_item(self, item_id: str) -> Any:
+            return listed.get(item_id)
+
+    service = RecommendationService(s, Reader(), None)  # type: ignore[arg-type]
+    answer = Answer([Scored("bought_with", 1.0, "bought together with anchor")], "v1",
+                    "related", False)
+    assert service._related_ttl(("anchor", 1), answer) == s.serving.cache_ttl_s
+    listed["anchor"] = object()
+    assert service._related_ttl(("anchor", 1), answer) == s.serving.related_cache_ttl_s
+    degraded = Answer(answer.items, "v1", "related", True)
+    assert service._related_ttl(("anchor", 1), degraded) == 0.0
