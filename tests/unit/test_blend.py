@@ -122,3 +122,16 @@ def test_a_customer_folded_in_long_after_the_models_training_gets_the_same_vecto
 
     np.testing.assert_allclose(vector(16 * 365 * 86400.0), vector(86400.0), rtol=1e-4)
     assert np.abs(vector(86400.0)).max() > 0.01  # a real vector, not the zero fallback
+
+
+@given(st.dictionaries(st.text("abcdef", min_size=1, max_size=3),
+                       st.sampled_from([0.25, 0.5, 1.0, 2.0]) | st.floats(0.01, 10.0),
+                       max_size=80),
+       st.integers(1, 30))
+def test_the_head_is_the_first_k_of_the_full_order_ties_included(
+        scores: dict[str, float], k: int) -> None:
+    """Few distinct scores force ties at the cut: they must break by item id, as the
+    full order does."""
+    c = Candidates()
+    c.scores.update(scores)
+    assert c.head(k) == c.order()[:k]
