@@ -103,6 +103,29 @@ class Candidates:
             if part * specificity > best.get(item, _NO_REASON)[0]:
                 best[item] = (part * specificity, reason)
 
+    def add_pool(self, items: list[str], raw: np.ndarray, weight: float, reason: Reason,
+                 specificity: float = 1.0) -> None:
+        """:meth:`add` of a first source given as arrays (the ALS pool, ~200 items): the
+        same arithmetic element for element, by numpy instead of two comprehensions
+        (~0.1 ms of a recommendation). Anything unusual goes through :meth:`add`."""
+        if self.scores or not items or weight <= 0 or not np.isfinite(raw).all():
+            self.add(dict(zip(items, raw.tolist(), strict=True)), weight, reason, specificity)
+            return
+        keep = raw > 0
+        top = raw.max()
+        if not top > 0:
+            return
+        if not keep.all():
+            items = [i for i, k in zip(items, keep.tolist(), strict=True) if k]
+            raw = raw[keep]
+        parts = weight * raw / top
+        self.scores.update(zip(items, parts.tolist(), strict=True))
+        shares = parts * specificity
+        if not (shares > 0.0).all():  # underflow: as add(), no reason for a zero share
+            items = [i for i, k in zip(items, (shares > 0.0).tolist(), strict=True) if k]
+            shares = shares[shares > 0.0]
+        self.best.update(zip(items, ((p, reason) for p in shares.tolist()), strict=True))
+
     def order(self) -> list[tuple[str, float]]:
         """(item, score), best first; ties by item id (two C sorts: the second is
         stable, also with reverse=True, so equal scores stay in item order)."""
@@ -283,13 +306,15 @@ class RecommendationService:
         vec = self._vector(art, state)
         if art is not None and vec is not None:
             scores = art.item_factors @ vec
-            pool = min(ALS_POOL, len(scores))
-            top = np.argpartition(-scores, pool - 1)[:pool]
-            vals = scores[top]
-            ids, positive = art.item_ids, vals > 0
-            cands.add({ids[j]: v for j, v in zip(top[positive].tolist(),
-                                                 vals[positive].tolist(), strict=True)},
-                      s.blend_als, lambda i: "picked for you")
+            n = len(scores)
+            pool = min(ALS_POOL, n)
+            # The pool's cut by one partition of the values (faster than argpartition);
+            # ties at the cut could make it longer, hence the [:pool].
+            top = np.flatnonzero(scores >= np.partition(scores, n - pool)[n - pool])[:pool]
+            top = top[scores[top] > 0]
+            ids = art.item_ids
+            cands.add_pool([ids[j] for j in top.tolist()], scores[top].astype(np.float64),
+                           s.blend_als, lambda i: "picked for you")
         # Filtered below like the rest. Low specificity: the customer-intelligence
         # reasons for the same items ("you saved this", "time to restock") say more.
         own = own_items(state, s.resume_half_life_h * 3600)

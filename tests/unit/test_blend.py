@@ -135,3 +135,23 @@ def test_the_head_is_the_first_k_of_the_full_order_ties_included(
     c = Candidates()
     c.scores.update(scores)
     assert c.head(k) == c.order()[:k]
+
+
+@given(st.lists(st.sampled_from([0.0, -1.0, 1e-300, 0.5, 2.0, math.nan, math.inf])
+                | st.floats(-5.0, 5.0), max_size=40),
+       st.floats(0.0, 3.0), st.sampled_from([1.0, 1e-10, 2.0]), st.booleans())
+def test_a_pool_given_as_arrays_adds_exactly_as_the_same_dict(
+        raw: list[float], weight: float, specificity: float, first: bool) -> None:
+    """The ALS pool's numpy path: the same scores and reasons, bit for bit, as add()."""
+    items = [f"i{n}" for n in range(len(raw))]
+    why = lambda i: "picked for you"  # noqa: E731
+    a, b = Candidates(), Candidates()
+    if not first:  # not the first source: the dict path
+        for c in (a, b):
+            c.add({"i0": 1.0, "other": 2.0}, 1.0, lambda i: "earlier")
+    a.add(dict(zip(items, raw)), weight, why, specificity)
+    b.add_pool(items, np.array(raw, dtype=np.float64), weight, why, specificity)
+    assert a.scores == b.scores
+    assert list(a.scores) == list(b.scores)
+    assert {i: (p, r("x")) for i, (p, r) in a.best.items()} == \
+        {i: (p, r("x")) for i, (p, r) in b.best.items()}
