@@ -21,6 +21,7 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from feature_store.client import cancel_and_wait
 from feature_store.keys import Keys
 from models import experiment_stats
 from models.assignment import bucket, in_layer_range, overlaps, variant_for
@@ -102,22 +103,43 @@ class ExperimentRegistry:
         self.client, self.keys, self.ttl = client, keys, ttl_s
         self._defs: dict[str, Definition] = {}
         self._read_at = -1e18
+        self._refreshing: asyncio.Task[None] | None = None
         self._services: dict[tuple[Any, ...], Any] = {}
 
     # ------------------------------------------------------------ definitions
     async def definitions(self, fresh: bool = False) -> dict[str, Definition]:
-        """All definitions (cached); the last known ones when the store is away."""
-        if fresh or time.monotonic() - self._read_at >= self.ttl:
-            try:
-                async with asyncio.timeout(STORE_TIMEOUT_S):
-                    self._defs = await self._read()
-            except (RedisError, OSError, TimeoutError) as exc:
-                if fresh:
-                    raise StoreUnavailable(f"experiments not readable: {exc!r}") from None
-                # Serve on with what we know; retry after the TTL, not on every request.
-                log.warning("experiment definitions not refreshed: %r", exc)
-            self._read_at = time.monotonic()
+        """All definitions (cached); the last known ones when the store is away.
+
+        Past the TTL the cached ones are answered while ONE background read refreshes
+        them. Before, every request that came during the read made its own: at 1,000
+        req/s hundreds of reads every TTL, 3% of the API's CPU in a recommendation's
+        profile. Only the first call (nothing known yet) and ``fresh`` ones wait."""
+        if fresh:
+            await self._refresh(fresh=True)
+        elif time.monotonic() - self._read_at >= self.ttl:
+            if self._refreshing is None:
+                self._refreshing = asyncio.create_task(self._refresh_once(),
+                                                       name="experiments-refresh")
+            if self._read_at < 0:  # never read: nothing to answer with yet
+                await asyncio.shield(self._refreshing)
         return self._defs
+
+    async def _refresh_once(self) -> None:
+        try:
+            await self._refresh(fresh=False)
+        finally:
+            self._refreshing = None
+
+    async def _refresh(self, fresh: bool) -> None:
+        try:
+            async with asyncio.timeout(STORE_TIMEOUT_S):
+                self._defs = await self._read()
+        except (RedisError, OSError, TimeoutError) as exc:
+            if fresh:
+                raise StoreUnavailable(f"experiments not readable: {exc!r}") from None
+            # Serve on with what we know; retry after the TTL, not on every request.
+            log.warning("experiment definitions not refreshed: %r", exc)
+        self._read_at = time.monotonic()
 
     async def _read(self) -> dict[str, Definition]:
         pipe = self.client.pipeline(transaction=False)
@@ -187,6 +209,9 @@ class ExperimentRegistry:
 
     async def close(self) -> None:
         """Stop the variant services' background work (the API is stopping)."""
+        if self._refreshing is not None:
+            await cancel_and_wait(self._refreshing)
+            self._refreshing = None  # cancelled before its first step: no finally ran
         for svc in self._services.values():
             if isinstance(svc, RecommendationService):
                 await svc.close()

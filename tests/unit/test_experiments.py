@@ -3,9 +3,11 @@ attribution opcodes through the memory store, and the statistics."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import numpy as np
 import pytest
 from scipy import stats
@@ -348,3 +350,52 @@ def test_a_view_of_a_shown_item_soon_after_is_a_click() -> None:
     sim.apply(view("u1", "i1", 5, 49), click("u1", "r2", 9, 50))  # in the window; then the
     res = sim.results()["a"]  # explicit click on the same answer does not count again
     assert (res["clicks"], res["exposures"]) == (2, 2)
+
+
+class _SlowDefinitions:
+    """A store stand-in for the registry's one read: counts reads, each takes 20 ms and
+    answers the experiments stored at the time it was asked."""
+
+    def __init__(self) -> None:
+        self.stored: dict[bytes, bytes] = {}
+        self.reads = 0
+
+    def pipeline(self, transaction: bool = False) -> _SlowDefinitions:
+        return self
+
+    def hgetall(self, key: str) -> None:
+        pass
+
+    async def execute(self) -> list[dict[bytes, bytes]]:
+        self.reads += 1
+        answer = dict(self.stored)
+        await asyncio.sleep(0.02)
+        return [answer, {}]
+
+
+def test_stale_definitions_are_refreshed_by_one_read_while_requests_go_on() -> None:
+    from serving.experiments import ExperimentRegistry
+
+    store = _SlowDefinitions()
+    registry = ExperimentRegistry(store, Keys("a", 8), ttl_s=0.05)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        assert await registry.definitions() == {}  # nothing known: the first call waits
+        assert store.reads == 1
+        store.stored[b"x1"] = msgspec.json.encode(_spec("x1"))
+        await asyncio.sleep(0.06)  # past the TTL
+        answers = await asyncio.gather(*(registry.definitions() for _ in range(50)))
+        assert all(a == {} for a in answers)  # the stale ones, at once
+        assert store.reads == 2  # one read for the 50 of them
+        await asyncio.sleep(0.03)
+        assert list(await registry.definitions()) == ["x1"]
+        assert store.reads == 2  # fresh again: no read
+        store.stored.clear()
+        assert await registry.definitions(fresh=True) == {}  # fresh: reads and waits
+        assert store.reads == 3
+        await asyncio.sleep(0.06)
+        await registry.definitions()  # starts a refresh...
+        await registry.close()  # ...which the shutdown stops
+        assert registry._refreshing is None
+
+    asyncio.run(scenario())
