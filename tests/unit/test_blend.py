@@ -149,7 +149,7 @@ def test_a_pool_given_as_arrays_adds_exactly_as_the_same_dict(
     if not first:  # not the first source: the dict path
         for c in (a, b):
             c.add({"i0": 1.0, "other": 2.0}, 1.0, lambda i: "earlier")
-    a.add(dict(zip(items, raw)), weight, why, specificity)
+    a.add(dict(zip(items, raw, strict=True)), weight, why, specificity)
     b.add_pool(items, np.array(raw, dtype=np.float64), weight, why, specificity)
     assert a.scores == b.scores
     assert list(a.scores) == list(b.scores)
