@@ -225,15 +225,21 @@ class CustomerService:
         bought = list(dict.fromkeys(p.item_id for p in facts.purchases))
         due = [r.item_id for r in view.profile.replenishments_due]
         trending = [i for i, _ in await self.reader.trending(100)]
-        infos = await self.reader.items([*facts.favorites, *bought, *due, *trending])
+        ids = [*facts.favorites, *bought, *due, *trending]
+        # ~200 ids an offer: from memory when all are cached (most requests), as the
+        # recommendations' lookups do; read otherwise.
+        infos = self.reader.fresh_items(ids)
+        if infos is None:
+            infos = await self.reader.items(ids)
         ok = _fit_for(state)
         keep = lambda ids: [i for i in ids if i in infos and ok(infos[i])]  # noqa: E731
-        priced = sorted(((i, infos[i].price) for i in keep(trending) if infos[i].price > 0),
+        sellers = keep(trending)
+        priced = sorted(((i, infos[i].price) for i in sellers if infos[i].price > 0),
                         key=lambda kv: kv[1])
         return OfferCandidates(
             currency=self.rules.tiers.currency, favorites=keep(facts.favorites),
             bought=keep(bought), replenishment=keep(due), priced_items=priced,
-            bestsellers=keep(trending)[:20])
+            bestsellers=sellers[:20])
 
 
 def _fit_for(state: UserState):  # type: ignore[no-untyped-def]
