@@ -26,6 +26,7 @@ from feature_store.updates import logaddexp
 from models.customer_types import CustomerFacts, Purchase
 
 log = logging.getLogger(__name__)
+UNKNOWN_CATEGORY = "unknown"  # what an item without a category reads as (the event's default)
 CATALOG_CHECK_S = 1.0  # how often the API looks at the catalog change feed
 CUSTOMER_SCRIPT = files("feature_store").joinpath("customer.lua").read_text()
 CUSTOMER_KEYS = ("views", "cart", "bought", "dislikes", "neg", "ia", "vec", "rfm", "hist",
@@ -36,7 +37,7 @@ CUSTOMER_KEYS = ("views", "cart", "bought", "dislikes", "neg", "ia", "vec", "rfm
 class ItemInfo:
     item_id: str
     title: str
-    category: str = "unknown"
+    category: str = UNKNOWN_CATEGORY
     brand: str | None = None
     price: float = 0.0
     currency: str = "GBP"
@@ -87,7 +88,8 @@ def _parse_item(item_id: str, h: dict[bytes, bytes]) -> ItemInfo | None:
     stock = get(b"stock")
     consumable = get(b"consumable")
     return ItemInfo(
-        item_id=item_id, title=get(b"title") or item_id, category=get(b"category") or "unknown",
+        item_id=item_id, title=get(b"title") or item_id,
+        category=get(b"category") or UNKNOWN_CATEGORY,
         brand=get(b"brand"), price=float(get(b"price") or 0.0), currency=get(b"currency") or "GBP",
         stock=int(float(stock)) if stock is not None else None,
         consumable=bool(int(float(consumable))) if consumable is not None else None,
@@ -391,7 +393,7 @@ class FeatureReader:
         affinity = {_s(c): s for c, s in cat}
         if not affinity:  # no category hints in the events: derive from what they bought
             for p in purchases:
-                if p.category and p.category != "unknown":
+                if p.category and p.category != UNKNOWN_CATEGORY:
                     affinity[p.category] = affinity.get(p.category, 0.0) + p.amount
         return CustomerFacts(
             user_id=user_id, first_seen_ts=r.get("first_seen"), last_seen_ts=r.get("last_seen"),

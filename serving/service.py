@@ -23,7 +23,13 @@ from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from aisle.settings import Settings
-from feature_store.reader import CustomerRead, FeatureReader, ItemInfo, UserState
+from feature_store.reader import (
+    UNKNOWN_CATEGORY,
+    CustomerRead,
+    FeatureReader,
+    ItemInfo,
+    UserState,
+)
 from models.artifacts import ModelArtifact
 from models.online import ModelHolder, decode_vector, user_vector
 from serving.again import own_items, rebuy_reason, resume_reason
@@ -535,7 +541,7 @@ class RecommendationService:
             return cands
         top = ranked[0][1]
         scores = {item: float(np.exp(score - top)) for item, score in ranked}
-        if category:
+        if category and category != UNKNOWN_CATEGORY:  # never "popular in unknown"
             infos = await self._infos(list(scores), flags)
             same = {i: v for i, v in scores.items()
                     if i in infos and infos[i].category == category}

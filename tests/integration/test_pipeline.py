@@ -160,8 +160,11 @@ def test_related_for_a_new_item_comes_from_co_occurrence(api, stack, store) -> N
 
 
 def _related_with(api: httpx.Client, item: str, expected: str) -> dict | None:
+    """The answer once ``expected`` is in it as a co-purchase: before the orders are
+    applied it can be there as a popular item (CI saw that once)."""
     body = api.get(f"/v1/items/{item}/related", params={"limit": 5}).json()
-    return body if expected in [it["item_id"] for it in body["items"]] else None
+    return body if any(it["item_id"] == expected and it["reason"].startswith("bought together")
+                       for it in body["items"]) else None
 
 
 

@@ -73,3 +73,29 @@ def test_a_full_answer_about_an_item_not_yet_listed_keeps_only_briefly() -> None
     assert service._related_ttl(("anchor", 1), answer) == s.serving.related_cache_ttl_s
     degraded = Answer(answer.items, "v1", "related", True)
     assert service._related_ttl(("anchor", 1), degraded) == 0.0
+
+
+def test_an_item_without_a_category_is_filled_with_popular_items_not_popular_in_unknown(
+        ) -> None:
+    """The popular fill of a related list names the anchor's category, when it has one."""
+    from feature_store.reader import UNKNOWN_CATEGORY, ItemInfo
+
+    catalog = {"mug": ItemInfo("mug", "Mug", category="kitchen"),
+               "lamp": ItemInfo("lamp", "Lamp")}
+    assert catalog["lamp"].category == UNKNOWN_CATEGORY
+
+    class Trending(CoCounts):
+        async def trending(self, n: int = 100) -> list[tuple[str, float]]:
+            return [("mug", 2.0), ("lamp", 1.0)]
+
+        def cached_trending(self) -> list[tuple[str, float]]:
+            return []
+
+        def fresh_items(self, ids: list[str]) -> Any:
+            return {i: catalog[i] for i in ids if i in catalog}
+
+    service = RecommendationService(Settings(), Trending(), None)  # type: ignore[arg-type]
+    unknown = asyncio.run(service._popular([], UNKNOWN_CATEGORY))
+    assert {unknown.reason(i) for i in unknown.scores} == {"popular now"}
+    kitchen = asyncio.run(service._popular([], "kitchen"))
+    assert kitchen.reason("mug") == "popular in kitchen"
