@@ -113,7 +113,9 @@ class Candidates:
                  specificity: float = 1.0) -> None:
         """:meth:`add` of a first source given as arrays (the ALS pool, ~200 items): the
         same arithmetic element for element, by numpy instead of two comprehensions
-        (~0.1 ms of a recommendation). Anything unusual goes through :meth:`add`."""
+        (pool and add: 141-152 -> 107-121 us in isolation for 3,656 items; the whole
+        answer's CPU did not move beyond the noise). Anything unusual goes through
+        :meth:`add`."""
         if self.scores or not items or weight <= 0 or not np.isfinite(raw).all():
             self.add(dict(zip(items, raw.tolist(), strict=True)), weight, reason, specificity)
             return
@@ -138,10 +140,10 @@ class Candidates:
         return sorted(sorted(self.scores.items()), key=itemgetter(1), reverse=True)
 
     def head(self, k: int) -> list[tuple[str, float]]:
-        """``order()[:k]`` without ordering the rest. The double sort of ~600 candidates
-        (its first pass compares (item, score) tuples) was ~0.2 ms of a recommendation;
-        here the k-th best score comes from one C sort of plain floats, and only what
-        scores at least that (ties included) is ordered by the double sort."""
+        """``order()[:k]`` without ordering the rest: the k-th best score comes from one
+        C sort of plain floats, and only what scores at least that (ties included) is
+        ordered by the double sort, whose first pass compares (item, score) tuples.
+        600 candidates with ties, k = 50: 126-139 us -> 44-51 us in isolation."""
         scores = self.scores
         if len(scores) <= 2 * k:
             return self.order()[:k]
