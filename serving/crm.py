@@ -226,7 +226,7 @@ class CustomerService:
         due = [r.item_id for r in view.profile.replenishments_due]
         trending = [i for i, _ in await self.reader.trending(100)]
         ids = [*facts.favorites, *bought, *due, *trending]
-        # ~200 ids an offer: from memory when all are cached (most requests), as the
+        # ~200 ids an offer: from memory when all are fresh in the cache, as the
         # recommendations' lookups do; read otherwise.
         infos = self.reader.fresh_items(ids)
         if infos is None:
