@@ -133,6 +133,16 @@ class FeatureReader:
 
     # ------------------------------------------------------------ catalog
     async def items(self, item_ids: list[str]) -> dict[str, ItemInfo]:
+        """Catalog entries of ``item_ids`` (those in the catalog): from memory alone when
+        every one is fresh (:meth:`fresh_items`), else via :meth:`_lookup`."""
+        known = self.fresh_items(item_ids)
+        if known is not None:
+            return known
+        return await self._lookup(item_ids)
+
+    async def _lookup(self, item_ids: list[str]) -> dict[str, ItemInfo]:
+        """:meth:`items` the long way: the change-feed check when due, stale entries
+        queued for revalidation, missing ones read."""
         now = time.monotonic()
         fresh = self.ttl
         if self.catalog_max_age_s is not None:
@@ -167,7 +177,7 @@ class FeatureReader:
         return out
 
     def fresh_items(self, item_ids: list[str]) -> dict[str, ItemInfo] | None:
-        """What :meth:`items` would answer, when it can be answered from memory alone
+        """What :meth:`_lookup` would answer, when it can be answered from memory alone
         (every entry fresh, no check of the change feed due); else None. Most answers'
         catalog lookups: no coroutine, no timeout, no read."""
         now = time.monotonic()

@@ -225,12 +225,7 @@ class CustomerService:
         bought = list(dict.fromkeys(p.item_id for p in facts.purchases))
         due = [r.item_id for r in view.profile.replenishments_due]
         trending = [i for i, _ in await self.reader.trending(100)]
-        ids = [*facts.favorites, *bought, *due, *trending]
-        # ~200 ids an offer: from memory when all are fresh in the cache, as the
-        # recommendations' lookups do; read otherwise.
-        infos = self.reader.fresh_items(ids)
-        if infos is None:
-            infos = await self.reader.items(ids)
+        infos = await self.reader.items([*facts.favorites, *bought, *due, *trending])
         ok = _fit_for(state)
         keep = lambda ids: [i for i in ids if i in infos and ok(infos[i])]  # noqa: E731
         sellers = keep(trending)

@@ -118,17 +118,14 @@ class ExperimentRegistry:
             await self._refresh(fresh=True)
         elif time.monotonic() - self._read_at >= self.ttl:
             if self._refreshing is None:
-                self._refreshing = asyncio.create_task(self._refresh_once(),
-                                                       name="experiments-refresh")
+                task = asyncio.create_task(self._refresh(fresh=False),
+                                           name="experiments-refresh")
+                self._refreshing = task
+                # Runs also for a task cancelled before its first step (at shutdown).
+                task.add_done_callback(lambda t: setattr(self, "_refreshing", None))
             if self._read_at < 0:  # never read: nothing to answer with yet
                 await asyncio.shield(self._refreshing)
         return self._defs
-
-    async def _refresh_once(self) -> None:
-        try:
-            await self._refresh(fresh=False)
-        finally:
-            self._refreshing = None
 
     async def _refresh(self, fresh: bool) -> None:
         try:
@@ -211,7 +208,6 @@ class ExperimentRegistry:
         """Stop the variant services' background work (the API is stopping)."""
         if self._refreshing is not None:
             await cancel_and_wait(self._refreshing)
-            self._refreshing = None  # cancelled before its first step: no finally ran
         for svc in self._services.values():
             if isinstance(svc, RecommendationService):
                 await svc.close()

@@ -554,7 +554,7 @@ class RecommendationService:
     async def _infos(self, ids: list[str], flags: list[str]) -> dict[str, ItemInfo]:
         if not ids:
             return {}
-        known = self.reader.fresh_items(ids)
+        known = self.reader.fresh_items(ids)  # as items() does, but before _safe's timeout
         if known is not None:
             return known
         cached = {i: info for i in ids if (info := self.reader.cached_item(i)) is not None}
