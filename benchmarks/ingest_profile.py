@@ -89,8 +89,15 @@ class NullPipeline:
 
 
 class NullClient:
+    """Takes any command (the per-batch counters ``process`` writes) and sends nothing."""
+
     def pipeline(self, transaction: bool = True) -> NullPipeline:
         return NullPipeline()
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[None]]:
+        async def nothing(*args: Any, **kwargs: Any) -> None:
+            return None
+        return nothing
 
 
 class KeepingStore:
