@@ -74,13 +74,30 @@ def folded_batches(settings: Settings, rows: int | None) -> tuple[list[list[Shar
     return out, count
 
 
+class ScriptStore(RedisStore):
+    """``RedisStore`` running another script text (same wire format, same keys)."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys, window: float, script: str):
+        super().__init__(client, keys, window)
+        self.script = script
+
+    async def _script_sha(self) -> str:
+        if self._sha is None:
+            self._sha = str(await self.client.script_load(self.script))
+        return self._sha
+
+
 async def apply_all(url: str, settings: Settings, batches: list[list[ShardBatch]],
-                    pid: int, events: int) -> dict[str, Any]:
+                    pid: int, events: int, script: str | None = None) -> dict[str, Any]:
+    """Flush the server, apply every batch (with ``script`` instead of store.lua when
+    given) and return the server's CPU and script time per event."""
     client = aioredis.Redis.from_url(url)
     try:
         await client.flushall()
-        store = RedisStore(client, Keys(settings.features.key_prefix, settings.features.shards),
-                           settings.features.dedupe_window_s)
+        keys = Keys(settings.features.key_prefix, settings.features.shards)
+        window = settings.features.dedupe_window_s
+        store = (RedisStore(client, keys, window) if script is None
+                 else ScriptStore(client, keys, window, script))
         lua_before = await lua_usage(client)
         cpu_before, machine_before = cpu_seconds(pid), machine_busy_seconds()
         started = time.perf_counter()

@@ -34,11 +34,9 @@ import asyncio
 import re
 import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import redis.asyncio as aioredis
 from rich.console import Console
 from rich.table import Table
 
@@ -46,10 +44,8 @@ from aisle.runtime import allocator_of, start_store
 from aisle.settings import Settings
 from benchmarks.bench_foldin import write_result
 from benchmarks.bench_ingest import QUICK_ROWS, machine_info, tree_state
-from benchmarks.bench_store_malloc import folded_batches
-from benchmarks.ingest_probe import cpu_seconds, lua_usage
-from feature_store.keys import Keys
-from feature_store.redis_store import SCRIPT, RedisStore, ShardBatch
+from benchmarks.bench_store_malloc import apply_all, folded_batches
+from feature_store.redis_store import SCRIPT, ShardBatch
 
 console = Console()
 RUNS = 3
@@ -75,46 +71,9 @@ def skipping(script: str, ops: list[str]) -> str:
     return script
 
 
-class VariantStore(RedisStore):
-    """``RedisStore`` running another script text (same wire format, same keys)."""
-
-    def __init__(self, client: aioredis.Redis, keys: Keys, window: float, script: str):
-        super().__init__(client, keys, window)
-        self.script = script
-
-    async def _script_sha(self) -> str:
-        if self._sha is None:
-            self._sha = str(await self.client.script_load(self.script))
-        return self._sha
-
-
 def without_ops(batches: list[list[ShardBatch]]) -> list[list[ShardBatch]]:
     return [[(shard, source, [(eid, off, ts, []) for eid, off, ts, _ in events])
              for shard, source, events in batch] for batch in batches]
-
-
-async def apply_all(url: str, settings: Settings, script: str, batches: list[list[ShardBatch]],
-                    pid: int, events: int) -> dict[str, float]:
-    client = aioredis.Redis.from_url(url)
-    try:
-        await client.flushall()
-        store = VariantStore(client, Keys(settings.features.key_prefix,
-                                          settings.features.shards),
-                             settings.features.dedupe_window_s, script)
-        _, lua0 = await lua_usage(client)
-        cpu0, started = cpu_seconds(pid), time.perf_counter()
-        applied = 0
-        for batch in batches:
-            applied += (await store.apply_many(batch))[0]
-        wall, cpu = time.perf_counter() - started, cpu_seconds(pid) - cpu0
-        _, lua1 = await lua_usage(client)
-        if applied != events:
-            raise RuntimeError(f"applied {applied} of {events} events")
-        return {"valkey_us_per_event": round(cpu / events * 1e6, 2),
-                "lua_us_per_event": round((lua1 - lua0) / events * 1e6, 2),
-                "wall_s": round(wall, 3)}
-    finally:
-        await client.aclose()
 
 
 def variants(families: list[str]) -> dict[str, tuple[str, bool]]:
@@ -141,8 +100,8 @@ async def run(rows: int | None, runs: int, families: list[str], log_dir: Path,
     try:
         for rnd in range(1, runs + 1):
             for name, (script, with_ops) in chosen.items():
-                row = await apply_all(url, settings, script, batches if with_ops else bare,
-                                      managed.proc.pid, events)
+                row = await apply_all(url, settings, batches if with_ops else bare,
+                                      managed.proc.pid, events, script)
                 row.update(run=rnd, variant=name)
                 rows_out.append(row)
                 console.print(f"  round {rnd} {name:16s} Valkey "
