@@ -32,6 +32,7 @@ import numpy as np
 import redis.asyncio as aioredis
 
 from models.als import FoldIn
+from models.ann import PoolIndex, exact_pool
 
 FORMAT = 1
 # Longer than any upload can take; only matters for a publisher that died half-way.
@@ -62,6 +63,8 @@ class ModelArtifact:
     knn_scores: np.ndarray | None = None
     _index: dict[str, int] | None = field(default=None, init=False, repr=False)
     _fold_in: FoldIn | None = field(default=None, init=False, repr=False)
+    # Set by the API's ModelHolder once built (models/ann.py); None: the exact pool.
+    pool_index: PoolIndex | None = field(default=None, init=False, repr=False)
 
     @property
     def item_index(self) -> dict[str, int]:
@@ -76,6 +79,13 @@ class ModelArtifact:
             self._fold_in = FoldIn(self.item_factors, self.params["regularization"],
                                    self.params["alpha"])
         return self._fold_in
+
+    def pool(self, vec: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows (ascending) and scores of the ``k`` items ``vec`` scores highest (positive
+        scores only): from the HNSW graph once one is built, else exactly."""
+        if self.pool_index is not None:
+            return self.pool_index.search(vec, k)
+        return exact_pool(self.item_factors, vec, k)
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from feature_store.client import cancel_and_wait
 from feature_store.keys import Keys
 from models.als import FoldIn
+from models.ann import AnnSettings, PoolIndex
 from models.artifacts import ModelArtifact, load_current
 from models.matrix import Interactions, decayed_weight
 
@@ -25,11 +26,15 @@ log = logging.getLogger(__name__)
 
 
 class ModelHolder:
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str, ann: AnnSettings | None = None,
+                 ) -> None:
         self.client = client
         self.prefix = prefix
         self.current: ModelArtifact | None = None
         self._task: asyncio.Task[None] | None = None
+        # The API's: an HNSW graph for the ALS pool of a large catalog (models/ann.py).
+        self.ann = ann
+        self._building: asyncio.Task[None] | None = None
 
     @property
     def version(self) -> str | None:
@@ -43,7 +48,32 @@ class ModelHolder:
         art.fold_in()  # build the cached Gram matrix before the first request needs it
         self.current = art
         log.info("model %s loaded: %d items", art.version, len(art.item_ids))
+        self._index_later(art)
         return True
+
+    def _index_later(self, art: ModelArtifact) -> None:
+        """Build the pool's graph in a thread; answers use the exact pool until it is
+        ready. A newer model cancels the build of the older one (its thread finishes
+        on its own, and its graph is dropped)."""
+        ann = self.ann
+        if ann is None or ann.min_items <= 0 or len(art.item_ids) < ann.min_items:
+            return
+        if self._building is not None:
+            self._building.cancel()
+
+        async def build() -> None:
+            index = await asyncio.to_thread(PoolIndex.build, art.item_factors, ann)
+            art.pool_index = index
+            log.info("model %s: ALS pool graph over %d items built in %.1f s",
+                     art.version, index.n_items, index.build_s)
+
+        self._building = asyncio.create_task(build(), name="model-pool-index")
+        self._building.add_done_callback(_log_failure)
+
+    async def index_ready(self) -> None:
+        """Wait for the current model's graph, if one is being built (tests, benchmarks)."""
+        if self._building is not None:
+            await asyncio.wait({self._building})
 
     def start_polling(self, every_s: float) -> None:
         async def loop() -> None:
@@ -59,6 +89,13 @@ class ModelHolder:
     async def stop(self) -> None:
         if self._task is not None:
             await cancel_and_wait(self._task)
+        if self._building is not None:
+            await cancel_and_wait(self._building)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.warning("ALS pool graph not built (answers keep the exact pool): %r", exc)
 
 
 def user_vector(art: ModelArtifact, items_logw: list[tuple[bytes | str, float]],

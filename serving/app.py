@@ -23,6 +23,7 @@ from aisle.settings import Settings
 from feature_store.client import cancel_and_wait, open_redis
 from feature_store.keys import Keys
 from feature_store.reader import FeatureReader
+from models.ann import AnnSettings
 from models.online import ModelHolder
 from serving import routes, web
 from serving.crm import CustomerService, PopulationHolder
@@ -106,7 +107,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         reader = FeatureReader(client, keys, settings.serving.cache_ttl_s,
                                revalidate_s=settings.serving.cache_ttl_s,
                                catalog_max_age_s=settings.serving.catalog_max_age_s)
-        holder = ModelHolder(client, settings.features.key_prefix)
+        holder = ModelHolder(client, settings.features.key_prefix,
+                             AnnSettings(min_items=settings.serving.als_ann_min_items,
+                                         ef_search=settings.serving.als_ann_ef_search))
         with contextlib.suppress(Exception):
             await holder.refresh()
         holder.start_polling(settings.worker.model_poll_s)

@@ -313,15 +313,10 @@ class RecommendationService:
         cands = Candidates()
         vec = self._vector(art, state)
         if art is not None and vec is not None:
-            scores = art.item_factors @ vec
-            n = len(scores)
-            pool = min(ALS_POOL, n)
-            # The pool's cut by one partition of the values (faster than argpartition);
-            # ties at the cut could make it longer, hence the [:pool].
-            top = np.flatnonzero(scores >= np.partition(scores, n - pool)[n - pool])[:pool]
-            top = top[scores[top] > 0]
+            # Exact, or from the HNSW graph of a large catalog (models/ann.py).
+            top, raw = art.pool(vec, ALS_POOL)
             ids = art.item_ids
-            cands.add_pool([ids[j] for j in top.tolist()], scores[top].astype(np.float64),
+            cands.add_pool([ids[j] for j in top.tolist()], raw.astype(np.float64),
                            s.blend_als, lambda i: "picked for you")
         # Filtered below like the rest. Low specificity: the customer-intelligence
         # reasons for the same items ("you saved this", "time to restock") say more.
