@@ -23,7 +23,6 @@ from aisle.settings import Settings
 from feature_store.client import cancel_and_wait, open_redis
 from feature_store.keys import Keys
 from feature_store.reader import FeatureReader
-from models.ann import AnnSettings
 from models.online import ModelHolder
 from serving import routes, web
 from serving.crm import CustomerService, PopulationHolder
@@ -31,7 +30,7 @@ from serving.errors import AisleError, BrokerUnavailable
 from serving.experiments import ExperimentRegistry
 from serving.gc_tuning import freeze_survivors, set_gen0_threshold
 from serving.schemas import ErrorBody
-from serving.service import RecommendationService
+from serving.service import RecommendationService, pool_index_settings
 from streams.topics import EventProducer
 
 log = logging.getLogger(__name__)
@@ -108,8 +107,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                                revalidate_s=settings.serving.cache_ttl_s,
                                catalog_max_age_s=settings.serving.catalog_max_age_s)
         holder = ModelHolder(client, settings.features.key_prefix,
-                             AnnSettings(min_items=settings.serving.als_ann_min_items,
-                                         ef_search=settings.serving.als_ann_ef_search))
+                             pool_index_settings(settings))
         with contextlib.suppress(Exception):
             await holder.refresh()
         holder.start_polling(settings.worker.model_poll_s)

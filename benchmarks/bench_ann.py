@@ -1,0 +1,165 @@
+"""The ALS pool at catalog scale: faiss indexes against numpy scoring every item.
+
+``python -m benchmarks.bench_ann [--quick] [--rounds 3]`` fits ALS with Aisle's model
+settings on the Taobao slice's interactions (84,793 items; Online Retail's 3,656 stay
+under ``serving.als_ann_min_items`` and keep the exact pool), then for 1,000 of its
+customers' vectors asks for the 200-item pool, every way alternately per round, on one
+core: exactly (``models.ann.exact_pool``, the baseline: numpy's matrix-vector product
+over every item and a partition), from the half-precision scan (``fp16``, the default)
+and from the HNSW graph at several ``ef_search``. Reports µs per pool, the share of the
+exact pool found, the share of the exact top 20 found (what a 10-item answer mostly
+draws on), each index's build time and the event loop's worst stall while it builds in
+a thread (the API keeps answering meanwhile). Writes ``results/ann.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from typing import Any
+
+import faiss
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+from threadpoolctl import threadpool_limits
+
+from aisle.settings import Settings
+from benchmarks.bench_foldin import write_result
+from benchmarks.bench_retrain import als_params
+from benchmarks.quality_data import load, touched
+from benchmarks.serving_report import machine
+from models.als import fit_als
+from models.ann import AnnSettings, PoolIndex, exact_pool
+from models.matrix import build_interactions
+
+POOL = 200
+TOP = 20
+EF = (64, 128, 256, 512)
+
+
+def taobao_factors(quick: bool) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    events = load("taobao")
+    rows = ((e.user_id, item, 1.0) for e in events for item in touched(e))
+    inter = build_interactions(rows)
+    params = als_params(Settings())
+    if quick:
+        params = params.__class__(**{**params.__dict__, "iterations": 3})
+    started = time.perf_counter()
+    users, items = fit_als(inter, params)
+    info = {"customers": inter.matrix.shape[0], "items": inter.matrix.shape[1],
+            "nnz": int(inter.matrix.nnz), "factors": params.factors,
+            "iterations": params.iterations, "fit_s": round(time.perf_counter() - started, 1)}
+    return np.asarray(users, np.float32), np.ascontiguousarray(items, np.float32), info
+
+
+def build_with_ticker(items: np.ndarray, ann: AnnSettings) -> tuple[PoolIndex, float]:
+    """Build in a thread as the API does; the loop's worst stall meanwhile, in ms."""
+    async def go() -> tuple[PoolIndex, float]:
+        worst = 0.0
+        done = False
+
+        async def tick() -> None:
+            nonlocal worst
+            while not done:
+                t = time.perf_counter()
+                await asyncio.sleep(0.001)
+                worst = max(worst, time.perf_counter() - t - 0.001)
+
+        ticker = asyncio.create_task(tick())
+        index = await asyncio.to_thread(PoolIndex.build, items, ann)
+        done = True
+        await ticker
+        return index, worst * 1e3
+
+    return asyncio.run(go())
+
+
+def us_per_query(fn: Any, queries: np.ndarray) -> float:
+    started = time.perf_counter()
+    for q in queries:
+        fn(q)
+    return (time.perf_counter() - started) / len(queries) * 1e6
+
+
+def measure(quick: bool, rounds: int) -> dict[str, Any]:
+    faiss.omp_set_num_threads(1)
+    users, items, data = taobao_factors(quick)
+    rng = np.random.default_rng(0)
+    queries = users[rng.choice(len(users), 200 if quick else 1000, replace=False)]
+    exact = [set(exact_pool(items, q, POOL)[0].tolist()) for q in queries]
+    top = [set(np.argsort(-(items @ q), kind="stable")[:TOP].tolist()) for q in queries]
+    built = {kind: build_with_ticker(items, AnnSettings(kind=kind, min_items=1))
+             for kind in ("fp16", "hnsw")}
+    fp16, hnsw = built["fp16"][0], built["hnsw"][0]
+
+    def graph(ef: int) -> Any:
+        def search(q: np.ndarray) -> Any:
+            return hnsw.search(q, POOL)
+        search.ef = ef  # type: ignore[attr-defined]
+        return search
+
+    ways: dict[str, Any] = {"exact": lambda q: exact_pool(items, q, POOL),
+                            "fp16": lambda q: fp16.search(q, POOL),
+                            **{f"hnsw, ef {ef}": graph(ef) for ef in EF}}
+    found, times = {}, {name: [] for name in ways}  # type: ignore[var-annotated]
+    for name, way in ways.items():
+        if hasattr(way, "ef"):
+            hnsw._index.hnsw.efSearch = way.ef
+        got = [set(way(q)[0].tolist()) for q in queries]
+        found[name] = (
+            statistics.mean(len(g & e) / max(len(e), 1) for g, e in zip(got, exact, strict=True)),
+            statistics.mean(len(g & t) / TOP for g, t in zip(got, top, strict=True)))
+    with threadpool_limits(1, "blas"):
+        for _ in range(rounds):  # alternated: a noisy minute hits every way
+            for name, way in ways.items():
+                if hasattr(way, "ef"):
+                    hnsw._index.hnsw.efSearch = way.ef
+                times[name].append(us_per_query(way, queries))
+    base = statistics.median(times["exact"])
+    variants = {name: {"us_per_pool": round(statistics.median(ts), 1),
+                       "rounds_us": [round(t, 1) for t in ts],
+                       "pool_found": round(found[name][0], 4),
+                       "top20_found": round(found[name][1], 4),
+                       "speedup": round(base / statistics.median(ts), 2)}
+                for name, ts in times.items()}
+    return {"machine": machine(), "data": data, "queries": len(queries), "pool": POOL,
+            "build": {kind: {"s": round(index.build_s, 2), "loop_stall_max_ms": round(stall, 1)}
+                      for kind, (index, stall) in built.items()},
+            "hnsw": {"m": AnnSettings().m, "ef_construction": AnnSettings().ef_construction},
+            "defaults": {"kind": Settings().serving.als_ann_kind,
+                         "ef_search": Settings().serving.als_ann_ef_search,
+                         "min_items": Settings().serving.als_ann_min_items},
+            "variants": variants}
+
+
+def report(result: dict[str, Any]) -> None:
+    d, b = result["data"], result["build"]
+    table = Table(title=f"ALS pool of {result['pool']} at {d['items']:,} items × "
+                        f"{d['factors']} factors, {result['queries']} customers, one core "
+                        f"(built in a thread: fp16 {b['fp16']['s']} s, hnsw {b['hnsw']['s']} "
+                        f"s; loop stall ≤ {max(v['loop_stall_max_ms'] for v in b.values())} "
+                        "ms)", title_justify="left")
+    for col in ("pool", "µs per pool (median of rounds)", "speed-up", "exact pool found",
+                "exact top 20 found"):
+        table.add_column(col)
+    for name, v in result["variants"].items():
+        table.add_row(name, f"{v['us_per_pool']:.0f}", f"{v['speedup']:.1f}×",
+                      f"{v['pool_found']:.3f}", f"{v['top20_found']:.3f}")
+    Console().print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_ann", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="3 ALS iterations, 200 customers")
+    p.add_argument("--rounds", type=int, default=3)
+    args = p.parse_args(argv)
+    result = measure(args.quick, args.rounds)
+    report(result)
+    print(f"wrote {write_result('ann_quick.json' if args.quick else 'ann.json', result)}")
+
+
+if __name__ == "__main__":
+    main()
