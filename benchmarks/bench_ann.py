@@ -1,6 +1,6 @@
 """The ALS pool at catalog scale: faiss indexes against numpy scoring every item.
 
-``python -m benchmarks.bench_ann [--quick] [--rounds 3]`` fits ALS with Aisle's model
+``python -m benchmarks.bench_ann [--quick] [--rounds 3] [--answers]`` fits ALS with Aisle's model
 settings on the Taobao slice's interactions (84,793 items; Online Retail's 3,656 stay
 under ``serving.als_ann_min_items`` and keep the exact pool), then for 1,000 of its
 customers' vectors asks for the 200-item pool, every way alternately per round, on one
@@ -10,14 +10,23 @@ and from the HNSW graph at several ``ef_search``. Reports µs per pool, the shar
 exact pool found, the share of the exact top 20 found (what a 10-item answer mostly
 draws on), each index's build time and the event loop's worst stall while it builds in
 a thread (the API keeps answering meanwhile). Writes ``results/ann.json``.
+
+``--answers`` adds whole recommendations: the Taobao slice replayed through the worker's
+``BatchProcessor`` into an embedded Valkey, a model trained and loaded as the API loads
+it, then 500 customers' answers (limit 10) with the index and with the exact pool,
+alternately per round: this process's CPU per answer, and how many of the 10 items the
+two answers share.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import faiss
@@ -26,10 +35,12 @@ from rich.console import Console
 from rich.table import Table
 from threadpoolctl import threadpool_limits
 
+from aisle.runtime import start_store
 from aisle.settings import Settings
 from benchmarks.bench_foldin import write_result
 from benchmarks.bench_retrain import als_params
 from benchmarks.quality_data import load, touched
+from benchmarks.quality_served import StoreSession
 from benchmarks.serving_report import machine
 from models.als import fit_als
 from models.ann import AnnSettings, PoolIndex, exact_pool
@@ -151,13 +162,72 @@ def report(result: dict[str, Any]) -> None:
     Console().print(table)
 
 
+async def _answers(settings: Settings, rounds: int, n: int) -> dict[str, Any]:
+    session = StoreSession.open(settings)
+    try:
+        events = load("taobao")
+        replay_s = await session.replay(events)
+        art = await session.train()  # loads it and waits for the index, as a settled API
+        index = art.pool_index
+        if index is None:
+            raise RuntimeError("no index was built: is the catalog under als_ann_min_items?")
+        service = await session.service()
+        users = sorted({e.user_id for e in events if e.user_id})
+        users = [users[i] for i in np.random.default_rng(1).choice(len(users), n, replace=False)]
+        lists: dict[str, list[list[str]]] = {"index": [], "exact": []}
+        cpu: dict[str, list[float]] = {"index": [], "exact": []}
+        for r in range(rounds + 1):  # round 0 warms the caches and is not counted
+            for way in ("index", "exact"):
+                art.pool_index = index if way == "index" else None
+                started = time.process_time()
+                got = [[s.item_id for s in (await service.recommendations(u, 10, None)).items]
+                       for u in users]
+                if r:
+                    cpu[way].append((time.process_time() - started) / n * 1e6)
+                else:
+                    lists[way] = got
+        art.pool_index = index
+        shared = [len(set(a) & set(b)) / max(len(b), 1)
+                  for a, b in zip(lists["index"], lists["exact"], strict=True)]
+        return {"replay_s": round(replay_s, 1), "customers": n, "model_items": len(art.item_ids),
+                "cpu_us_per_answer": {k: [round(v) for v in vs] for k, vs in cpu.items()},
+                "median_cpu_us": {k: round(statistics.median(vs)) for k, vs in cpu.items()},
+                "items_shared_with_exact": round(statistics.mean(shared), 4),
+                "answers_identical": round(statistics.mean(
+                    a == b for a, b in zip(lists["index"], lists["exact"], strict=True)), 4)}
+    finally:
+        await session.close()
+
+
+def answers(rounds: int, n: int = 500) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="aisle-bench-ann-"))
+    store, url = start_store(tmp)
+    try:
+        settings = Settings(redis_url=url, data_dir=tmp, log_level="warning",
+                            features={"key_prefix": "ann"})
+        return asyncio.run(_answers(settings, rounds, n))
+    finally:
+        store.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_ann", description=__doc__)
     p.add_argument("--quick", action="store_true", help="3 ALS iterations, 200 customers")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--answers", action="store_true",
+                   help="also whole recommendations, index vs exact (replays Taobao: minutes)")
     args = p.parse_args(argv)
     result = measure(args.quick, args.rounds)
     report(result)
+    if args.answers:
+        result["answers"] = answers(args.rounds)
+        a = result["answers"]
+        Console().print(f"whole answers at {a['model_items']:,} items, {a['customers']} "
+                        f"customers: CPU µs per answer, index {a['cpu_us_per_answer']['index']}"
+                        f", exact {a['cpu_us_per_answer']['exact']}; items shared with the "
+                        f"exact answer {a['items_shared_with_exact']:.3f}, identical answers "
+                        f"{a['answers_identical']:.3f}")
     print(f"wrote {write_result('ann_quick.json' if args.quick else 'ann.json', result)}")
 
 
