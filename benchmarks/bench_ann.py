@@ -167,8 +167,9 @@ async def _answers(settings: Settings, rounds: int, n: int) -> dict[str, Any]:
     try:
         events = load("taobao")
         replay_s = await session.replay(events)
-        art = await session.train()  # loads it and waits for the index, as a settled API
-        index = art.pool_index
+        await session.train()  # loads it and waits for the index, as a settled API
+        art = session.holder.current
+        index = art.pool_index if art is not None else None
         if index is None:
             raise RuntimeError("no index was built: is the catalog under als_ann_min_items?")
         service = await session.service()
