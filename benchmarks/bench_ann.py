@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 from rich.console import Console
 from rich.table import Table
@@ -96,7 +95,6 @@ def us_per_query(fn: Any, queries: np.ndarray) -> float:
 
 
 def measure(quick: bool, rounds: int) -> dict[str, Any]:
-    faiss.omp_set_num_threads(1)
     users, items, data = taobao_factors(quick)
     rng = np.random.default_rng(0)
     queries = users[rng.choice(len(users), 200 if quick else 1000, replace=False)]

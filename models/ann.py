@@ -21,6 +21,7 @@ only which items enter the pool can differ from the exact one, never their score
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -48,6 +49,20 @@ def exact_pool(item_factors: np.ndarray, vec: np.ndarray, k: int,
     return top, scores[top]
 
 
+_pinned = threading.local()
+
+
+def _one_thread() -> None:
+    """faiss's OpenMP to one thread in the calling thread (the setting is per thread): a
+    single query split over two threads spins the second one, which the API's other
+    requests need, and saves no time at this size."""
+    if not getattr(_pinned, "done", False):
+        import faiss
+
+        faiss.omp_set_num_threads(1)
+        _pinned.done = True
+
+
 @dataclass(frozen=True, slots=True)
 class AnnSettings:
     kind: Literal["fp16", "hnsw"] = "fp16"
@@ -71,8 +86,7 @@ class PoolIndex:
     def build(cls, item_factors: np.ndarray, ann: AnnSettings) -> PoolIndex:
         import faiss  # imported here: only an API serving a large catalog needs it
 
-        # One thread: the API's other thread of work is answering requests.
-        faiss.omp_set_num_threads(1)
+        _one_thread()  # the API's other thread of work is answering requests
         started = time.perf_counter()
         factors = np.ascontiguousarray(item_factors, dtype=np.float32)
         d = factors.shape[1]
@@ -89,6 +103,7 @@ class PoolIndex:
 
     def search(self, vec: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """As :func:`exact_pool`: rows ascending, exact positive scores, at most ``k``."""
+        _one_thread()
         query = np.ascontiguousarray(vec, dtype=np.float32).reshape(1, -1)
         _, rows = self._index.search(query, min(k, self.n_items))
         rows = np.sort(rows[0][rows[0] >= 0])  # -1: the index gave fewer than k

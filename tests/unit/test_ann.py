@@ -110,3 +110,22 @@ def test_a_newer_model_cancels_the_older_build() -> None:
         await holder.stop()
 
     asyncio.run(go())
+
+
+def test_search_keeps_faiss_to_one_thread_in_the_calling_thread() -> None:
+    import threading
+
+    import faiss
+
+    f = factors(500)
+    index = PoolIndex.build(f, AnnSettings(min_items=1))
+    seen: list[int] = []
+
+    def serve() -> None:  # a fresh thread starts with OpenMP's default (all cores)
+        index.search(f[1], K)
+        seen.append(faiss.omp_get_max_threads())
+
+    t = threading.Thread(target=serve)
+    t.start()
+    t.join()
+    assert seen == [1]
