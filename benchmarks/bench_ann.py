@@ -204,7 +204,8 @@ def answers(rounds: int, n: int = 500) -> dict[str, Any]:
     try:
         settings = Settings(redis_url=url, data_dir=tmp, log_level="warning",
                             features={"key_prefix": "ann"})
-        return asyncio.run(_answers(settings, rounds, n))
+        with threadpool_limits(1, "blas"):  # as the API runs (serving/app.py)
+            return asyncio.run(_answers(settings, rounds, n))
     finally:
         store.stop()
         shutil.rmtree(tmp, ignore_errors=True)
