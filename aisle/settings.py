@@ -194,15 +194,11 @@ class ServingSettings(BaseModel):
     # reuses it only while a fresh read returns the same state (same model, same log
     # clock): the customer's next event invalidates it. Entries per process; 0 = off.
     customer_cache_size: int = Field(20_000, ge=0)
-    # The ALS pool of a catalog with at least this many items in the model comes from a
-    # faiss index over the item factors (models/ann.py), built in a thread after each
-    # model loads, not from numpy scoring every item: at 84,793 items "fp16" (every item
-    # scored from half-precision factors) 0.66 vs 3.2 ms per answer with 0.994 of the
-    # exact pool, "hnsw" (a graph) ~0.35 ms with ~0.81 (benchmarks/bench_ann.py). 0 =
-    # always exact. ``als_ann_ef_search`` trades the graph's recall for time.
-    als_ann_min_items: int = Field(20_000, ge=0)
-    als_ann_kind: Literal["fp16", "hnsw"] = "fp16"
-    als_ann_ef_search: int = Field(256, ge=1)
+    # From this many items in the model up, the API sorts the items by norm after each
+    # model loads and scores, per answer, only those that could enter the ALS pool
+    # (models/pool.py): the same pool, 12-15x faster at Taobao's 84,793 items
+    # (benchmarks/bench_ann.py). Smaller catalogs fit one block anyway. 0 = never.
+    als_pool_order_min_items: int = Field(8_192, ge=0)
     # Admin operations (erasure, ...) need this key; unset, they are switched off.
     admin_api_key: SecretStr | None = None
     # Origins allowed to call the API from a browser (the widget); none by default.

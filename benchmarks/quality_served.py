@@ -26,7 +26,7 @@ from models.online import ModelHolder, UserVectorUpdater
 from models.population import refresh as refresh_population
 from models.train import train_once
 from serving.crm import CustomerService, PopulationHolder
-from serving.service import RecommendationService, pool_index_settings
+from serving.service import RecommendationService
 from streams.events import AnyEvent, encode_event
 from streams.pipeline import BatchProcessor, Record
 
@@ -46,9 +46,9 @@ class StoreSession:
     def open(cls, settings: Settings) -> StoreSession:
         client = aioredis.Redis.from_url(settings.redis_url or "", decode_responses=False)
         keys = Keys(settings.features.key_prefix, settings.features.shards)
-        # The ALS pool as the API serves it: a faiss index above the size threshold.
+        # The ALS pool as the API serves it (by norm above the size threshold).
         holder = ModelHolder(client, settings.features.key_prefix,
-                             pool_index_settings(settings))
+                             settings.serving.als_pool_order_min_items)
         vectors = UserVectorUpdater(client, keys, holder, settings.model.half_life_d * 86400)
         processor = BatchProcessor(
             RedisStore(client, keys, settings.features.dedupe_window_s),

@@ -32,7 +32,7 @@ import numpy as np
 import redis.asyncio as aioredis
 
 from models.als import FoldIn
-from models.ann import PoolIndex, exact_pool
+from models.pool import NormOrder, exact_pool
 
 FORMAT = 1
 # Longer than any upload can take; only matters for a publisher that died half-way.
@@ -63,8 +63,8 @@ class ModelArtifact:
     knn_scores: np.ndarray | None = None
     _index: dict[str, int] | None = field(default=None, init=False, repr=False)
     _fold_in: FoldIn | None = field(default=None, init=False, repr=False)
-    # Set by the API's ModelHolder once built (models/ann.py); None: the exact pool.
-    pool_index: PoolIndex | None = field(default=None, init=False, repr=False)
+    # Set by the API's ModelHolder once built (models/pool.py); None: every item scored.
+    norm_order: NormOrder | None = field(default=None, init=False, repr=False)
 
     @property
     def item_index(self) -> dict[str, int]:
@@ -82,9 +82,10 @@ class ModelArtifact:
 
     def pool(self, vec: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows (ascending) and scores of the ``k`` items ``vec`` scores highest (positive
-        scores only): from the HNSW graph once one is built, else exactly."""
-        if self.pool_index is not None:
-            return self.pool_index.search(vec, k)
+        scores only). The same answer either way: scoring the items by norm, largest
+        first, only while they could still enter it, once that order is built."""
+        if self.norm_order is not None:
+            return self.norm_order.pool(vec, k)
         return exact_pool(self.item_factors, vec, k)
 
     def to_bytes(self) -> bytes:

@@ -18,22 +18,23 @@ import redis.asyncio as aioredis
 from feature_store.client import cancel_and_wait
 from feature_store.keys import Keys
 from models.als import FoldIn
-from models.ann import AnnSettings, PoolIndex
 from models.artifacts import ModelArtifact, load_current
 from models.matrix import Interactions, decayed_weight
+from models.pool import NormOrder
 
 log = logging.getLogger(__name__)
 
 
 class ModelHolder:
-    def __init__(self, client: aioredis.Redis, prefix: str, ann: AnnSettings | None = None,
+    def __init__(self, client: aioredis.Redis, prefix: str, order_min_items: int = 0,
                  ) -> None:
         self.client = client
         self.prefix = prefix
         self.current: ModelArtifact | None = None
         self._task: asyncio.Task[None] | None = None
-        # The API's: an HNSW graph for the ALS pool of a large catalog (models/ann.py).
-        self.ann = ann
+        # The API's: the items by norm for the ALS pool of a large catalog (models/pool.py);
+        # 0 = never (workers, which fold in and never rank).
+        self.order_min_items = order_min_items
         self._building: asyncio.Task[None] | None = None
 
     @property
@@ -52,26 +53,27 @@ class ModelHolder:
         return True
 
     def _index_later(self, art: ModelArtifact) -> None:
-        """Build the pool's graph in a thread; answers use the exact pool until it is
-        ready. A newer model cancels the build of the older one (its thread finishes
-        on its own, and its graph is dropped)."""
-        ann = self.ann
-        if ann is None or ann.min_items <= 0 or len(art.item_ids) < ann.min_items:
+        """Sort the items by norm in a thread (numpy's sort and copy run without the
+        GIL); answers score every item until it is ready, with the same result. A newer
+        model cancels the build of the older one (its thread finishes on its own, and
+        its order is dropped)."""
+        least = self.order_min_items
+        if least <= 0 or len(art.item_ids) < least:
             return
         if self._building is not None:
             self._building.cancel()
 
         async def build() -> None:
-            index = await asyncio.to_thread(PoolIndex.build, art.item_factors, ann)
-            art.pool_index = index
-            log.info("model %s: ALS pool graph over %d items built in %.1f s",
-                     art.version, index.n_items, index.build_s)
+            order = await asyncio.to_thread(NormOrder, art.item_factors)
+            art.norm_order = order
+            log.info("model %s: %d items ordered by norm for the ALS pool in %.0f ms",
+                     art.version, order.n_items, order.build_s * 1e3)
 
-        self._building = asyncio.create_task(build(), name="model-pool-index")
+        self._building = asyncio.create_task(build(), name="model-norm-order")
         self._building.add_done_callback(_log_failure)
 
     async def index_ready(self) -> None:
-        """Wait for the current model's graph, if one is being built (tests, benchmarks)."""
+        """Wait for the current model's norm order, if one is being built."""
         if self._building is not None:
             await asyncio.wait({self._building})
 
@@ -95,7 +97,7 @@ class ModelHolder:
 
 def _log_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and (exc := task.exception()) is not None:
-        log.warning("ALS pool graph not built (answers keep the exact pool): %r", exc)
+        log.warning("items not ordered by norm (answers score every item): %r", exc)
 
 
 def user_vector(art: ModelArtifact, items_logw: list[tuple[bytes | str, float]],

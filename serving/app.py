@@ -30,7 +30,7 @@ from serving.errors import AisleError, BrokerUnavailable
 from serving.experiments import ExperimentRegistry
 from serving.gc_tuning import freeze_survivors, set_gen0_threshold
 from serving.schemas import ErrorBody
-from serving.service import RecommendationService, pool_index_settings
+from serving.service import RecommendationService
 from streams.topics import EventProducer
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                                revalidate_s=settings.serving.cache_ttl_s,
                                catalog_max_age_s=settings.serving.catalog_max_age_s)
         holder = ModelHolder(client, settings.features.key_prefix,
-                             pool_index_settings(settings))
+                             settings.serving.als_pool_order_min_items)
         with contextlib.suppress(Exception):
             await holder.refresh()
         holder.start_polling(settings.worker.model_poll_s)

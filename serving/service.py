@@ -30,7 +30,6 @@ from feature_store.reader import (
     ItemInfo,
     UserState,
 )
-from models.ann import AnnSettings
 from models.artifacts import ModelArtifact
 from models.online import ModelHolder, decode_vector, user_vector
 from serving.again import own_items, rebuy_reason, resume_reason
@@ -56,13 +55,6 @@ RESTOCK_SLOTS = 3
 Reason = Callable[[str], str]
 ALS_POOL = 200
 _NO_REASON: tuple[float, Reason | None] = (0.0, None)
-
-
-def pool_index_settings(settings: Settings) -> AnnSettings:
-    """The ALS pool's index as the API builds it (models/ann.py)."""
-    s = settings.serving
-    return AnnSettings(kind=s.als_ann_kind, min_items=s.als_ann_min_items,
-                       ef_search=s.als_ann_ef_search)
 
 
 @dataclass(slots=True)
@@ -321,7 +313,7 @@ class RecommendationService:
         cands = Candidates()
         vec = self._vector(art, state)
         if art is not None and vec is not None:
-            # Exact, or from the HNSW graph of a large catalog (models/ann.py).
+            # Scoring the items by norm for a large catalog (models/pool.py).
             top, raw = art.pool(vec, ALS_POOL)
             ids = art.item_ids
             cands.add_pool([ids[j] for j in top.tolist()], raw.astype(np.float64),
