@@ -196,7 +196,7 @@ class ServingSettings(BaseModel):
     customer_cache_size: int = Field(20_000, ge=0)
     # From this many items in the model up, the API sorts the items by norm after each
     # model loads and scores, per answer, only those that could enter the ALS pool
-    # (models/pool.py): the same pool, 12-15x faster at Taobao's 84,793 items
+    # (models/pool.py): the same pool, 19x faster at Taobao's 84,793 items
     # (benchmarks/bench_ann.py). Smaller catalogs fit one block anyway. 0 = never.
     als_pool_order_min_items: int = Field(8_192, ge=0)
     # Admin operations (erasure, ...) need this key; unset, they are switched off.
