@@ -117,6 +117,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sample-rate", type=int, default=250, help="py-spy samples/s")
     p.add_argument("--top", type=int, default=40)
     p.add_argument("--limit-rows", type=int, default=None)
+    p.add_argument("--data", type=Path, default=DATA, help="dataset to replay (Online Retail)")
     p.add_argument("--out", default="serving_spy")
     return p.parse_args(argv)
 
@@ -146,8 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     spy = py_spy()
     rng = random.Random(SEED)
     result: dict[str, Any] = {"benchmark": "serving_spy", "machine": machine(),
-                              "settings": vars(args), "points": {}}
-    with loaded_stack(DATA, args.limit_rows, console.log) as loaded, LoadGenerator() as gen:
+                              "settings": {**vars(args), "data": str(args.data)}, "points": {}}
+    with loaded_stack(args.data, args.limit_rows, console.log) as loaded, LoadGenerator() as gen:
         api_pid = processes(loaded, gen)["api"]
         items, users = item_ids(loaded, rng), user_ids(loaded, rng)
         for endpoint in args.endpoints.split(","):
