@@ -303,24 +303,54 @@ class FeatureReader:
         self.misses += 1
         return await self._read_co_counts(kind, item_id, n)
 
-    async def _read_co_counts(self, kind: str, item_id: str, n: int) -> dict[str, float]:
+    async def co_counts_many(self, wanted: list[tuple[str, str]], n: int = 50,
+                             ) -> dict[tuple[str, str], dict[str, float]]:
+        """:meth:`co_counts` of several (kind, item) at once, with what the cache lacks
+        read in ONE pipeline (8 shards each) instead of one per item and kind: a
+        recommendation asks for both kinds of each of the customer's recent views."""
         now = time.monotonic()
-        merged = await self._co_counts(kind, item_id, n)
+        out: dict[tuple[str, str], dict[str, float]] = {}
+        missing: list[tuple[str, str]] = []
+        for kind, item_id in dict.fromkeys(wanted):
+            hit = self._co.get((kind, item_id, n))
+            if hit is not None and (now - hit[0] < self.ttl or self._revalidating_in(
+                    now - hit[0], self.ttl, ("co", kind, item_id, n),
+                    lambda k=kind, i=item_id: self._read_co_counts(k, i, n))):
+                self.hits += 1
+                out[(kind, item_id)] = hit[1]
+            else:
+                self.misses += 1
+                missing.append((kind, item_id))
+        if missing:
+            pipe = self.client.pipeline(transaction=False)
+            for kind, item_id in missing:
+                for shard in range(self.keys.shards):
+                    _top_scored(pipe, self.keys.co(kind, shard, item_id), n)
+            replies = await pipe.execute()
+            shards = self.keys.shards
+            for j, key in enumerate(missing):
+                merged = _merge_scored(replies[j * shards:(j + 1) * shards], n)
+                self._remember_co(key[0], key[1], n, now, merged)
+                out[key] = merged
+        return out
+
+    def _remember_co(self, kind: str, item_id: str, n: int, now: float,
+                     merged: dict[str, float]) -> None:
         if len(self._co) > 100_000:
             self._co.clear()
         self._co[(kind, item_id, n)] = (now, merged)
+
+    async def _read_co_counts(self, kind: str, item_id: str, n: int) -> dict[str, float]:
+        now = time.monotonic()
+        merged = await self._co_counts(kind, item_id, n)
+        self._remember_co(kind, item_id, n, now, merged)
         return merged
 
     async def _co_counts(self, kind: str, item_id: str, n: int) -> dict[str, float]:
         pipe = self.client.pipeline(transaction=False)
         for shard in range(self.keys.shards):
             _top_scored(pipe, self.keys.co(kind, shard, item_id), n)
-        merged: dict[str, float] = {}
-        for flat in await pipe.execute():
-            for member, score in _scored(flat):
-                key = _s(member)
-                merged[key] = merged.get(key, 0.0) + score
-        return dict(sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))[:n])
+        return _merge_scored(await pipe.execute(), n)
 
     async def trending(self, n: int = 100) -> list[tuple[str, float]]:
         """Items by time-decayed popularity (log scores merged with log-add-exp)."""
@@ -520,6 +550,16 @@ def _top_scored(pipe: Any, key: str, n: int) -> None:
     Sent raw: redis-py's own WITHSCORES parsing costs a Python call per score, and the
     trending read is 8 shards x 400 of them."""
     pipe.execute_command("ZREVRANGE", key, 0, n - 1, "WITHSCORES")
+
+
+def _merge_scored(replies: list[Any], n: int) -> dict[str, float]:
+    """Shard partials of one co-count zset, summed: the ``n`` best, ties by id."""
+    merged: dict[str, float] = {}
+    for flat in replies:
+        for member, score in _scored(flat):
+            key = _s(member)
+            merged[key] = merged.get(key, 0.0) + score
+    return dict(sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))[:n])
 
 
 def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:

@@ -225,7 +225,8 @@ class RecommendationService:
         exclude = {item_id, *(state.negatives if state else ())}
         await self._infos([item_id], flags)  # the anchor's title, for the reasons
         cands = await self._related_candidates(item_id, art, flags, weight=1.0,
-                                               als=self.settings.serving.related_blend_als)
+                                               als=self.settings.serving.related_blend_als,
+                                               co=await self._co_counts_of([item_id], flags))
         infos = await self._infos([item_id, *list(cands.scores)[: 4 * ALS_POOL]], flags)
         items = self._select(cands, infos, limit, exclude=exclude, keep=keep,
                              degraded=bool(flags))
@@ -243,14 +244,19 @@ class RecommendationService:
     async def _related_candidates(self, item_id: str, art: ModelArtifact | None,
                                   flags: list[str], weight: float,
                                   reason: Reason | None = None, als: float | None = None,
+                                  co: dict[tuple[str, str], dict[str, float]] | None = None,
                                   ) -> Candidates:
         """An item's co-purchases, co-views and ALS neighbours; ``als`` overrides
-        ``blend_als`` (the related endpoint's own weight, ``related_blend_als``)."""
+        ``blend_als`` (the related endpoint's own weight, ``related_blend_als``); ``co``:
+        co-counts already read (:meth:`_co_counts_of`), else they are read here."""
         s = self.settings.serving
         cands = Candidates()
-        buy, view = await asyncio.gather(
-            self._safe(self.reader.co_counts("buy", item_id), {}, flags),
-            self._safe(self.reader.co_counts("view", item_id), {}, flags))
+        if co is not None:
+            buy, view = co.get(("buy", item_id), {}), co.get(("view", item_id), {})
+        else:
+            buy, view = await asyncio.gather(
+                self._safe(self.reader.co_counts("buy", item_id), {}, flags),
+                self._safe(self.reader.co_counts("view", item_id), {}, flags))
         anchor = self._title(item_id)
         cands.add(buy, weight * s.blend_copurchase,
                   reason or (lambda i: f"bought together with {anchor} in "
@@ -332,17 +338,20 @@ class RecommendationService:
                   specificity=1.5)
         await self._await_titles([v for v, _ in state.views[:5]] + [context_item or ""]
                                  + list(set(similar.because.values())), flags)
+        # The co-counts of every recent view and the context item: one read.
+        co = await self._co_counts_of([v for v, _ in state.views[:5]]
+                                      + ([context_item] if context_item else []), flags)
         for rank, (viewed, _) in enumerate(state.views[:5]):
             title = self._title(viewed)
             more = await self._related_candidates(
                 viewed, art, flags, weight=s.blend_session * (0.8 ** rank),
-                reason=lambda i, t=title: f"because you viewed {t}")
+                reason=lambda i, t=title: f"because you viewed {t}", co=co)
             _merge(cands, more)
         if context_item:
             title = self._title(context_item)
             _merge(cands, await self._related_candidates(
                 context_item, art, flags, weight=s.blend_session,
-                reason=lambda i: f"goes with {title}"))
+                reason=lambda i: f"goes with {title}", co=co))
         allow = await self._crm_candidates(user_id, state, cands, flags, record)
         exclude = {context_item or "", *state.cart, *state.negatives}
         keep = self._keeper(state, art, allow)
@@ -358,6 +367,15 @@ class RecommendationService:
         if art is not None and vec is not None:
             await self._explain_picks(items, art, state, flags)
         return Answer(items, art.version if art else None, strategy, bool(flags))
+
+    async def _co_counts_of(self, items: list[str], flags: list[str],
+                            ) -> dict[tuple[str, str], dict[str, float]]:
+        """Co-purchase and co-view counts of ``items``, what the cache lacks in one
+        pipeline; empty (flagged) if the store does not answer in time."""
+        if not items:
+            return {}
+        wanted = [(kind, item) for item in items for kind in ("buy", "view")]
+        return await self._safe(self.reader.co_counts_many(wanted), {}, flags)
 
     def _similar_to_viewed(self, art: ModelArtifact | None, state: UserState,
                            ) -> SimilarToViewed:

@@ -92,6 +92,10 @@ class FakeReader:
     async def co_counts(self, kind: str, item_id: str, n: int = 50) -> dict[str, float]:
         return {}
 
+    async def co_counts_many(self, wanted: list[tuple[str, str]], n: int = 50,
+                             ) -> dict[tuple[str, str], dict[str, float]]:
+        return {key: {} for key in wanted}
+
     async def trending(self, n: int = 100) -> list[tuple[str, float]]:
         return [("popular", 0.0)]
 
