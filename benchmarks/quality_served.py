@@ -69,7 +69,7 @@ class StoreSession:
     async def train(self) -> ModelArtifact:
         art = await train_once(self.settings, self.client)
         await self.holder.refresh()
-        await self.holder.index_ready()  # answers as a settled API gives them
+        await self.holder.order_ready()  # answers as a settled API gives them
         return art
 
     async def service(self) -> RecommendationService:

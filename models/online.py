@@ -49,10 +49,10 @@ class ModelHolder:
         art.fold_in()  # build the cached Gram matrix before the first request needs it
         self.current = art
         log.info("model %s loaded: %d items", art.version, len(art.item_ids))
-        self._index_later(art)
+        self._order_later(art)
         return True
 
-    def _index_later(self, art: ModelArtifact) -> None:
+    def _order_later(self, art: ModelArtifact) -> None:
         """Sort the items by norm in a thread (numpy's sort and copy run without the
         GIL); answers score every item until it is ready, with the same result. A newer
         model cancels the build of the older one (its thread finishes on its own, and
@@ -72,7 +72,7 @@ class ModelHolder:
         self._building = asyncio.create_task(build(), name="model-norm-order")
         self._building.add_done_callback(_log_failure)
 
-    async def index_ready(self) -> None:
+    async def order_ready(self) -> None:
         """Wait for the current model's norm order, if one is being built."""
         if self._building is not None:
             await asyncio.wait({self._building})

@@ -100,13 +100,13 @@ def test_holder_orders_a_large_catalog_only() -> None:
     async def go() -> None:
         holder = ModelHolder(None, "t", order_min_items=1_000)  # type: ignore[arg-type]
         small, large = artifact(999, "small"), artifact(3_000, "large")
-        holder._index_later(small)
-        await holder.index_ready()
+        holder._order_later(small)
+        await holder.order_ready()
         assert small.norm_order is None
         vec = large.item_factors[7]
         exact = large.pool(vec, K)
-        holder._index_later(large)
-        await holder.index_ready()
+        holder._order_later(large)
+        await holder.order_ready()
         assert large.norm_order is not None and large.norm_order.n_items == 3_000
         rows, _ = large.pool(vec, K)
         np.testing.assert_array_equal(rows, exact[0])
@@ -119,9 +119,9 @@ def test_a_newer_model_cancels_the_older_build() -> None:
     async def go() -> None:
         holder = ModelHolder(None, "t", order_min_items=1)  # type: ignore[arg-type]
         old, new = artifact(20_000, "old"), artifact(500, "new")
-        holder._index_later(old)
-        holder._index_later(new)
-        await holder.index_ready()
+        holder._order_later(old)
+        holder._order_later(new)
+        await holder.order_ready()
         await asyncio.sleep(0)
         assert new.norm_order is not None
         assert old.norm_order is None  # its task was cancelled before it could attach
