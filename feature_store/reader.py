@@ -293,15 +293,7 @@ class FeatureReader:
         """Co-view / co-purchase counts of ``item_id``, summed over the shard partials.
 
         Cached for ``ttl`` seconds: counts move slowly, and product pages repeat."""
-        now = time.monotonic()
-        hit = self._co.get((kind, item_id, n))
-        if hit is not None and (now - hit[0] < self.ttl or self._revalidating_in(
-                now - hit[0], self.ttl, ("co", kind, item_id, n),
-                lambda: self._read_co_counts(kind, item_id, n))):
-            self.hits += 1
-            return hit[1]
-        self.misses += 1
-        return await self._read_co_counts(kind, item_id, n)
+        return (await self.co_counts_many([(kind, item_id)], n))[(kind, item_id)]
 
     async def co_counts_many(self, wanted: list[tuple[str, str]], n: int = 50,
                              ) -> dict[tuple[str, str], dict[str, float]]:
