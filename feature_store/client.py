@@ -49,7 +49,7 @@ class PackedInC(aioredis.Connection):
     redis-py packs asyncio commands in Python, one ``encode`` call per argument (its
     sync client uses hiredis when it is installed). At a catalog of Taobao's size
     ``pack_command`` and ``encode`` were 3.7% of the API's CPU samples; a 20-argument
-    ``EVALSHA`` (the customer read) costs 20-25 µs less CPU packed in C (3 alternated
+    ``EVALSHA`` (the customer read) costs 20-25 µs less CPU packed in C (4 alternated
     rounds of 4,000 calls). The bytes are the same (tests/unit/test_client.py); what
     hiredis refuses (a bool, a numpy scalar) goes to redis-py's packer, which raises
     its usual ``DataError``; so do a command name with a space in it, which redis-py

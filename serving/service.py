@@ -225,8 +225,7 @@ class RecommendationService:
         exclude = {item_id, *(state.negatives if state else ())}
         await self._infos([item_id], flags)  # the anchor's title, for the reasons
         cands = await self._related_candidates(item_id, art, flags, weight=1.0,
-                                               als=self.settings.serving.related_blend_als,
-                                               co=await self._co_counts_of([item_id], flags))
+                                               als=self.settings.serving.related_blend_als)
         infos = await self._infos([item_id, *list(cands.scores)[: 4 * ALS_POOL]], flags)
         items = self._select(cands, infos, limit, exclude=exclude, keep=keep,
                              degraded=bool(flags))
@@ -251,12 +250,9 @@ class RecommendationService:
         co-counts already read (:meth:`_co_counts_of`), else they are read here."""
         s = self.settings.serving
         cands = Candidates()
-        if co is not None:
-            buy, view = co.get(("buy", item_id), {}), co.get(("view", item_id), {})
-        else:
-            buy, view = await asyncio.gather(
-                self._safe(self.reader.co_counts("buy", item_id), {}, flags),
-                self._safe(self.reader.co_counts("view", item_id), {}, flags))
+        if co is None:
+            co = await self._co_counts_of([item_id], flags)
+        buy, view = co.get(("buy", item_id), {}), co.get(("view", item_id), {})
         anchor = self._title(item_id)
         cands.add(buy, weight * s.blend_copurchase,
                   reason or (lambda i: f"bought together with {anchor} in "

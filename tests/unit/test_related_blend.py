@@ -19,6 +19,10 @@ class CoCounts:
     async def co_counts(self, kind: str, item_id: str, n: int = 50) -> dict[str, float]:
         return {"bought_with": 3.0} if kind == "buy" else {}
 
+    async def co_counts_many(self, wanted: list[tuple[str, str]], n: int = 50,
+                             ) -> dict[tuple[str, str], dict[str, float]]:
+        return {(kind, item): await self.co_counts(kind, item, n) for kind, item in wanted}
+
     def cached_item(self, item_id: str) -> Any:
         return None
 
