@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from feature_store.client import cancel_and_wait
 from feature_store.keys import Keys
+from feature_store.multiplexed import Multiplexed
 from feature_store.updates import logaddexp
 from models.customer_types import CustomerFacts, Purchase
 
@@ -101,8 +102,10 @@ def _parse_item(item_id: str, h: dict[bytes, bytes]) -> ItemInfo | None:
 class FeatureReader:
     def __init__(self, client: aioredis.Redis, keys: Keys, ttl: float = 2.0,
                  revalidate_s: float = 0.0, catalog_max_age_s: float | None = None,
-                 ) -> None:
+                 fast: Multiplexed | None = None) -> None:
         self.client = client
+        # The customer read goes over ``fast`` where given (feature_store/multiplexed.py).
+        self.fast = fast
         self.keys = keys
         self.ttl = ttl
         # With catalog_max_age_s, a catalog entry is kept until the catalog's change feed
@@ -279,6 +282,8 @@ class FeatureReader:
         tasks = [*self._refreshing.values(),
                  *([self._revalidating] if self._revalidating else [])]
         await cancel_and_wait(*tasks)
+        if self.fast is not None:
+            await self.fast.close()
 
     @property
     def cached_items(self) -> int:
@@ -485,8 +490,12 @@ class FeatureReader:
         command (``customer.lua``): state, the facts' raw replies, issued offers and the
         push fatigue ledger. Every key has the customer's hash tag: one slot on a Cluster
         too. Replies come back in the shapes :meth:`user` and :meth:`facts` read."""
-        k = lambda s: self.keys.user(user_id, s)  # noqa: E731
-        r = await self._customer_script(keys=[k(s) for s in CUSTOMER_KEYS], args=[views])
+        keys = [self.keys.user(user_id, s) for s in CUSTOMER_KEYS]
+        if self.fast is not None:
+            r = await self.fast.evalsha(self._customer_script.sha, CUSTOMER_SCRIPT, keys,
+                                        [views])
+        else:
+            r = await self._customer_script(keys=keys, args=[views])
         rfm = _pairs(r[7])
         state = _user_state(user_id, [_scored(r[0]), _pairs(r[1]), _pairs(r[2]),
                                       _pairs(r[3]), _pairs(r[4]), _scored(r[5]), r[6], rfm])

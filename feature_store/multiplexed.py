@@ -1,0 +1,229 @@
+"""One pipelined connection for the API's hottest read: the customer script.
+
+Every recommendation and every offers answer starts with one ``EVALSHA`` (the customer
+read, ``customer.lua``). Through redis-py's asyncio client it cost 160-190 µs of the
+API's CPU, most of it around the command rather than in it: a pool lock, observability
+hooks, a retry wrapper, a read timeout context and several coroutine layers per call
+(a ``PING`` costs ~105 µs that way). Here the command goes out packed by hiredis on one
+shared connection and its reply is matched to the caller in order (Redis answers a
+connection's commands in the order they came): 81 vs 188 µs for the same script and
+reply, 45 vs 105 µs for a ``PING`` (``benchmarks/README.md``, "session 11").
+
+What it keeps from redis-py's behaviour, so callers see no difference:
+
+- Errors are redis-py's: a reply error raises ``ResponseError`` (``NoScriptError`` for
+  ``NOSCRIPT``), a connection that fails or drops raises ``ConnectionError`` for every
+  command waiting on it, and the next call connects again.
+- A caller that gives up (its own timeout, a cancelled request) costs nothing to the
+  others: its reply still arrives in its turn and is dropped, so nothing shifts.
+- A server that stops answering (frozen, a partition) is noticed: when the oldest
+  command has waited ``timeout`` seconds the connection is closed and everything on it
+  fails with ``TimeoutError``, as redis-py's ``socket_timeout`` does.
+
+It is opened from the redis-py client's own settings (host and port or unix socket,
+user, password, database) and only for a single server over plain TCP or a unix socket;
+for a Cluster or TLS :meth:`Multiplexed.of` answers None and callers keep redis-py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time
+from typing import Any
+
+import hiredis
+import redis.asyncio as aioredis
+from redis.exceptions import (
+    ConnectionError as RedisConnectionError,
+)
+from redis.exceptions import (
+    NoScriptError,
+    ResponseError,
+)
+from redis.exceptions import (
+    TimeoutError as RedisTimeoutError,
+)
+
+
+class _Wire(asyncio.Protocol):
+    """The connection: replies parsed by hiredis, handed out first in, first out."""
+
+    def __init__(self) -> None:
+        self.reader = hiredis.Reader()
+        self.waiting: collections.deque[tuple[asyncio.Future[Any], float]] = (
+            collections.deque())
+        self.transport: asyncio.Transport | None = None
+        self.lost: BaseException | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+
+    def data_received(self, data: bytes) -> None:
+        reader = self.reader
+        reader.feed(data)
+        try:
+            while (reply := reader.gets()) is not False:
+                future = self.waiting.popleft()[0]
+                if future.done():  # its caller gave up: the reply is dropped, in order
+                    continue
+                if isinstance(reply, hiredis.ReplyError):
+                    future.set_exception(_reply_error(str(reply)))
+                else:
+                    future.set_result(reply)
+        except (hiredis.ProtocolError, IndexError) as exc:  # not a Redis reply stream
+            self.fail(RedisConnectionError(f"unreadable reply: {exc!r}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(RedisConnectionError(f"connection to the store lost: {exc!r}"
+                                       if exc else "the store closed the connection"))
+
+    def fail(self, error: BaseException) -> None:
+        """Close, and fail every command still waiting with ``error``."""
+        if self.lost is None:
+            self.lost = error
+        if self.transport is not None:
+            self.transport.abort()
+        while self.waiting:
+            future = self.waiting.popleft()[0]
+            if not future.done():
+                future.set_exception(error)
+
+
+def _reply_error(message: str) -> ResponseError:
+    return NoScriptError(message) if message.startswith("NOSCRIPT") else ResponseError(message)
+
+
+class Multiplexed:
+    """Commands from any number of callers on one connection, pipelined."""
+
+    def __init__(self, *, host: str = "localhost", port: int = 6379, path: str | None = None,
+                 username: str | None = None, password: str | None = None, db: int = 0,
+                 timeout: float = 1.0, connect_timeout: float = 1.0) -> None:
+        self.host, self.port, self.path = host, port, path
+        self.username, self.password, self.db = username, password, db
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self._wire: _Wire | None = None
+        self._connecting: asyncio.Task[_Wire] | None = None
+        self._watch: asyncio.TimerHandle | None = None
+        self.connects = 0  # connections opened so far (tests, metrics)
+
+    @classmethod
+    def of(cls, client: Any) -> Multiplexed | None:
+        """A twin of redis-py ``client``'s connection settings; None where this cannot
+        speak for it (a Cluster, TLS, a connection class it does not know)."""
+        if not isinstance(client, aioredis.Redis):
+            return None
+        pool = client.connection_pool
+        kw = pool.connection_kwargs
+        unix = issubclass(pool.connection_class, aioredis.UnixDomainSocketConnection)
+        if not unix and (issubclass(pool.connection_class, aioredis.SSLConnection)
+                         or not issubclass(pool.connection_class, aioredis.Connection)):
+            return None
+        if kw.get("credential_provider") is not None or kw.get("protocol") not in (None, 2, "2"):
+            return None
+        return cls(host=kw.get("host", "localhost"), port=int(kw.get("port", 6379)),
+                   path=kw.get("path") if unix else None, username=kw.get("username"),
+                   password=kw.get("password"), db=int(kw.get("db", 0) or 0),
+                   timeout=float(kw.get("socket_timeout") or 1.0),
+                   connect_timeout=float(kw.get("socket_connect_timeout") or 1.0))
+
+    async def execute(self, *args: Any) -> Any:
+        """One command's reply, as redis-py's client returns it without a response
+        callback (bytes, ints, lists; ``None`` for nil)."""
+        wire = self._wire
+        if wire is None or wire.lost is not None:
+            wire = await self._connected()
+        return await self._send(wire, args)
+
+    def _send(self, wire: _Wire, args: tuple[Any, ...]) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        packed = hiredis.pack_command(args)
+        if wire.transport is None or wire.transport.is_closing():
+            raise RedisConnectionError("the connection to the store is closed")
+        # Written before its future is queued: if writing fails, nothing waits on it.
+        # The reply cannot come before: it is read by this loop, after this returns.
+        wire.transport.write(packed)
+        future = loop.create_future()
+        wire.waiting.append((future, time.monotonic()))
+        if self._watch is None:
+            self._watch = loop.call_later(self.timeout, self._check)
+        return future
+
+    async def evalsha(self, sha: str, script: str, keys: list[str], args: list[Any]) -> Any:
+        """``EVALSHA``; the script is loaded and the call repeated once if the server
+        does not have it (restarted, flushed), as redis-py's ``Script`` does."""
+        try:
+            return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self.execute("SCRIPT", "LOAD", script)
+            return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
+
+    def _check(self) -> None:
+        """The watchdog: a command unanswered for ``timeout`` closes the connection."""
+        self._watch = None
+        wire = self._wire
+        if wire is None or not wire.waiting:
+            return
+        waited = time.monotonic() - wire.waiting[0][1]
+        if waited >= self.timeout:
+            wire.fail(RedisTimeoutError(f"no reply from the store in {self.timeout} s"))
+            return
+        self._watch = asyncio.get_running_loop().call_later(self.timeout - waited,
+                                                            self._check)
+
+    async def _connected(self) -> _Wire:
+        # Callers arriving while a connection is being made share it.
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._connect())
+        task = self._connecting
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if task.done() and self._connecting is task:
+                self._connecting = None
+
+    async def _connect(self) -> _Wire:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                if self.path is not None:
+                    _, wire = await loop.create_unix_connection(_Wire, self.path)
+                else:
+                    _, wire = await loop.create_connection(_Wire, self.host, self.port)
+        except (OSError, TimeoutError) as exc:
+            raise RedisConnectionError(f"cannot connect to the store: {exc!r}") from exc
+        self.connects += 1
+        handshake: list[tuple[Any, ...]] = []
+        if self.password is not None:
+            handshake.append(("AUTH", *((self.username,) if self.username else ()),
+                              self.password))
+        if self.db:
+            handshake.append(("SELECT", self.db))
+        # Written before anyone else can write: the server takes them first.
+        sent = [self._send(wire, command) for command in handshake]
+        self._wire = wire
+        for command, future in zip(handshake, sent, strict=True):
+            try:
+                await future
+            except Exception as exc:  # a wrong password, a database that is not there
+                wire.fail(RedisConnectionError(f"{command[0]} failed: {exc}"))
+                raise RedisConnectionError(f"{command[0]} failed: {exc}") from exc
+            except BaseException:
+                wire.fail(RedisConnectionError(f"{command[0]} interrupted"))
+                raise
+        return wire
+
+    async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        if self._connecting is not None:
+            self._connecting.cancel()
+            with contextlib.suppress(BaseException):
+                await self._connecting
+        if self._wire is not None:
+            self._wire.fail(RedisConnectionError("closed"))
+            self._wire = None

@@ -1,0 +1,164 @@
+"""The API's pipelined connection for the customer read (feature_store/multiplexed.py),
+against the real store: the same replies as redis-py, each caller its own reply however
+many share the connection or give up, and the failures redis-py would raise."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from feature_store.keys import Keys
+from feature_store.multiplexed import Multiplexed
+from feature_store.reader import FeatureReader
+
+pytestmark = pytest.mark.integration
+
+# A reply that comes late, on demand, without holding up the server: BLPOP on a key
+# nobody pushes to blocks this connection (and the replies queued behind it) only.
+def late(fast: Multiplexed, seconds: float) -> Awaitable[Any]:
+    return fast.execute("BLPOP", f"mx:never:{uuid.uuid4().hex}", seconds)
+
+
+def run(redis_url: str, scenario: Callable[[aioredis.Redis, Multiplexed], Awaitable[None]],
+        **options: Any) -> None:
+    async def go() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        fast = Multiplexed.of(client)
+        assert fast is not None
+        for name, value in options.items():
+            setattr(fast, name, value)
+        try:
+            await scenario(client, fast)
+        finally:
+            await fast.close()
+            await client.aclose()
+    asyncio.run(go())
+
+
+def test_the_customer_read_is_the_same_over_either_connection(redis_url: str) -> None:
+    async def scenario(client: aioredis.Redis, fast: Multiplexed) -> None:
+        keys = Keys(f"mx{uuid.uuid4().hex[:6]}", 4)
+        user = "u1"
+        k = lambda s: keys.user(user, s)  # noqa: E731
+        await client.zadd(k("views"), {"i1": 10.0, "i2": 12.5})
+        await client.hset(k("cart"), mapping={"i3": 2})
+        await client.hset(k("bought"), mapping={"i4": 1, "i5": 3})
+        await client.zadd(k("ia"), {"i4": 1.25, "i5": 2.5, "i1": 0.5})
+        await client.hset(k("rfm"), mapping={"last_seen": 1.3e9, "orders": 2})
+        await client.rpush(k("hist"), '["O1","i4",2.0,1,1300000000.0]')
+        await client.hset(k("pushitems"), mapping={"i2": 1.2e9})
+        plain = FeatureReader(client, keys)
+        over_fast = FeatureReader(client, keys, fast=fast)
+        for who in (user, "nobody"):
+            a, b = await plain.customer(who), await over_fast.customer(who)
+            assert a == b
+        assert (await over_fast.customer(user)).state.bought == {"i4": 1, "i5": 3}
+        # The server lost its scripts (restarted, flushed): loaded again, answered.
+        await client.script_flush()
+        assert await over_fast.customer(user) == await plain.customer(user)
+    run(redis_url, scenario)
+
+
+def test_concurrent_callers_each_get_their_own_reply(redis_url: str) -> None:
+    async def scenario(client: aioredis.Redis, fast: Multiplexed) -> None:
+        tag = uuid.uuid4().hex[:6]
+        await client.mset({f"mx:{tag}:{n}": f"v{n}" for n in range(300)})
+        got = await asyncio.gather(*(fast.execute("GET", f"mx:{tag}:{n}") for n in range(300)))
+        assert got == [f"v{n}".encode() for n in range(300)]
+        assert fast.connects == 1  # one connection for all of them
+        assert await fast.execute("GET", f"mx:{tag}:none") is None
+        with pytest.raises(ResponseError, match="WRONGTYPE"):
+            await fast.execute("HGETALL", f"mx:{tag}:1")
+        assert await fast.execute("PING") == b"PONG"  # an error reply shifted nothing
+    run(redis_url, scenario)
+
+
+def test_a_caller_that_gives_up_shifts_nobody_elses_reply(redis_url: str) -> None:
+    async def scenario(client: aioredis.Redis, fast: Multiplexed) -> None:
+        slow = asyncio.ensure_future(late(fast, 0.2))
+        others = [asyncio.ensure_future(fast.execute("ECHO", f"e{n}")) for n in range(5)]
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(slow, 0.05)  # gave up while its reply was on its way
+        assert await asyncio.gather(*others) == [f"e{n}".encode() for n in range(5)]
+        assert await fast.execute("ECHO", "after") == b"after"
+        assert fast.connects == 1
+    run(redis_url, scenario)
+
+
+def test_a_dropped_connection_fails_its_callers_and_the_next_call_reconnects(
+        redis_url: str) -> None:
+    async def scenario(client: aioredis.Redis, fast: Multiplexed) -> None:
+        own = await fast.execute("CLIENT", "ID")
+        waiting = asyncio.ensure_future(late(fast, 5))
+        await asyncio.sleep(0.02)
+        await client.execute_command("CLIENT", "KILL", "ID", own)
+        with pytest.raises(RedisConnectionError):
+            await waiting
+        assert await fast.execute("ECHO", "back") == b"back"
+        assert fast.connects == 2
+    run(redis_url, scenario)
+
+
+def test_a_server_that_stops_answering_times_out_and_is_reconnected(redis_url: str) -> None:
+    async def scenario(client: aioredis.Redis, fast: Multiplexed) -> None:
+        # No timeout of the caller's own: the connection's watchdog ends the wait.
+        with pytest.raises(RedisTimeoutError):
+            await late(fast, 0.6)
+        assert await fast.execute("ECHO", "again") == b"again"
+        assert fast.connects == 2
+    run(redis_url, scenario, timeout=0.2)
+
+
+def test_user_password_and_database_come_from_the_redis_py_client(redis_url: str) -> None:
+    async def go() -> None:
+        admin = aioredis.Redis.from_url(redis_url)
+        user, password = f"mx{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
+        await admin.acl_setuser(user, enabled=True, passwords=[f"+{password}"],
+                                keys=["*"], commands=["+@all"])
+        host_port = redis_url.split("//", 1)[1].split("/", 1)[0]
+        try:
+            client = aioredis.Redis.from_url(f"redis://{user}:{password}@{host_port}/3")
+            await client.set("mx:db3", "three")
+            fast = Multiplexed.of(client)
+            assert fast is not None and fast.db == 3 and fast.username == user
+            assert await fast.execute("GET", "mx:db3") == b"three"
+            await fast.close()
+            wrong = Multiplexed.of(
+                aioredis.Redis.from_url(f"redis://{user}:nope@{host_port}/3"))
+            assert wrong is not None
+            with pytest.raises(RedisConnectionError, match="AUTH"):
+                await wrong.execute("GET", "mx:db3")
+            await wrong.close()
+            await client.delete("mx:db3")
+            await client.aclose()
+        finally:
+            await admin.acl_deluser(user)
+            await admin.aclose()
+    asyncio.run(go())
+
+
+def test_no_server_is_a_connection_error() -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    fast = Multiplexed(host="127.0.0.1", port=port)
+    with pytest.raises(RedisConnectionError):
+        asyncio.run(fast.execute("PING"))
+
+
+def test_it_stands_aside_for_clients_it_cannot_speak_for() -> None:
+    assert Multiplexed.of(aioredis.Redis.from_url("rediss://localhost:6379")) is None
+    assert Multiplexed.of(aioredis.RedisCluster(host="localhost", port=6379)) is None
+    assert Multiplexed.of(aioredis.Redis.from_url("redis://localhost:6379",
+                                                  protocol=3)) is None
+    unix = Multiplexed.of(aioredis.Redis.from_url("unix:///tmp/valkey.sock?db=2"))
+    assert unix is not None and unix.path == "/tmp/valkey.sock" and unix.db == 2
