@@ -72,10 +72,19 @@ class UserState:
     interactions: list[tuple[bytes, float]]  # (item, forward-decayed log weight)
     vector: bytes | None
     rfm: dict[str, float]
+    _weights: dict[str, float] | None = field(default=None, repr=False, compare=False)
 
     @property
     def known(self) -> bool:
         return bool(self.views or self.interactions or self.bought)
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """``interactions`` as {item id: weight}, made once per state: the own-items and
+        the recent-anchor sources both read it (each made its own: ~40 µs apiece)."""
+        if self._weights is None:
+            self._weights = {_s(m): w for m, w in self.interactions}
+        return self._weights
 
 
 def _s(v: bytes | str) -> str:
@@ -497,8 +506,9 @@ class FeatureReader:
         else:
             r = await self._customer_script(keys=keys, args=[views])
         rfm = _pairs(r[7])
+        ia, weights = _scored_and_weights(r[5])
         state = _user_state(user_id, [_scored(r[0]), _pairs(r[1]), _pairs(r[2]),
-                                      _pairs(r[3]), _pairs(r[4]), _scored(r[5]), r[6], rfm])
+                                      _pairs(r[3]), _pairs(r[4]), ia, r[6], rfm], weights)
         facts_raw = (rfm, r[8], _pairs(r[9]), _pairs(r[10]), r[11], _scored(r[12]))
         return CustomerRead(state, facts_raw, (_pairs(r[13]), _pairs(r[14])),
                             {_s(i): float(ts) for i, ts in _pairs(r[15]).items()})
@@ -523,18 +533,19 @@ def _offers(offers: dict[bytes, bytes], states: dict[bytes, bytes],
             {_s(a): _s(b) for a, b in states.items()})
 
 
-def _user_state(user_id: str, replies: list[Any]) -> UserState:
+def _user_state(user_id: str, replies: list[Any],
+                weights: dict[str, float] | None = None) -> UserState:
     v, cart, bought, dislikes, neg, ia, vec, rfm = replies
     dec = msgspec.json.decode
     return UserState(
         user_id=user_id,
         views=[(_s(m), s) for m, s in v],
-        cart={_s(a): float(b) for a, b in cart.items()},
-        bought={_s(a): int(b) for a, b in bought.items()},
+        cart=dict(zip(_texts(cart), map(float, cart.values()), strict=True)),
+        bought=dict(zip(_texts(bought), map(int, bought.values()), strict=True)),
         dislikes={_s(a): dec(b) for a, b in dislikes.items()},
         negatives={_s(a): dec(b) for a, b in neg.items()},
         interactions=ia, vector=vec,
-        rfm=_floats(rfm),
+        rfm=_floats(rfm), _weights=weights,
     )
 
 
@@ -563,10 +574,26 @@ def _merge_scored(replies: list[Any], n: int) -> dict[str, float]:
     return dict(sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))[:n])
 
 
+# The replies of the customer read are parsed by iterating in C (zip, map, slices):
+# a recommendation parses ~400 of their elements, and a Python loop cost ~0.1 µs each.
+
+def _texts(raw: Any) -> list[str]:
+    """Members or hash fields (bytes) as str; also when some came as str already."""
+    try:
+        return list(map(bytes.decode, raw))
+    except TypeError:
+        return [_s(m) for m in raw]
+
+
+def _halves(flat: list[Any]) -> tuple[list[Any], list[Any]]:
+    if len(flat) % 2:
+        raise ValueError(f"a flat reply of pairs has an odd length ({len(flat)})")
+    return flat[0::2], flat[1::2]
+
+
 def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
     """A flat HGETALL reply from a script, as the dict redis-py makes of one."""
-    it = iter(flat)
-    return dict(zip(it, it, strict=True))
+    return dict(zip(*_halves(flat), strict=True))
 
 
 def _scored(flat: list[Any]) -> list[tuple[bytes, float]]:
@@ -574,10 +601,21 @@ def _scored(flat: list[Any]) -> list[tuple[bytes, float]]:
     and from scripts, [member, score] pairs on RESP3."""
     if flat and isinstance(flat[0], list):
         return [(m, float(v)) for m, v in flat]
-    it = iter(flat)
-    return [(m, float(v)) for m, v in zip(it, it, strict=True)]
+    members, scores = _halves(flat)
+    return list(zip(members, map(float, scores), strict=True))
+
+
+def _scored_and_weights(flat: list[Any]) -> tuple[list[tuple[bytes, float]],
+                                                  dict[str, float] | None]:
+    """:func:`_scored`, and the same pairs as {str member: score} (``UserState.weights``)."""
+    if flat and isinstance(flat[0], list):
+        return _scored(flat), None
+    members, raw = _halves(flat)
+    scores = list(map(float, raw))
+    return (list(zip(members, scores, strict=True)),
+            dict(zip(_texts(members), scores, strict=True)))
 
 
 def _floats(h: dict[bytes, bytes]) -> dict[str, float]:
-    return {_s(k): float(v) for k, v in h.items()}
+    return dict(zip(_texts(h), map(float, h.values()), strict=True))
 

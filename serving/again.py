@@ -44,7 +44,7 @@ def own_items(state: UserState, resume_half_life_s: float) -> OwnItems:
     >>> {k: round(v, 3) for k, v in got.resume.items()}, list(got.rebuy), got.orders
     ({'a': 0.184, 'b': 0.368}, ['c'], {'c': 3})
     """
-    weights = {(m.decode() if isinstance(m, bytes) else m): w for m, w in state.interactions}
+    weights = state.weights
     if not weights:
         return OwnItems({}, {}, {})
     top = max(weights.values())

@@ -318,7 +318,7 @@ class RecommendationService:
             # Scoring the items by norm for a large catalog (models/pool.py).
             top, raw = art.pool(vec, ALS_POOL)
             ids = art.item_ids
-            cands.add_pool([ids[j] for j in top.tolist()], raw.astype(np.float64),
+            cands.add_pool(list(map(ids.__getitem__, top.tolist())), raw.astype(np.float64),
                            s.blend_als, lambda i: "picked for you")
         # Filtered below like the rest. Low specificity: the customer-intelligence
         # reasons for the same items ("you saved this", "time to restock") say more.

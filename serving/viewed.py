@@ -44,8 +44,8 @@ def recent_anchors(state: UserState, half_life_s: float, limit: int) -> dict[str
     >>> {k: round(v, 3) for k, v in recent_anchors(s, 60.0, 2).items()}
     {'c': 0.5, 'b': 0.135}
     """
-    weights = {item: w for m, w in state.interactions
-               if (item := m.decode() if isinstance(m, bytes) else m) not in state.bought}
+    bought = state.bought
+    weights = {item: w for item, w in state.weights.items() if item not in bought}
     if not weights or limit <= 0:
         return {}
     top = max(weights.values())
