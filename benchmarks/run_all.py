@@ -13,6 +13,7 @@ import time
 BENCHMARKS = [
     ("benchmarks.bench_foldin", False),
     ("benchmarks.bench_ann", True),       # ~1 minute (ALS fit on Taobao, then 3 rounds)
+    ("benchmarks.bench_store_client", True),  # ~1 minute: the API's customer read, 2 ways
     ("benchmarks.bench_training", False),
     ("benchmarks.bench_retrain", False),
     ("benchmarks.bench_ingest", True),

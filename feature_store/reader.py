@@ -540,8 +540,8 @@ def _user_state(user_id: str, replies: list[Any],
     return UserState(
         user_id=user_id,
         views=[(_s(m), s) for m, s in v],
-        cart=dict(zip(_texts(cart), map(float, cart.values()), strict=True)),
-        bought=dict(zip(_texts(bought), map(int, bought.values()), strict=True)),
+        cart=dict(zip(_texts(cart), _floats_of(list(cart.values())), strict=True)),
+        bought=dict(zip(_texts(bought), _ints_of(list(bought.values())), strict=True)),
         dislikes={_s(a): dec(b) for a, b in dislikes.items()},
         negatives={_s(a): dec(b) for a, b in neg.items()},
         interactions=ia, vector=vec,
@@ -576,6 +576,27 @@ def _merge_scored(replies: list[Any], n: int) -> dict[str, float]:
 
 # The replies of the customer read are parsed by iterating in C (zip, map, slices):
 # a recommendation parses ~400 of their elements, and a Python loop cost ~0.1 µs each.
+# Numbers come as text; Python's float() takes ~0.37 µs for one of Redis's 17-digit
+# scores (23 µs for a median customer's 61), msgspec's JSON parser 0.07 µs (4 µs with
+# the join), correctly rounded like float(): the same doubles (670k strings compared).
+# What is not a JSON number (inf, a str) takes float()/int() one by one, as before.
+_JSON_FLOATS = msgspec.json.Decoder(list[float])
+_JSON_INTS = msgspec.json.Decoder(list[int])
+
+
+def _floats_of(raw: list[Any]) -> list[float]:
+    try:
+        return _JSON_FLOATS.decode(b"[" + b",".join(raw) + b"]")
+    except (msgspec.DecodeError, TypeError):
+        return list(map(float, raw))
+
+
+def _ints_of(raw: list[Any]) -> list[int]:
+    try:
+        return _JSON_INTS.decode(b"[" + b",".join(raw) + b"]")
+    except (msgspec.DecodeError, TypeError):
+        return list(map(int, raw))
+
 
 def _texts(raw: Any) -> list[str]:
     """Members or hash fields (bytes) as str; also when some came as str already."""
@@ -602,7 +623,7 @@ def _scored(flat: list[Any]) -> list[tuple[bytes, float]]:
     if flat and isinstance(flat[0], list):
         return [(m, float(v)) for m, v in flat]
     members, scores = _halves(flat)
-    return list(zip(members, map(float, scores), strict=True))
+    return list(zip(members, _floats_of(scores), strict=True))
 
 
 def _scored_and_weights(flat: list[Any]) -> tuple[list[tuple[bytes, float]],
@@ -611,11 +632,11 @@ def _scored_and_weights(flat: list[Any]) -> tuple[list[tuple[bytes, float]],
     if flat and isinstance(flat[0], list):
         return _scored(flat), None
     members, raw = _halves(flat)
-    scores = list(map(float, raw))
+    scores = _floats_of(raw)
     return (list(zip(members, scores, strict=True)),
             dict(zip(_texts(members), scores, strict=True)))
 
 
 def _floats(h: dict[bytes, bytes]) -> dict[str, float]:
-    return dict(zip(_texts(h), map(float, h.values()), strict=True))
+    return dict(zip(_texts(h), _floats_of(list(h.values())), strict=True))
 
