@@ -22,7 +22,9 @@ What it keeps from redis-py's behaviour, so callers see no difference:
 
 It is opened from the redis-py client's own settings (host and port or unix socket,
 user, password, database) and only for a single server over plain TCP or a unix socket;
-for a Cluster or TLS :meth:`Multiplexed.of` answers None and callers keep redis-py.
+for a Cluster or TLS :meth:`Multiplexed.of` answers None and callers keep redis-py. It
+speaks RESP2 whatever the client speaks (redis-py 8 defaults to RESP3): its callers
+read flat replies, which is also what a script returns under either.
 """
 
 from __future__ import annotations
@@ -52,8 +54,10 @@ class _Wire(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.reader = hiredis.Reader()
-        self.waiting: collections.deque[tuple[asyncio.Future[Any], float]] = (
-            collections.deque())
+        # (future, sent at, replies so far): None for one command, a list for a batch
+        # (:meth:`Multiplexed.execute_many`), whose future gets all its replies at once.
+        self.waiting: collections.deque[
+            tuple[asyncio.Future[Any], float, int, list[Any] | None]] = collections.deque()
         self.transport: asyncio.Transport | None = None
         self.lost: BaseException | None = None
 
@@ -65,10 +69,16 @@ class _Wire(asyncio.Protocol):
         reader.feed(data)
         try:
             while (reply := reader.gets()) is not False:
-                future = self.waiting.popleft()[0]
+                future, _, n, batch = self.waiting[0]
+                if batch is not None:
+                    batch.append(reply)
+                    if len(batch) < n:
+                        continue
+                    reply = batch
+                self.waiting.popleft()
                 if future.done():  # its caller gave up: the reply is dropped, in order
                     continue
-                if isinstance(reply, hiredis.ReplyError):
+                if batch is None and isinstance(reply, hiredis.ReplyError):
                     future.set_exception(_reply_error(str(reply)))
                 else:
                     future.set_result(reply)
@@ -122,7 +132,7 @@ class Multiplexed:
         if not unix and (issubclass(pool.connection_class, aioredis.SSLConnection)
                          or not issubclass(pool.connection_class, aioredis.Connection)):
             return None
-        if kw.get("credential_provider") is not None or kw.get("protocol") not in (None, 2, "2"):
+        if kw.get("credential_provider") is not None:
             return None
         return cls(host=kw.get("host", "localhost"), port=int(kw.get("port", 6379)),
                    path=kw.get("path") if unix else None, username=kw.get("username"),
@@ -136,18 +146,34 @@ class Multiplexed:
         wire = self._wire
         if wire is None or wire.lost is not None:
             wire = await self._connected()
-        return await self._send(wire, args)
+        return await self._send(wire, hiredis.pack_command(args))
 
-    def _send(self, wire: _Wire, args: tuple[Any, ...]) -> asyncio.Future[Any]:
+    async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """The replies of ``commands``, sent in one write, as a pipeline without a
+        transaction: what redis-py's ``pipeline(transaction=False).execute()`` returns
+        for commands without response callbacks. A reply error raises the first one,
+        once every reply is in (the connection stays in step)."""
+        if not commands:
+            return []
+        wire = self._wire
+        if wire is None or wire.lost is not None:
+            wire = await self._connected()
+        packed = b"".join([hiredis.pack_command(c) for c in commands])
+        replies: list[Any] = await self._send(wire, packed, len(commands))
+        for reply in replies:
+            if isinstance(reply, hiredis.ReplyError):
+                raise _reply_error(str(reply))
+        return replies
+
+    def _send(self, wire: _Wire, packed: bytes, n: int = 1) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
-        packed = hiredis.pack_command(args)
         if wire.transport is None or wire.transport.is_closing():
             raise RedisConnectionError("the connection to the store is closed")
         # Written before its future is queued: if writing fails, nothing waits on it.
         # The reply cannot come before: it is read by this loop, after this returns.
         wire.transport.write(packed)
         future = loop.create_future()
-        wire.waiting.append((future, time.monotonic()))
+        wire.waiting.append((future, time.monotonic(), n, None if n == 1 else []))
         if self._watch is None:
             self._watch = loop.call_later(self.timeout, self._check)
         return future
@@ -203,7 +229,7 @@ class Multiplexed:
         if self.db:
             handshake.append(("SELECT", self.db))
         # Written before anyone else can write: the server takes them first.
-        sent = [self._send(wire, command) for command in handshake]
+        sent = [self._send(wire, hiredis.pack_command(command)) for command in handshake]
         self._wire = wire
         for command, future in zip(handshake, sent, strict=True):
             try:

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 
 from aisle.settings import Settings
 from feature_store.keys import Keys
+from feature_store.multiplexed import Multiplexed
 from feature_store.reader import FeatureReader
 from feature_store.redis_store import RedisStore
 from feature_store.updates import Folder
@@ -81,6 +82,14 @@ async def _scenario(redis_url: str) -> None:
         assert counting.pipelines - before == 1  # everything missing, in one pipeline
         again = await reader.co_counts_many(list(want))
         assert again == want and counting.pipelines - before == 1  # all cached now
+        # Over the API's pipelined connection: the same counts, and trending too.
+        fast = Multiplexed.of(client)
+        assert fast is not None
+        over_fast = FeatureReader(client, keys, fast=fast)
+        assert await over_fast.co_counts_many(list(want)) == want
+        assert await over_fast.trending(5) == await one_by_one.trending(5)
+        assert await over_fast.trending(5)
+        await fast.close()
     finally:
         await client.aclose()
 

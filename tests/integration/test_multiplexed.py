@@ -18,7 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from feature_store.keys import Keys
 from feature_store.multiplexed import Multiplexed
-from feature_store.reader import FeatureReader
+from feature_store.reader import FeatureReader, _scored
 
 pytestmark = pytest.mark.integration
 
@@ -79,6 +79,43 @@ def test_concurrent_callers_each_get_their_own_reply(redis_url: str) -> None:
         with pytest.raises(ResponseError, match="WRONGTYPE"):
             await fast.execute("HGETALL", f"mx:{tag}:1")
         assert await fast.execute("PING") == b"PONG"  # an error reply shifted nothing
+    run(redis_url, scenario)
+
+
+def test_a_batch_answers_as_a_redis_py_pipeline_and_keeps_the_connection_in_step(
+        redis_url: str) -> None:
+    async def scenario(client: aioredis.Redis, fast: Multiplexed) -> None:
+        tag = uuid.uuid4().hex[:6]
+        await client.zadd(f"mx:{tag}:z", {"a": 1.5, "b": 2.5, "c": 0.25})
+        await client.set(f"mx:{tag}:s", "v")
+        commands = [("ZREVRANGE", f"mx:{tag}:z", 0, 1, "WITHSCORES"),
+                    ("ZREVRANGE", f"mx:{tag}:none", 0, 1, "WITHSCORES"),
+                    ("GET", f"mx:{tag}:s"), ("GET", f"mx:{tag}:none")]
+        pipe = client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        mine, theirs = await fast.execute_many(commands), await pipe.execute()
+        # Flat WITHSCORES on RESP2, pairs on redis-py's default RESP3: read alike.
+        assert [_scored(r) for r in mine[:2]] == [_scored(r) for r in theirs[:2]]
+        assert _scored(mine[0]) == [(b"b", 2.5), (b"a", 1.5)]
+        assert mine[2:] == theirs[2:] == [b"v", None]
+        assert await fast.execute_many([]) == []
+        # Batches and single commands from many callers at once, each its own replies.
+        got = await asyncio.gather(*(
+            fast.execute_many([("ECHO", f"{n}a"), ("ECHO", f"{n}b")]) if n % 2
+            else fast.execute("ECHO", f"{n}") for n in range(40)))
+        assert got == [[f"{n}a".encode(), f"{n}b".encode()] if n % 2 else f"{n}".encode()
+                       for n in range(40)]
+        with pytest.raises(ResponseError, match="WRONGTYPE"):  # the first error, raised
+            await fast.execute_many([("ECHO", "x"), ("HGETALL", f"mx:{tag}:s"),
+                                     ("ECHO", "y")])
+        # A batch whose caller gave up: its replies are dropped, the next ones are right.
+        slow = asyncio.ensure_future(fast.execute_many([("ECHO", "1"), (
+            "BLPOP", f"mx:never:{tag}", 0.2), ("ECHO", "2")]))
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(slow, 0.05)
+        assert await fast.execute("ECHO", "after") == b"after"
+        assert fast.connects == 1
     run(redis_url, scenario)
 
 
@@ -158,7 +195,5 @@ def test_no_server_is_a_connection_error() -> None:
 def test_it_stands_aside_for_clients_it_cannot_speak_for() -> None:
     assert Multiplexed.of(aioredis.Redis.from_url("rediss://localhost:6379")) is None
     assert Multiplexed.of(aioredis.RedisCluster(host="localhost", port=6379)) is None
-    assert Multiplexed.of(aioredis.Redis.from_url("redis://localhost:6379",
-                                                  protocol=3)) is None
     unix = Multiplexed.of(aioredis.Redis.from_url("unix:///tmp/valkey.sock?db=2"))
     assert unix is not None and unix.path == "/tmp/valkey.sock" and unix.db == 2
