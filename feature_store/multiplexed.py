@@ -21,10 +21,12 @@ What it keeps from redis-py's behaviour, so callers see no difference:
   fails with ``TimeoutError``, as redis-py's ``socket_timeout`` does.
 
 It is opened from the redis-py client's own settings (host and port or unix socket,
-user, password, database) and only for a single server over plain TCP or a unix socket;
-for a Cluster or TLS :meth:`Multiplexed.of` answers None and callers keep redis-py. It
-speaks RESP2 whatever the client speaks (redis-py 8 defaults to RESP3): its callers
-read flat replies, which is also what a script returns under either.
+user, password, database), over plain TCP or a unix socket; on a Redis Cluster,
+:class:`ClusterMultiplexed` keeps one per primary and routes by redis-py's slot map,
+handing a moved slot back to redis-py. With TLS or a credential provider
+:func:`pipelined` answers None and callers keep redis-py. It speaks RESP2 whatever the
+client speaks (redis-py 8 defaults to RESP3): its callers read flat replies, which is
+also what a script returns under either.
 """
 
 from __future__ import annotations
@@ -234,11 +236,13 @@ class Multiplexed:
         for command, future in zip(handshake, sent, strict=True):
             try:
                 await future
-            except Exception as exc:  # a wrong password, a database that is not there
-                wire.fail(RedisConnectionError(f"{command[0]} failed: {exc}"))
-                raise RedisConnectionError(f"{command[0]} failed: {exc}") from exc
-            except BaseException:
-                wire.fail(RedisConnectionError(f"{command[0]} interrupted"))
+            except BaseException as exc:  # a wrong password, no such database; cancelled
+                wire.fail(RedisConnectionError(f"{command[0]} failed: {exc!r}"))
+                for other in sent:  # failed with the connection: nobody else awaits them
+                    if other.done() and not other.cancelled():
+                        other.exception()
+                if isinstance(exc, Exception):
+                    raise RedisConnectionError(f"{command[0]} failed: {exc}") from exc
                 raise
         return wire
 
@@ -253,3 +257,102 @@ class Multiplexed:
         if self._wire is not None:
             self._wire.fail(RedisConnectionError("closed"))
             self._wire = None
+
+
+class Rerouted(Exception):
+    """A Cluster's slot moved (MOVED/ASK) or is not known here yet: the caller asks
+    redis-py's cluster client instead, which follows the redirection and refreshes its
+    slot map, which the next call here then reads."""
+
+
+class ClusterMultiplexed:
+    """:class:`Multiplexed` on a Redis Cluster: one pipelined connection per primary,
+    each command sent to the node its key's slot maps to in redis-py's slot map.
+
+    A customer read is one command on one node (its keys share the customer's hash
+    tag); a batch of co-count reads spans the shards' nodes, so it goes out as one batch
+    per node, at once, and comes back in the order asked. A redirection (MOVED, ASK: a
+    slot being moved) or an unknown slot raises :class:`Rerouted` for the caller to
+    repeat the read through redis-py."""
+
+    def __init__(self, client: aioredis.RedisCluster, timeout: float = 1.0,
+                 connect_timeout: float = 1.0) -> None:
+        self.client = client
+        self.timeout, self.connect_timeout = timeout, connect_timeout
+        self._nodes: dict[tuple[str, int], Multiplexed] = {}
+        self.rerouted = 0  # reads handed back to redis-py (tests, diagnosis)
+
+    @classmethod
+    def of(cls, client: Any) -> ClusterMultiplexed | None:
+        if not isinstance(client, aioredis.RedisCluster):
+            return None
+        kw = client.get_connection_kwargs()
+        if (kw.get("credential_provider") is not None
+                or issubclass(kw.get("connection_class", aioredis.Connection),
+                              aioredis.SSLConnection)):
+            return None
+        return cls(client, float(kw.get("socket_timeout") or 1.0),
+                   float(kw.get("socket_connect_timeout") or 1.0))
+
+    def _node(self, key: str) -> Multiplexed:
+        try:
+            node = self.client.get_node_from_key(key)
+        except Exception as exc:  # no slot map yet (nothing asked so far), a slot gap
+            self.rerouted += 1
+            raise Rerouted(str(exc)) from exc
+        if node is None:
+            self.rerouted += 1
+            raise Rerouted(f"no node for {key!r}")
+        mux = self._nodes.get((node.host, node.port))
+        if mux is None:
+            kw = self.client.get_connection_kwargs()
+            mux = Multiplexed(host=node.host, port=node.port, username=kw.get("username"),
+                              password=kw.get("password"), timeout=self.timeout,
+                              connect_timeout=self.connect_timeout)
+            self._nodes[(node.host, node.port)] = mux
+        return mux
+
+    async def evalsha(self, sha: str, script: str, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await self._node(keys[0]).evalsha(sha, script, keys, args)
+        except ResponseError as exc:
+            if _redirected(exc):
+                self.rerouted += 1
+                raise Rerouted(str(exc)) from exc
+            raise
+
+    async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """``commands`` whose key is their second element (as ``ZREVRANGE key ...``)."""
+        by_node: dict[int, tuple[Multiplexed, list[int]]] = {}
+        for at, command in enumerate(commands):
+            mux = self._node(command[1])
+            by_node.setdefault(id(mux), (mux, []))[1].append(at)
+        groups = list(by_node.values())
+        try:
+            replies = await asyncio.gather(*(mux.execute_many([commands[i] for i in ats])
+                                             for mux, ats in groups))
+        except ResponseError as exc:
+            if _redirected(exc):
+                self.rerouted += 1
+                raise Rerouted(str(exc)) from exc
+            raise
+        out: list[Any] = [None] * len(commands)
+        for (_, ats), got in zip(groups, replies, strict=True):
+            for i, reply in zip(ats, got, strict=True):
+                out[i] = reply
+        return out
+
+    async def close(self) -> None:
+        for mux in self._nodes.values():
+            await mux.close()
+        self._nodes.clear()
+
+
+def _redirected(exc: ResponseError) -> bool:
+    return str(exc).startswith(("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"))
+
+
+def pipelined(client: Any) -> Multiplexed | ClusterMultiplexed | None:
+    """The pipelined connection(s) for ``client``'s store, or None where redis-py must
+    speak for it (TLS, a credential provider)."""
+    return Multiplexed.of(client) or ClusterMultiplexed.of(client)

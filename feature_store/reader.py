@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 
 from feature_store.client import cancel_and_wait
 from feature_store.keys import Keys
-from feature_store.multiplexed import Multiplexed
+from feature_store.multiplexed import ClusterMultiplexed, Multiplexed, Rerouted
 from feature_store.updates import logaddexp
 from models.customer_types import CustomerFacts, Purchase
 
@@ -111,7 +111,7 @@ def _parse_item(item_id: str, h: dict[bytes, bytes]) -> ItemInfo | None:
 class FeatureReader:
     def __init__(self, client: aioredis.Redis, keys: Keys, ttl: float = 2.0,
                  revalidate_s: float = 0.0, catalog_max_age_s: float | None = None,
-                 fast: Multiplexed | None = None) -> None:
+                 fast: Multiplexed | ClusterMultiplexed | None = None) -> None:
         self.client = client
         # The customer read goes over ``fast`` where given (feature_store/multiplexed.py).
         self.fast = fast
@@ -343,7 +343,9 @@ class FeatureReader:
         connection where there is one (a recommendation's co-counts are 5 items x 2
         kinds x 8 shards = 80 commands, which redis-py packs and parses in Python)."""
         if self.fast is not None:
-            return await self.fast.execute_many([_top_scored_command(k, n) for k in keys])
+            with contextlib.suppress(Rerouted):  # a Cluster slot moved: redis-py follows
+                return await self.fast.execute_many([_top_scored_command(k, n)
+                                                     for k in keys])
         pipe = self.client.pipeline(transaction=False)
         for key in keys:
             _top_scored(pipe, key, n)
@@ -505,10 +507,12 @@ class FeatureReader:
         push fatigue ledger. Every key has the customer's hash tag: one slot on a Cluster
         too. Replies come back in the shapes :meth:`user` and :meth:`facts` read."""
         keys = [self.keys.user(user_id, s) for s in CUSTOMER_KEYS]
+        r = None
         if self.fast is not None:
-            r = await self.fast.evalsha(self._customer_script.sha, CUSTOMER_SCRIPT, keys,
-                                        [views])
-        else:
+            with contextlib.suppress(Rerouted):  # a Cluster slot moved: redis-py follows
+                r = await self.fast.evalsha(self._customer_script.sha, CUSTOMER_SCRIPT,
+                                            keys, [views])
+        if r is None:
             r = await self._customer_script(keys=keys, args=[views])
         rfm = _pairs(r[7])
         ia, weights = _scored_and_weights(r[5])

@@ -22,7 +22,7 @@ from aisle.runtime import resolve
 from aisle.settings import Settings
 from feature_store.client import cancel_and_wait, open_redis
 from feature_store.keys import Keys
-from feature_store.multiplexed import Multiplexed
+from feature_store.multiplexed import pipelined
 from feature_store.reader import FeatureReader
 from models.online import ModelHolder
 from serving import routes, web
@@ -107,7 +107,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         reader = FeatureReader(client, keys, settings.serving.cache_ttl_s,
                                revalidate_s=settings.serving.cache_ttl_s,
                                catalog_max_age_s=settings.serving.catalog_max_age_s,
-                               fast=Multiplexed.of(client))
+                               fast=pipelined(client))
         holder = ModelHolder(client, settings.features.key_prefix,
                              settings.serving.als_pool_order_min_items)
         with contextlib.suppress(Exception):

@@ -20,6 +20,8 @@ from aisle.stack import Stack
 from feature_store.client import is_cluster, open_redis, open_redis_sync
 from feature_store.dump import dump_state
 from feature_store.keys import Keys
+from feature_store.multiplexed import ClusterMultiplexed, pipelined
+from feature_store.reader import FeatureReader
 from feature_store.updates import Folder
 from models.online import decode_vector
 from models.train import train_once
@@ -127,6 +129,41 @@ def test_related_and_recommendations_on_the_cluster(api, stack, store, model_ver
         assert len({it["item_id"] for it in recs["items"]}) == 10
         checked += 1
     assert checked >= 5
+
+
+def test_the_apis_pipelined_reads_route_by_slot_and_read_what_redis_py_reads(
+        stack: Stack, store) -> None:
+    """The API's customer read and co-count reads go to each key's node over its own
+    pipelined connection (feature_store/multiplexed.py): the same as through redis-py's
+    cluster client, for customers and items on every node."""
+    users = customers(stack, store)[:12]
+    k = keys_of(stack)
+    assert len({store.keyslot(k.user(u, "ia")) for u in users}) > 1
+
+    async def compare() -> None:
+        client = open_redis(stack.settings)
+        fast = pipelined(client)
+        assert isinstance(fast, ClusterMultiplexed)
+        plain, over_fast = FeatureReader(client, k), FeatureReader(client, k, fast=fast)
+        try:
+            first = await over_fast.customer(users[0])  # no slot map yet: via redis-py
+            assert first == await plain.customer(users[0]) and first.state.bought
+            for user in users:
+                got = await over_fast.customer(user)
+                assert got == await plain.customer(user), user
+            assert {(node.host, node.port) for node in store.get_primaries()} == set(
+                fast._nodes), "every primary served some customer"
+            assert fast.rerouted == 1  # only the first read, before the slot map
+            items = [i for u in users[:4] for i in (await plain.customer(u)).state.bought][:6]
+            wanted = [(kind, i) for i in items for kind in ("buy", "view")]
+            assert await over_fast.co_counts_many(wanted) == await plain.co_counts_many(wanted)
+            assert await over_fast.trending(20) == await plain.trending(20)
+            assert fast.rerouted == 1
+        finally:
+            await fast.close()
+            await client.aclose()
+
+    asyncio.run(compare())
 
 
 def test_demo_and_ops_pages_read_every_shard(api, stack, model_version) -> None:

@@ -17,7 +17,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from feature_store.keys import Keys
-from feature_store.multiplexed import Multiplexed
+from feature_store.multiplexed import ClusterMultiplexed, Multiplexed, pipelined
 from feature_store.reader import FeatureReader, _scored
 
 pytestmark = pytest.mark.integration
@@ -195,5 +195,9 @@ def test_no_server_is_a_connection_error() -> None:
 def test_it_stands_aside_for_clients_it_cannot_speak_for() -> None:
     assert Multiplexed.of(aioredis.Redis.from_url("rediss://localhost:6379")) is None
     assert Multiplexed.of(aioredis.RedisCluster(host="localhost", port=6379)) is None
+    assert pipelined(aioredis.Redis.from_url("rediss://localhost:6379")) is None
+    assert isinstance(pipelined(aioredis.RedisCluster(host="localhost", port=6379)),
+                      ClusterMultiplexed)  # routing by slot: tests/integration/test_cluster.py
+    assert pipelined(aioredis.RedisCluster(host="localhost", port=6379, ssl=True)) is None
     unix = Multiplexed.of(aioredis.Redis.from_url("unix:///tmp/valkey.sock?db=2"))
     assert unix is not None and unix.path == "/tmp/valkey.sock" and unix.db == 2
