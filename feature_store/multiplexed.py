@@ -145,10 +145,7 @@ class Multiplexed:
     async def execute(self, *args: Any) -> Any:
         """One command's reply, as redis-py's client returns it without a response
         callback (bytes, ints, lists; ``None`` for nil)."""
-        wire = self._wire
-        if wire is None or wire.lost is not None:
-            wire = await self._connected()
-        return await self._send(wire, hiredis.pack_command(args))
+        return await self._send(await self._live(), hiredis.pack_command(args))
 
     async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """The replies of ``commands``, sent in one write, as a pipeline without a
@@ -157,9 +154,7 @@ class Multiplexed:
         once every reply is in (the connection stays in step)."""
         if not commands:
             return []
-        wire = self._wire
-        if wire is None or wire.lost is not None:
-            wire = await self._connected()
+        wire = await self._live()
         packed = b"".join([hiredis.pack_command(c) for c in commands])
         replies: list[Any] = await self._send(wire, packed, len(commands))
         for reply in replies:
@@ -201,6 +196,13 @@ class Multiplexed:
             return
         self._watch = asyncio.get_running_loop().call_later(self.timeout - waited,
                                                             self._check)
+
+    async def _live(self) -> _Wire:
+        """The connection, (re)made first if there is none or it was lost."""
+        wire = self._wire
+        if wire is None or wire.lost is not None:
+            wire = await self._connected()
+        return wire
 
     async def _connected(self) -> _Wire:
         # Callers arriving while a connection is being made share it.

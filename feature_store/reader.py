@@ -113,7 +113,8 @@ class FeatureReader:
                  revalidate_s: float = 0.0, catalog_max_age_s: float | None = None,
                  fast: Multiplexed | ClusterMultiplexed | None = None) -> None:
         self.client = client
-        # The customer read goes over ``fast`` where given (feature_store/multiplexed.py).
+        # The customer read, co-counts and trending go over ``fast`` where given
+        # (feature_store/multiplexed.py); everything else over ``client``.
         self.fast = fast
         self.keys = keys
         self.ttl = ttl
@@ -597,18 +598,19 @@ _JSON_FLOATS = msgspec.json.Decoder(list[float])
 _JSON_INTS = msgspec.json.Decoder(list[int])
 
 
-def _floats_of(raw: list[Any]) -> list[float]:
+def _numbers(raw: list[Any], decoder: msgspec.json.Decoder[Any], one: Any) -> Any:
     try:
-        return _JSON_FLOATS.decode(b"[" + b",".join(raw) + b"]")
+        return decoder.decode(b"[" + b",".join(raw) + b"]")
     except (msgspec.DecodeError, TypeError):
-        return list(map(float, raw))
+        return list(map(one, raw))
+
+
+def _floats_of(raw: list[Any]) -> list[float]:
+    return _numbers(raw, _JSON_FLOATS, float)  # type: ignore[no-any-return]
 
 
 def _ints_of(raw: list[Any]) -> list[int]:
-    try:
-        return _JSON_INTS.decode(b"[" + b",".join(raw) + b"]")
-    except (msgspec.DecodeError, TypeError):
-        return list(map(int, raw))
+    return _numbers(raw, _JSON_INTS, int)  # type: ignore[no-any-return]
 
 
 def _texts(raw: Any) -> list[str]:
