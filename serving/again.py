@@ -52,11 +52,16 @@ def own_items(state: UserState, resume_half_life_s: float) -> OwnItems:
     seen = dict(state.views)
     newest = max(seen.values(), default=0.0)
     oldest = min(seen.values(), default=0.0)  # an item out of the recent views: older
-    resume = {item: s * 0.5 ** (max(newest - seen.get(item, oldest), 0.0)
-                                / resume_half_life_s)
-              for item, s in strength.items() if item not in state.bought}
-    rebuy = {item: strength.get(item, 0.0) for item in state.bought}
-    return OwnItems(resume, {i: v for i, v in rebuy.items() if v > 0}, dict(state.bought))
+    bought = state.bought
+    # Every item out of the recent views decays alike: one power for all of them.
+    old = 0.5 ** (max(newest - oldest, 0.0) / resume_half_life_s)
+    resume = {item: s * old for item, s in strength.items() if item not in bought}
+    for item, ts in seen.items():
+        if item in resume:
+            resume[item] = strength[item] * 0.5 ** (max(newest - ts, 0.0)
+                                                      / resume_half_life_s)
+    rebuy = {item: v for item in bought if (v := strength.get(item, 0.0)) > 0}
+    return OwnItems(resume, rebuy, dict(bought))
 
 
 def resume_reason(item: str, state: UserState) -> str:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import itertools
 import logging
 import re
+import secrets
 import time
 import uuid
 from datetime import UTC, datetime
@@ -66,6 +68,9 @@ ID_RE = re.compile(r"^[A-Za-z0-9_.:@/+\-]{1,128}$")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 LATENCY = Histogram("aisle_request_seconds", "API latency by route", ["route"],
                     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+# Bound once: labels() takes a lock and a dict lookup on every call.
+TIMED = {route: LATENCY.labels(route)
+         for route in ("related", "recommendations", "offers", "profile", "events")}
 DEGRADED = Counter("aisle_degraded_answers_total", "answers served without the store",
                    ["route"])
 ACCEPTED = Counter("aisle_events_accepted_total", "events handed to Kafka by the API")
@@ -85,11 +90,22 @@ def json(body: Any, status: int = 200, headers: dict[str, str] | None = None) ->
     return Response(_encoder.encode(body), status, headers, media_type="application/json")
 
 
+# Request ids made here: this process's random 64-bit prefix and a counter, 32 hex digits
+# as a UUID's; unique across replicas without a urandom call per request (uuid4 was ~1%
+# of a recommendation's CPU under load).
+_ID_PREFIX = secrets.token_hex(8)
+_ID_COUNTER = itertools.count()
+
+
+def _new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFF_FFFF_FFFF_FFFF:016x}"
+
+
 def request_id(request: Request) -> str:
     rid = request.scope.get("aisle_request_id")
     if rid is None:
         given = request.headers.get("x-request-id", "")
-        rid = given if REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+        rid = given if REQUEST_ID_RE.match(given) else _new_request_id()
         request.scope["aisle_request_id"] = rid
     return str(rid)
 
@@ -144,7 +160,7 @@ async def related(request: Request) -> Response:
     response = _answer(request, answer, "related", assignments, item_id=item_id)
     if user_id:
         await _expose(request, assignments, user_id, [s.item_id for s in answer.items])
-    LATENCY.labels("related").observe(time.perf_counter() - started)
+    TIMED["related"].observe(time.perf_counter() - started)
     return response
 
 
@@ -160,7 +176,7 @@ async def recommendations(request: Request) -> Response:
     answer = await service.recommendations(user_id, limit, context)
     response = _answer(request, answer, "recommendations", assignments, user_id=user_id)
     await _expose(request, assignments, user_id, [s.item_id for s in answer.items])
-    LATENCY.labels("recommendations").observe(time.perf_counter() - started)
+    TIMED["recommendations"].observe(time.perf_counter() - started)
     return response
 
 
@@ -198,7 +214,7 @@ async def offers(request: Request) -> Response:
                         experiments=[ExperimentTag(a.experiment, a.variant)
                                      for a in assignments])
     await _expose(request, assignments, user_id, [i for o in shown for i in o.items])
-    LATENCY.labels("offers").observe(time.perf_counter() - started)
+    TIMED["offers"].observe(time.perf_counter() - started)
     return json(body)
 
 
@@ -236,7 +252,7 @@ async def profile(request: Request) -> Response:
                             for r in due],
         active_offers=[_offer_out(o, infos, view.clock) for o in active],
     )
-    LATENCY.labels("profile").observe(time.perf_counter() - started)
+    TIMED["profile"].observe(time.perf_counter() - started)
     return json(body)
 
 
@@ -276,7 +292,7 @@ async def post_events(request: Request) -> Response:
         raise BrokerUnavailable(f"events not accepted, broker error: {exc!r}") from None
     state.producer.last_send_ok = True
     ACCEPTED.inc(len(events))
-    LATENCY.labels("events").observe(time.perf_counter() - started)
+    TIMED["events"].observe(time.perf_counter() - started)
     return json(Accepted(request_id(request), len(events), [e.event_id for e in events]), 202)
 
 

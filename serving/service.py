@@ -54,7 +54,6 @@ WINBACK_SEGMENTS = frozenset({"dormant", "lost", "at_risk"})
 RESTOCK_SLOTS = 3
 Reason = Callable[[str], str]
 ALS_POOL = 200
-_NO_REASON: tuple[float, Reason | None] = (0.0, None)
 
 
 @dataclass(slots=True)
@@ -78,9 +77,18 @@ class Answer:
 @dataclass
 class Candidates:
     scores: dict[str, float] = field(default_factory=dict)
-    # item -> (largest specificity-weighted share, the reason of the source that gave it);
-    # a reason's text is made only for the items an answer shows.
-    best: dict[str, tuple[float, Reason]] = field(default_factory=dict)
+    # item -> the largest specificity-weighted share a source gave it, and (``why``) that
+    # source's reason; an item ``why`` lacks has ``default``'s, the reason of the first
+    # source, which came in bulk (the ALS pool: 200 reasons not stored one by one). A
+    # reason's text is made only for the items an answer shows.
+    share: dict[str, float] = field(default_factory=dict)
+    why: dict[str, Reason] = field(default_factory=dict)
+    default: Reason | None = None
+
+    @property
+    def best(self) -> dict[str, tuple[float, Reason | None]]:
+        """item -> (share, reason), as one dict (tests, diagnostics)."""
+        return {i: (p, self.why.get(i, self.default)) for i, p in self.share.items()}
 
     def add(self, source: dict[str, float], weight: float, reason: Reason,
             specificity: float = 1.0) -> None:
@@ -94,20 +102,22 @@ class Candidates:
             if not source:
                 return
             top = max(source.values())
-        scores, best, get = self.scores, self.best, self.scores.get
+        scores, share, why, get = self.scores, self.share, self.why, self.scores.get
         if not scores:  # the first source (the ALS pool): nothing to merge with
             parts = {item: weight * raw / top for item, raw in source.items() if raw > 0}
             scores.update(parts)
-            best.update({item: (p * specificity, reason) for item, p in parts.items()
-                         if p * specificity > 0.0})
+            share.update({item: p * specificity for item, p in parts.items()
+                          if p * specificity > 0.0})
+            self.default = reason
             return
         for item, raw in source.items():
             if not raw > 0:  # a popularity that decayed to 0.0, a NaN: nothing to add
                 continue
             part = weight * raw / top
             scores[item] = get(item, 0.0) + part
-            if part * specificity > best.get(item, _NO_REASON)[0]:
-                best[item] = (part * specificity, reason)
+            if part * specificity > share.get(item, 0.0):
+                share[item] = part * specificity
+                why[item] = reason
 
     def add_pool(self, items: list[str], raw: np.ndarray, weight: float, reason: Reason,
                  specificity: float = 1.0) -> None:
@@ -132,7 +142,8 @@ class Candidates:
         if not (shares > 0.0).all():  # underflow: as add(), no reason for a zero share
             items = [i for i, k in zip(items, (shares > 0.0).tolist(), strict=True) if k]
             shares = shares[shares > 0.0]
-        self.best.update(zip(items, ((p, reason) for p in shares.tolist()), strict=True))
+        self.share.update(zip(items, shares.tolist(), strict=True))
+        self.default = reason
 
     def order(self) -> list[tuple[str, float]]:
         """(item, score), best first; ties by item id (two C sorts: the second is
@@ -152,7 +163,7 @@ class Candidates:
         return sorted(sorted(top), key=itemgetter(1), reverse=True)[:k]
 
     def reason(self, item: str) -> str:
-        return self.best[item][1](item)
+        return self.why.get(item, self.default)(item)  # type: ignore[misc]
 
     def ranked(self) -> list[tuple[str, float, str]]:
         return [(item, score, self.reason(item)) for item, score in self.order()]
@@ -512,12 +523,15 @@ class RecommendationService:
         hist, hist_f, norms = self._history_factors(art, state)
         if not hist:
             return
-        closest: dict[int, str] = {}
-        for n, scored in enumerate(items):
-            j = index.get(scored.item_id)
-            if scored.reason == "picked for you" and j is not None:
-                sims = hist_f @ art.item_factors[j] / norms
-                closest[n] = hist[int(np.argmax(sims))][0]
+        picks = [(n, j) for n, scored in enumerate(items)
+                 if scored.reason == "picked for you"
+                 and (j := index.get(scored.item_id)) is not None]
+        if not picks:
+            return
+        # Every pick against every history item in one product (a column per pick).
+        sims = hist_f @ art.item_factors[[j for _, j in picks]].T / norms[:, None]
+        best = np.argmax(sims, axis=0).tolist()
+        closest = {n: hist[b][0] for (n, _), b in zip(picks, best, strict=True)}
         await self._infos(list(closest.values()), flags)
         for n, best in closest.items():
             verb = "bought" if best in state.bought else "viewed"
@@ -551,7 +565,7 @@ class RecommendationService:
         if not ranked:
             return cands
         top = ranked[0][1]
-        scores = {item: float(np.exp(score - top)) for item, score in ranked}
+        scores = {item: math.exp(score - top) for item, score in ranked}
         if category and category != UNKNOWN_CATEGORY:  # never "popular in unknown"
             infos = await self._infos(list(scores), flags)
             same = {i: v for i, v in scores.items()
@@ -623,8 +637,10 @@ class RecommendationService:
 
 
 def _merge(into: Candidates, other: Candidates) -> None:
+    scores, share, why = into.scores, into.share, into.why
     for item, score in other.scores.items():
-        into.scores[item] = into.scores.get(item, 0.0) + score
-        part, reason = other.best[item]
-        if part > into.best.get(item, _NO_REASON)[0]:
-            into.best[item] = (part, reason)
+        scores[item] = scores.get(item, 0.0) + score
+        part = other.share.get(item, 0.0)
+        if part > share.get(item, 0.0):
+            share[item] = part
+            why[item] = other.why.get(item, other.default)  # type: ignore[assignment]
