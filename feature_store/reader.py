@@ -510,10 +510,11 @@ class FeatureReader:
         keys = [self.keys.user(user_id, s) for s in CUSTOMER_KEYS]
         r = None
         if self.fast is not None:
+            # The script's reads as one transaction on the pipelined connection: the
+            # same replies, at less than half of Valkey's CPU (no Lua in between).
             with contextlib.suppress(Rerouted):  # a Cluster slot moved: redis-py follows
-                r = await self.fast.evalsha(self._customer_script.sha, CUSTOMER_SCRIPT,
-                                            keys, [views])
-        if r is None:
+                r = await self.fast.transaction(customer_commands(keys, views))
+        if r is None:  # redis-py: one script call (a transaction costs more Python here)
             r = await self._customer_script(keys=keys, args=[views])
         rfm = _pairs(r[7])
         ia, weights = _scored_and_weights(r[5])
@@ -522,6 +523,19 @@ class FeatureReader:
         facts_raw = (rfm, r[8], _pairs(r[9]), _pairs(r[10]), r[11], _scored(r[12]))
         return CustomerRead(state, facts_raw, (_pairs(r[13]), _pairs(r[14])),
                             {_s(i): float(ts) for i, ts in _pairs(r[15]).items()})
+
+def customer_commands(keys: list[str], views: int) -> list[tuple[Any, ...]]:
+    """``customer.lua``'s reads, in its order, as commands (:meth:`FeatureReader.customer`
+    sends them as one transaction on the pipelined connection)."""
+    (views_k, cart, bought, dislikes, neg, ia, vec, rfm, hist, spend, src, fav, cat,
+     offers, ostate, pushitems) = keys
+    return [("ZREVRANGE", views_k, 0, views - 1, "WITHSCORES"), ("HGETALL", cart),
+            ("HGETALL", bought), ("HGETALL", dislikes), ("HGETALL", neg),
+            ("ZRANGE", ia, 0, -1, "WITHSCORES"), ("GET", vec), ("HGETALL", rfm),
+            ("LRANGE", hist, 0, -1), ("HGETALL", spend), ("HGETALL", src),
+            ("ZREVRANGE", fav, 0, 49), ("ZREVRANGE", cat, 0, 9, "WITHSCORES"),
+            ("HGETALL", offers), ("HGETALL", ostate), ("HGETALL", pushitems)]
+
 
 @dataclass(slots=True)
 class CustomerRead:

@@ -200,7 +200,7 @@ class ExperimentRegistry:
             settings = base.settings.model_copy(
                 update={"serving": base.settings.serving.model_copy(update=blend)})
             svc = RecommendationService(settings, base.reader, base.holder, base.customers,
-                                        base.timeout)
+                                        base.timeout, base.pools)
             self._services[key] = svc
         return svc  # type: ignore[no-any-return]
 

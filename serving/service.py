@@ -34,6 +34,7 @@ from models.artifacts import ModelArtifact
 from models.online import ModelHolder, decode_vector, user_vector
 from serving.again import own_items, rebuy_reason, resume_reason
 from serving.answer_cache import StaleWhileRevalidate
+from serving.pools import PoolBatch
 from serving.viewed import (
     SimilarToViewed,
     published_neighbours,
@@ -172,8 +173,9 @@ class Candidates:
 class RecommendationService:
     def __init__(self, settings: Settings, reader: FeatureReader, holder: ModelHolder,
                  customers: CustomerService | None = None, store_timeout_s: float = 0.25,
-                 ) -> None:
+                 pools: PoolBatch | None = None) -> None:
         self.settings = settings
+        self.pools = pools or PoolBatch()  # ALS pools of concurrent requests (serving/pools.py)
         self.customers = customers
         self.reader = reader
         self.holder = holder
@@ -286,12 +288,15 @@ class RecommendationService:
         """The customer's list. An unexpected error on the way (a bug, a model that came
         out wrong: see aa9e822) answers popular items instead, flagged degraded, logged
         with its traceback and counted: the widget on the page still gets an answer."""
+        self.pools.busy += 1
         try:
             return await self._recommendations(user_id, limit, context_item)
         except Exception:
             log.exception("recommendations for %s failed; answering popular items", user_id)
             FALLBACKS.labels("recommendations").inc()
             return await self._fallback(user_id, limit, {context_item or ""})
+        finally:
+            self.pools.busy -= 1
 
     async def _customer_filter(self, user_id: str | None, flags: list[str],
                                ) -> tuple[Callable[[ItemInfo], bool], UserState | None]:
@@ -327,7 +332,7 @@ class RecommendationService:
         vec = self._vector(art, state)
         if art is not None and vec is not None:
             # Scoring the items by norm for a large catalog (models/pool.py).
-            top, raw = art.pool(vec, ALS_POOL)
+            top, raw = await self.pools.pool(art, vec, ALS_POOL)
             ids = art.item_ids
             cands.add_pool(list(map(ids.__getitem__, top.tolist())), raw.astype(np.float64),
                            s.blend_als, lambda i: "picked for you")

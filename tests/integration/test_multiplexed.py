@@ -18,7 +18,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from feature_store.keys import Keys
 from feature_store.multiplexed import ClusterMultiplexed, Multiplexed, pipelined
-from feature_store.reader import FeatureReader, _scored
+from feature_store.reader import (
+    CUSTOMER_KEYS,
+    CUSTOMER_SCRIPT,
+    FeatureReader,
+    _scored,
+    customer_commands,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -65,6 +71,40 @@ def test_the_customer_read_is_the_same_over_either_connection(redis_url: str) ->
         # The server lost its scripts (restarted, flushed): loaded again, answered.
         await client.script_flush()
         assert await over_fast.customer(user) == await plain.customer(user)
+    run(redis_url, scenario)
+
+
+def test_the_transaction_reads_what_the_customer_script_reads(redis_url: str) -> None:
+    """The pipelined connection reads a customer as one MULTI/EXEC of customer.lua's
+    commands (cheaper for Valkey): reply for reply what the script returns, every one
+    of its keys filled, empty, or holding the wrong type."""
+    async def scenario(client: aioredis.Redis, fast: Multiplexed) -> None:
+        keys = Keys(f"mx{uuid.uuid4().hex[:6]}", 4)
+        full, empty = [keys.user("u1", s) for s in CUSTOMER_KEYS], \
+            [keys.user("u2", s) for s in CUSTOMER_KEYS]
+        k = dict(zip(CUSTOMER_KEYS, full, strict=True))
+        await client.zadd(k["views"], {f"v{n}": 100.0 + n / 3 for n in range(30)})
+        for name in ("cart", "bought", "dislikes", "neg", "rfm", "spend", "src", "offers",
+                     "ostate", "pushitems"):
+            await client.hset(k[name], mapping={f"{name}{n}": f"{n / 7!r}" for n in range(5)})
+        await client.zadd(k["ia"], {f"i{n}": n * 0.1 - 1 for n in range(40)})
+        await client.set(k["vec"], b"\x00\x01binary")
+        await client.rpush(k["hist"], *[f'["O{n}","i{n}",2.0,1,1.3e9]' for n in range(8)])
+        await client.zadd(k["fav"], {f"f{n}": n for n in range(60)})
+        await client.zadd(k["cat"], {f"c{n}": n / 3 for n in range(12)})
+        script = client.register_script(CUSTOMER_SCRIPT)
+        for who in (full, empty):
+            for views in (1, 20, 0):
+                got = await fast.transaction(customer_commands(who, views))
+                assert got == await script(keys=who, args=[views])
+        await client.set(k["cart"], "not a hash")
+        with pytest.raises(ResponseError, match="WRONGTYPE"):
+            await fast.transaction(customer_commands(full, 20))
+        with pytest.raises(ResponseError, match="WRONGTYPE"):
+            await script(keys=full, args=[20])
+        with pytest.raises(ResponseError):  # refused when queued: nothing run
+            await fast.transaction([("GET", k["vec"]), ("NOSUCHCOMMAND", k["vec"])])
+        assert await fast.execute("GET", k["vec"]) == b"\x00\x01binary"  # still in step
     run(redis_url, scenario)
 
 
