@@ -198,12 +198,14 @@ class Multiplexed:
         packed = b"".join([_MULTI, *[hiredis.pack_command(c) for c in commands], _EXEC])
         replies: list[Any] = await self._send(wire, packed, len(commands) + 2)
         done = replies[-1]
-        for reply in (*replies[:-1], done, *(done if isinstance(done, list) else ())):
+        # The usual case checked by C loops: OK, one QUEUED per command, no error in EXEC.
+        if (replies.count(b"QUEUED") == len(commands) and isinstance(done, list)
+                and hiredis.ReplyError not in map(type, done)):
+            return done
+        for reply in (*replies, *(done if isinstance(done, list) else ())):
             if isinstance(reply, hiredis.ReplyError):
                 raise _reply_error(str(reply))
-        if not isinstance(done, list):  # nil: aborted (a WATCH; none is set here)
-            raise ResponseError(f"transaction not run: {done!r}")
-        return done
+        raise ResponseError(f"transaction not run: {done!r}")  # nil: aborted (a WATCH)
 
     def _send(self, wire: _Wire, packed: bytes, n: int = 1) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
