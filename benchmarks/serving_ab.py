@@ -1,0 +1,162 @@
+"""Serving code at a git commit against the working tree, in one process, alternated.
+
+Run from the repo root: ``python -m benchmarks.serving_ab --ref COMMIT [--rounds 6]
+[--concurrency 1] [--modules serving.service,serving.again,feature_store.reader]``.
+Starts the stack on Online Retail (``serving_stack``) and builds the API's services in
+this process (``serving_profile``). The named modules are also loaded as they were at
+``--ref`` (``git show``), and each round runs every customer through both versions —
+the service, reader and customer-service objects switched between the two classes —
+in alternating order, ``--concurrency`` callers at once. Reports per answer the CPU of
+this process and of the Valkey server (``/proc``), medians of the rounds, for
+recommendations and offers, and checks that both versions give every customer the same
+recommendations (item, score, reason). Writes ``benchmarks/results/<out>.json``.
+
+A module not named keeps the working tree's code in both versions, so name every module
+whose change is measured. Diagnosis for a change, not in ``make bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+from typing import Any
+
+import prometheus_client.registry
+import uvloop
+from rich.console import Console
+
+from benchmarks.bench_foldin import write_result
+from benchmarks.serving_profile import _service
+from benchmarks.serving_report import machine
+from benchmarks.serving_stack import DATA, loaded_stack, user_ids
+
+ROOT = Path(__file__).resolve().parent.parent
+#: The object of the in-process API each module's class is switched on.
+SWITCHED = {"serving.service": "service", "feature_store.reader": "reader",
+            "serving.crm": "customers"}
+
+
+def old_module(name: str, ref: str) -> types.ModuleType:
+    """Module ``name`` as it was at ``ref``, loaded beside the current one."""
+    path = name.replace(".", "/") + ".py"
+    src = subprocess.check_output(["git", "show", f"{ref}:{path}"], text=True, cwd=ROOT)
+    mod = types.ModuleType(f"{name}_at_{ref}")
+    mod.__file__ = str(ROOT / path)
+    sys.modules[mod.__name__] = mod  # dataclasses look their module up
+    registry = prometheus_client.registry.REGISTRY
+    register = registry.register
+    registry.register = lambda collector: None  # type: ignore[method-assign]
+    try:
+        exec(compile(src, path, "exec"), mod.__dict__)  # noqa: S102 - our own code
+    finally:
+        registry.register = register  # type: ignore[method-assign]
+    return mod
+
+
+def old_modules(names: list[str], ref: str) -> dict[str, types.ModuleType]:
+    """The modules at ``ref``, each seeing the others' old versions."""
+    olds = {name: old_module(name, ref) for name in names}
+    for mod in olds.values():
+        for other, old in olds.items():
+            for attr, value in list(mod.__dict__.items()):
+                if getattr(value, "__module__", None) == other and hasattr(old, attr):
+                    mod.__dict__[attr] = getattr(old, attr)
+    return olds
+
+
+def _process_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _run(settings: Any, users: list[str], olds: dict[str, types.ModuleType],
+               args: argparse.Namespace, server: int) -> dict[str, Any]:
+    async with _service(settings) as (_, calls):
+        recommend = calls["recommendations"]
+        service = recommend.__closure__[0].cell_contents  # type: ignore[attr-defined]
+        objects = {"service": service, "reader": service.reader,
+                   "customers": service.customers}
+        classes: dict[str, dict[Any, type]] = {"old": {}, "new": {}}
+        for name, mod in olds.items():
+            if name in SWITCHED:
+                obj = objects[SWITCHED[name]]
+                classes["new"][obj] = type(obj)
+                classes["old"][obj] = getattr(mod, type(obj).__name__)
+
+        def use(version: str) -> None:
+            for obj, cls in classes[version].items():
+                obj.__class__ = cls
+
+        async def offers(user: str) -> Any:
+            view = await service.customers.view(user)
+            return await service.customers.decide(view)
+
+        answers = {}
+        for version in ("old", "new"):
+            use(version)
+            for user in users:
+                await recommend(user)
+            answers[version] = [[(x.item_id, x.score, x.reason)
+                                 for x in (await recommend(user)).items] for user in users]
+        same = sum(a == b for a, b in zip(answers["old"], answers["new"], strict=True))
+        cases = {"recommendations": recommend, "offers": offers}
+        rows: dict[str, dict[str, list[float]]] = {}
+        for r in range(args.rounds):
+            for version in ("old", "new") if r % 2 else ("new", "old"):
+                use(version)
+                for case, call in cases.items():
+                    queue = list(users)
+
+                    async def caller(call: Any = call, queue: list[str] = queue) -> None:
+                        while queue:
+                            await call(queue.pop())
+
+                    started, served = time.process_time(), _process_s(server)
+                    await asyncio.gather(*(caller() for _ in range(args.concurrency)))
+                    row = rows.setdefault(f"{case}, {version}", {"api_us": [], "valkey_us": []})
+                    row["api_us"].append((time.process_time() - started) / len(users) * 1e6)
+                    row["valkey_us"].append((_process_s(server) - served) / len(users) * 1e6)
+        use("new")
+    return {"same_answers": same, "customers": len(users), "cases": {
+        name: {"api_us_median": round(statistics.median(v["api_us"]), 1),
+               "valkey_us_median": round(statistics.median(v["valkey_us"]), 1),
+               "api_us_rounds": [round(x, 1) for x in v["api_us"]],
+               "valkey_us_rounds": [round(x, 1) for x in v["valkey_us"]]}
+        for name, v in rows.items()}}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.serving_ab",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--ref", required=True, help="the commit to compare with")
+    p.add_argument("--modules", default="serving.service,serving.again,feature_store.reader")
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--out", default="serving_ab")
+    args = p.parse_args(argv)
+    console = Console()
+    olds = old_modules(args.modules.split(","), args.ref)
+    with loaded_stack(DATA, None, console.log) as loaded:
+        server = next(m.proc.pid for m in loaded.stack.embedded.processes
+                      if "valkey" in m.name)
+        users = user_ids(loaded, random.Random(7))
+        result = uvloop.run(_run(loaded.stack.settings, users, olds, args, server))
+    result = {"benchmark": "serving_ab", "machine": machine(), "settings": vars(args),
+              **result}
+    for name, row in result["cases"].items():
+        console.print(f"{name:28s} API {row['api_us_median']:8.1f} µs  Valkey "
+                      f"{row['valkey_us_median']:7.1f} µs  per answer")
+    console.print(f"same recommendations: {result['same_answers']}/{result['customers']}")
+    console.print(f"wrote {write_result(args.out + '.json', result)}")
+
+
+if __name__ == "__main__":
+    main()
