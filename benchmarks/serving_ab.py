@@ -1,15 +1,16 @@
 """Serving code at a git commit against the working tree, in one process, alternated.
 
 Run from the repo root: ``python -m benchmarks.serving_ab --ref COMMIT [--rounds 6]
-[--concurrency 1] [--modules serving.service,serving.again,feature_store.reader]``.
-Starts the stack on Online Retail (``serving_stack``) and builds the API's services in
-this process (``serving_profile``). The named modules are also loaded as they were at
-``--ref`` (``git show``), and each round runs every customer through both versions —
-the service, reader and customer-service objects switched between the two classes —
-in alternating order, ``--concurrency`` callers at once. Reports per answer the CPU of
-this process and of the Valkey server (``/proc``), medians of the rounds, for
-recommendations and offers, and checks that both versions give every customer the same
-recommendations (item, score, reason). Writes ``benchmarks/results/<out>.json``.
+[--concurrency 1] [--modules serving.service,serving.again,feature_store.reader]
+[--data PATH]``. Starts the stack on Online Retail (``--data``: another dataset;
+``serving_stack``) and builds the API's services in this process (``serving_profile``).
+The named modules are also loaded as they were at ``--ref`` (``git show``), and each
+round runs every customer through both versions (the service, reader and
+customer-service objects switched between the two classes) in alternating order,
+``--concurrency`` callers at once. Reports per answer the CPU of this process and of the
+Valkey server (``/proc``), medians of the rounds, for recommendations and offers, and
+checks that both versions give every customer the same recommendations (item, score,
+reason). Writes ``benchmarks/results/<out>.json``.
 
 A module not named keeps the working tree's code in both versions, so name every module
 whose change is measured. Diagnosis for a change, not in ``make bench``.
@@ -140,16 +141,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--modules", default="serving.service,serving.again,feature_store.reader")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--data", type=Path, default=DATA, help="dataset to replay (Online Retail)")
     p.add_argument("--out", default="serving_ab")
     args = p.parse_args(argv)
     console = Console()
     olds = old_modules(args.modules.split(","), args.ref)
-    with loaded_stack(DATA, None, console.log) as loaded:
+    with loaded_stack(args.data, None, console.log) as loaded:
         server = next(m.proc.pid for m in loaded.stack.embedded.processes
                       if "valkey" in m.name)
         users = user_ids(loaded, random.Random(7))
         result = uvloop.run(_run(loaded.stack.settings, users, olds, args, server))
-    result = {"benchmark": "serving_ab", "machine": machine(), "settings": vars(args),
+    result = {"benchmark": "serving_ab", "machine": machine(),
+              "settings": {**vars(args), "data": str(args.data)},
               **result}
     for name, row in result["cases"].items():
         console.print(f"{name:28s} API {row['api_us_median']:8.1f} µs  Valkey "
