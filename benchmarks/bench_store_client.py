@@ -9,6 +9,9 @@ times, alternately in the same process and event loop (uvloop, as the API runs):
   parsed) through the client the API opens (``open_redis``: redis-py with commands
   packed by hiredis) — the baseline;
 - the same through ``feature_store/multiplexed.py`` (``FeatureReader(fast=...)``);
+- the customer's state alone (``FeatureReader.user``: a personalised related answer),
+  a redis-py pipeline against the same reads as one transaction on the pipelined
+  connection;
 - the customer read's raw replies over the pipelined connection both ways: the script
   (``EVALSHA customer.lua``, session 11) and its commands as one ``MULTI``/``EXEC``
   (``Multiplexed.transaction``, what the reader sends since session 12);
@@ -98,7 +101,8 @@ async def _run(url: str, server: int, rounds: int, n: int) -> dict[str, Any]:
     keys = Keys("bench", 8)
     await _write_customer(client, keys)
     plain, over_fast = FeatureReader(client, keys), FeatureReader(client, keys, fast=fast)
-    same = await plain.customer(USER) == await over_fast.customer(USER)
+    same = (await plain.customer(USER) == await over_fast.customer(USER)
+            and await plain.user(USER) == await over_fast.user(USER))
     user_keys = [keys.user(USER, s) for s in CUSTOMER_KEYS]
     script = plain._customer_script
     same_replies = (await fast.evalsha(script.sha, CUSTOMER_SCRIPT, user_keys, [20])
@@ -108,6 +112,8 @@ async def _run(url: str, server: int, rounds: int, n: int) -> dict[str, Any]:
         "PING, multiplexed": lambda: fast.execute("PING"),
         "customer read, redis-py": lambda: plain.customer(USER),
         "customer read, multiplexed": lambda: over_fast.customer(USER),
+        "state alone (personalised related), redis-py": lambda: plain.user(USER),
+        "state alone (personalised related), multiplexed": lambda: over_fast.user(USER),
         "raw customer replies, script": lambda: fast.evalsha(
             script.sha, CUSTOMER_SCRIPT, user_keys, [20]),
         "raw customer replies, transaction": lambda: fast.transaction(

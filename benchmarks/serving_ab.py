@@ -108,6 +108,8 @@ async def _run(settings: Any, users: list[str], olds: dict[str, types.ModuleType
             answers[version] = [[(x.item_id, x.score, x.reason)
                                  for x in (await recommend(user)).items] for user in users]
         same = sum(a == b for a, b in zip(answers["old"], answers["new"], strict=True))
+        differing = [{"user": user, "old": a, "new": b} for user, a, b in
+                     zip(users, answers["old"], answers["new"], strict=True) if a != b][:5]
         cases = {"recommendations": recommend, "offers": offers}
         rows: dict[str, dict[str, list[float]]] = {}
         for r in range(args.rounds):
@@ -126,7 +128,7 @@ async def _run(settings: Any, users: list[str], olds: dict[str, types.ModuleType
                     row["api_us"].append((time.process_time() - started) / len(users) * 1e6)
                     row["valkey_us"].append((_process_s(server) - served) / len(users) * 1e6)
         use("new")
-    return {"same_answers": same, "customers": len(users), "cases": {
+    return {"same_answers": same, "customers": len(users), "differing": differing, "cases": {
         name: {"api_us_median": round(statistics.median(v["api_us"]), 1),
                "valkey_us_median": round(statistics.median(v["valkey_us"]), 1),
                "api_us_rounds": [round(x, 1) for x in v["api_us"]],

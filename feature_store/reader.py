@@ -487,6 +487,17 @@ class FeatureReader:
         return value
 
     async def user(self, user_id: str, views: int = 20) -> UserState:
+        """The customer's state alone (a personalised related answer, the fallback): the
+        first eight of :meth:`customer`'s reads, as one transaction on the pipelined
+        connection, else one redis-py pipeline."""
+        if self.fast is not None:
+            keys = [self.keys.user(user_id, s) for s in CUSTOMER_KEYS[:8]]
+            with contextlib.suppress(Rerouted):  # a Cluster slot moved: redis-py follows
+                r = await self.fast.transaction(customer_commands(keys, views))
+                ia, weights = _scored_and_weights(r[5])
+                return _user_state(user_id, [_scored(r[0]), _pairs(r[1]), _pairs(r[2]),
+                                             _pairs(r[3]), _pairs(r[4]), ia, r[6],
+                                             _pairs(r[7])], weights)
         pipe = self.client.pipeline(transaction=False)
         self._queue_user(pipe, user_id, views)
         return _user_state(user_id, await pipe.execute())
@@ -503,9 +514,10 @@ class FeatureReader:
         pipe.hgetall(k("rfm"))
 
     async def customer(self, user_id: str, views: int = 20) -> CustomerRead:
-        """Everything a recommendation or an offer reads about one customer, in ONE
-        command (``customer.lua``): state, the facts' raw replies, issued offers and the
-        push fatigue ledger. Every key has the customer's hash tag: one slot on a Cluster
+        """Everything a recommendation or an offer reads about one customer, in one
+        round trip (one transaction on the pipelined connection, else one call of
+        ``customer.lua``): state, the facts' raw replies, issued offers and the push
+        fatigue ledger. Every key has the customer's hash tag: one slot on a Cluster
         too. Replies come back in the shapes :meth:`user` and :meth:`facts` read."""
         keys = [self.keys.user(user_id, s) for s in CUSTOMER_KEYS]
         r = None
@@ -525,16 +537,21 @@ class FeatureReader:
                             {_s(i): float(ts) for i, ts in _pairs(r[15]).items()})
 
 def customer_commands(keys: list[str], views: int) -> list[tuple[Any, ...]]:
-    """``customer.lua``'s reads, in its order, as commands (:meth:`FeatureReader.customer`
-    sends them as one transaction on the pipelined connection)."""
-    (views_k, cart, bought, dislikes, neg, ia, vec, rfm, hist, spend, src, fav, cat,
-     offers, ostate, pushitems) = keys
-    return [("ZREVRANGE", views_k, 0, views - 1, "WITHSCORES"), ("HGETALL", cart),
-            ("HGETALL", bought), ("HGETALL", dislikes), ("HGETALL", neg),
-            ("ZRANGE", ia, 0, -1, "WITHSCORES"), ("GET", vec), ("HGETALL", rfm),
-            ("LRANGE", hist, 0, -1), ("HGETALL", spend), ("HGETALL", src),
-            ("ZREVRANGE", fav, 0, 49), ("ZREVRANGE", cat, 0, 9, "WITHSCORES"),
-            ("HGETALL", offers), ("HGETALL", ostate), ("HGETALL", pushitems)]
+    """``customer.lua``'s reads, in its order, as commands for the keys given (the first
+    ``len(keys)`` of ``CUSTOMER_KEYS``: :meth:`FeatureReader.user` reads the first eight).
+    :meth:`FeatureReader.customer` sends them as one transaction on the pipelined
+    connection."""
+    k = dict(zip(CUSTOMER_KEYS, keys, strict=False))
+    commands = [("ZREVRANGE", k["views"], 0, views - 1, "WITHSCORES"), ("HGETALL", k["cart"]),
+                ("HGETALL", k["bought"]), ("HGETALL", k["dislikes"]), ("HGETALL", k["neg"]),
+                ("ZRANGE", k["ia"], 0, -1, "WITHSCORES"), ("GET", k["vec"]),
+                ("HGETALL", k["rfm"])]
+    if len(keys) > 8:
+        commands += [("LRANGE", k["hist"], 0, -1), ("HGETALL", k["spend"]),
+                     ("HGETALL", k["src"]), ("ZREVRANGE", k["fav"], 0, 49),
+                     ("ZREVRANGE", k["cat"], 0, 9, "WITHSCORES"), ("HGETALL", k["offers"]),
+                     ("HGETALL", k["ostate"]), ("HGETALL", k["pushitems"])]
+    return commands
 
 
 @dataclass(slots=True)

@@ -151,6 +151,7 @@ def test_the_apis_pipelined_reads_route_by_slot_and_read_what_redis_py_reads(
             for user in users:
                 got = await over_fast.customer(user)
                 assert got == await plain.customer(user), user
+                assert await over_fast.user(user) == await plain.user(user) == got.state
             assert {(node.host, node.port) for node in store.get_primaries()} == set(
                 fast._nodes), "every primary served some customer"
             assert fast.rerouted == 1  # only the first read, before the slot map

@@ -67,6 +67,8 @@ def test_the_customer_read_is_the_same_over_either_connection(redis_url: str) ->
         for who in (user, "nobody"):
             a, b = await plain.customer(who), await over_fast.customer(who)
             assert a == b
+            # The state alone (a personalised related answer): the same both ways too.
+            assert await plain.user(who) == await over_fast.user(who) == a.state
         assert (await over_fast.customer(user)).state.bought == {"i4": 1, "i5": 3}
         # The server lost its scripts (restarted, flushed): loaded again, answered.
         await client.script_flush()
