@@ -43,6 +43,7 @@ import asyncio
 import collections
 import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import hiredis
@@ -367,9 +368,11 @@ class ClusterMultiplexed:
             self._nodes[(node.host, node.port)] = mux
         return mux
 
-    async def evalsha(self, sha: str, script: str, keys: list[str], args: list[Any]) -> Any:
+    @contextlib.contextmanager
+    def _rerouting(self) -> Iterator[None]:
+        """A redirection (a slot moving) raised as :class:`Rerouted`."""
         try:
-            return await self._node(keys[0]).evalsha(sha, script, keys, args)
+            yield
         except ResponseError as exc:
             if _redirected(exc):
                 self.rerouted += 1
@@ -379,13 +382,8 @@ class ClusterMultiplexed:
     async def transaction(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """:meth:`Multiplexed.transaction` on the node of the first command's key; every
         key must be in its slot (one customer's keys share a hash tag)."""
-        try:
+        with self._rerouting():
             return await self._node(commands[0][1]).transaction(commands)
-        except ResponseError as exc:
-            if _redirected(exc):
-                self.rerouted += 1
-                raise Rerouted(str(exc)) from exc
-            raise
 
     async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """``commands`` whose key is their second element (as ``ZREVRANGE key ...``)."""
@@ -394,14 +392,9 @@ class ClusterMultiplexed:
             mux = self._node(command[1])
             by_node.setdefault(id(mux), (mux, []))[1].append(at)
         groups = list(by_node.values())
-        try:
+        with self._rerouting():
             replies = await asyncio.gather(*(mux.execute_many([commands[i] for i in ats])
                                              for mux, ats in groups))
-        except ResponseError as exc:
-            if _redirected(exc):
-                self.rerouted += 1
-                raise Rerouted(str(exc)) from exc
-            raise
         out: list[Any] = [None] * len(commands)
         for (_, ats), got in zip(groups, replies, strict=True):
             for i, reply in zip(ats, got, strict=True):

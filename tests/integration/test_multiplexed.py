@@ -73,6 +73,11 @@ def test_the_customer_read_is_the_same_over_either_connection(redis_url: str) ->
         # The server lost its scripts (restarted, flushed): loaded again, answered.
         await client.script_flush()
         assert await over_fast.customer(user) == await plain.customer(user)
+        user_keys = [keys.user(user, s) for s in CUSTOMER_KEYS]
+        await client.script_flush()
+        script = plain._customer_script
+        assert await fast.evalsha(script.sha, CUSTOMER_SCRIPT, user_keys, [20]) == \
+            await fast.transaction(customer_commands(user_keys, 20))
     run(redis_url, scenario)
 
 
