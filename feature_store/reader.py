@@ -494,10 +494,7 @@ class FeatureReader:
             keys = [self.keys.user(user_id, s) for s in CUSTOMER_KEYS[:8]]
             with contextlib.suppress(Rerouted):  # a Cluster slot moved: redis-py follows
                 r = await self.fast.transaction(customer_commands(keys, views))
-                ia, weights = _scored_and_weights(r[5])
-                return _user_state(user_id, [_scored(r[0]), _pairs(r[1]), _pairs(r[2]),
-                                             _pairs(r[3]), _pairs(r[4]), ia, r[6],
-                                             _pairs(r[7])], weights)
+                return _flat_state(user_id, r, _pairs(r[7]))
         pipe = self.client.pipeline(transaction=False)
         self._queue_user(pipe, user_id, views)
         return _user_state(user_id, await pipe.execute())
@@ -529,12 +526,19 @@ class FeatureReader:
         if r is None:  # redis-py: one script call (a transaction costs more Python here)
             r = await self._customer_script(keys=keys, args=[views])
         rfm = _pairs(r[7])
-        ia, weights = _scored_and_weights(r[5])
-        state = _user_state(user_id, [_scored(r[0]), _pairs(r[1]), _pairs(r[2]),
-                                      _pairs(r[3]), _pairs(r[4]), ia, r[6], rfm], weights)
+        state = _flat_state(user_id, r, rfm)
         facts_raw = (rfm, r[8], _pairs(r[9]), _pairs(r[10]), r[11], _scored(r[12]))
         return CustomerRead(state, facts_raw, (_pairs(r[13]), _pairs(r[14])),
                             {_s(i): float(ts) for i, ts in _pairs(r[15]).items()})
+
+
+def _flat_state(user_id: str, r: list[Any], rfm: dict[bytes, bytes]) -> UserState:
+    """The state from the first eight flat replies of the customer read (``rfm``: the
+    eighth, already paired), as the transaction and the script return them."""
+    ia, weights = _scored_and_weights(r[5])
+    return _user_state(user_id, [_scored(r[0]), _pairs(r[1]), _pairs(r[2]), _pairs(r[3]),
+                                 _pairs(r[4]), ia, r[6], rfm], weights)
+
 
 def customer_commands(keys: list[str], views: int) -> list[tuple[Any, ...]]:
     """``customer.lua``'s reads, in its order, as commands for the keys given (the first
