@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -42,9 +43,11 @@ from serving.offers import (
     OfferPolicy,
     decide,
     issued_event,
+    live_offers,
     load_policy,
     offer_from_doc,
     remaining_budget,
+    wanted_sources,
 )
 
 log = logging.getLogger(__name__)
@@ -184,7 +187,16 @@ class CustomerService:
         longest_cap = max((r.cap_days for r in self.policy.rules), default=0) * 86400
         recent = [o for o in view.offers if o.issued_at >= clock - longest_cap]
         active = [o for o in recent if o.offer_id not in view.terminal]
-        candidates = await self._candidates(view)
+        # Most page views end here: the live offer is shown again, or no rule is for
+        # this customer. Only what a matching rule could take is gathered (decide()
+        # answers the same: it reads nothing else).
+        live = live_offers(view.profile, clock, active)
+        if live:
+            return Decision(live, None)
+        wanted = wanted_sources(self.policy, view.profile)
+        if not wanted:
+            return Decision([], None)
+        candidates = await self._candidates(view, wanted)
         used = await self._budget_used(clock)
         return decide(view.profile, clock, self.policy, active, recent, candidates,
                       remaining_budget(self.policy, used))
@@ -220,21 +232,54 @@ class CustomerService:
         self._budget_read = {day: (now, used)}
         return used
 
-    async def _candidates(self, view: CustomerView) -> OfferCandidates:
-        facts, state = view.facts, view.state
-        bought = list(dict.fromkeys(p.item_id for p in facts.purchases))
-        due = [r.item_id for r in view.profile.replenishments_due]
-        trending = [i for i, _ in await self.reader.trending(100)]
-        infos = await self.reader.items([*facts.favorites, *bought, *due, *trending])
-        ok = _fit_for(state)
-        keep = lambda ids: [i for i in ids if i in infos and ok(infos[i])]  # noqa: E731
-        sellers = keep(trending)
-        priced = sorted(((i, infos[i].price) for i in sellers if infos[i].price > 0),
-                        key=lambda kv: kv[1])
-        return OfferCandidates(
-            currency=self.rules.tiers.currency, favorites=keep(facts.favorites),
-            bought=keep(bought), replenishment=keep(due), priced_items=priced,
-            bestsellers=sellers[:20])
+    async def _candidates(self, view: CustomerView, wanted: Mapping[str, int],
+                          ) -> OfferCandidates:
+        """The item lists of the ``wanted`` strategies (:func:`wanted_sources`), fit for
+        this customer: in stock, none of their dislikes or complaints. A list a rule
+        takes its first n from is filtered only until n distinct items passed (an Online
+        Retail customer's bought list runs to hundreds of items)."""
+        facts = view.facts
+        favorites: Sequence[str] = ()
+        bought: Sequence[str] = ()
+        due: Sequence[str] = ()
+        trending: Sequence[str] = ()
+        if "favorites_or_bought" in wanted:
+            favorites = facts.favorites
+            bought = list(dict.fromkeys(p.item_id for p in facts.purchases))
+        if "replenishment" in wanted:
+            due = [r.item_id for r in view.profile.replenishments_due]
+        if "bestsellers" in wanted or "gap_closers" in wanted:
+            trending = [i for i, _ in await self.reader.trending(100)]
+        infos = await self.reader.items([*favorites, *bought, *due, *trending])
+        return fit_candidates(wanted, self.rules.tiers.currency, infos, _fit_for(view.state),
+                              favorites=favorites, bought=bought, due=due, trending=trending)
+
+
+def fit_candidates(wanted: Mapping[str, int], currency: str, infos: Mapping[str, ItemInfo],
+                   ok: Callable[[ItemInfo], bool], *, favorites: Sequence[str] = (),
+                   bought: Sequence[str] = (), due: Sequence[str] = (),
+                   trending: Sequence[str] = ()) -> OfferCandidates:
+    """The offer candidates of the ``wanted`` strategies from the customer's lists: items
+    the catalog knows and ``ok`` lets through, each list in its order. One a rule takes
+    its first n from stops at n distinct items: :func:`serving.offers.decide` answers as
+    it would with every item filtered (``tests/unit/test_offer_candidates.py``)."""
+    def keep(ids: Sequence[str], limit: int | None = None) -> list[str]:
+        out: dict[str, None] = {}
+        for i in ids:
+            if i not in out and (info := infos.get(i)) is not None and ok(info):
+                out[i] = None
+                if len(out) == limit:
+                    break
+        return list(out)
+
+    sellers = keep(trending)
+    priced = sorted(((i, infos[i].price) for i in sellers if infos[i].price > 0),
+                    key=lambda kv: kv[1]) if "gap_closers" in wanted else []
+    n = wanted.get("favorites_or_bought")
+    return OfferCandidates(
+        currency=currency, favorites=keep(favorites, n), bought=keep(bought, n),
+        replenishment=keep(due, wanted.get("replenishment")), priced_items=priced,
+        bestsellers=sellers[:20])
 
 
 def _fit_for(state: UserState):  # type: ignore[no-untyped-def]

@@ -270,9 +270,9 @@ def decide(profile: CustomerProfile, clock: float, policy: OfferPolicy,
     redeemed or not; it enforces the caps. ``budget_left``: offers each kind may still
     issue today (:func:`remaining_budget`); a kind missing from it has none.
     """
-    live = [o for o in active if o.user_id == profile.user_id and o.expires_at > clock]
+    live = live_offers(profile, clock, active)
     if live:
-        return Decision(sorted(live, key=lambda o: (o.expires_at, o.offer_id)), None)
+        return Decision(live, None)
     history = [*active, *recent]
     for rule in policy.by_priority:
         if (not _matches(rule.when, profile) or budget_left.get(rule.kind, 0) <= 0
@@ -287,6 +287,25 @@ def decide(profile: CustomerProfile, clock: float, policy: OfferPolicy,
             continue
         return Decision([offer], offer)
     return Decision([], None)
+
+
+def live_offers(profile: CustomerProfile, clock: float, active: Sequence[Offer]) -> list[Offer]:
+    """The customer's live offers, soonest to expire first: while there are any,
+    :func:`decide` shows them and issues nothing, whatever the candidates."""
+    live = [o for o in active if o.user_id == profile.user_id and o.expires_at > clock]
+    return sorted(live, key=lambda o: (o.expires_at, o.offer_id))
+
+
+def wanted_sources(policy: OfferPolicy, profile: CustomerProfile) -> dict[Strategy, int]:
+    """The item lists :func:`decide` could take for ``profile`` (the strategies of the
+    rules whose ``when`` matches), each with the most items a rule takes from it. A
+    caller gathers only these: the rest cannot change the decision (budgets and caps
+    only rule out more). Empty: no rule can issue anything to this customer."""
+    wanted: dict[Strategy, int] = {}
+    for rule in policy.rules:
+        if _matches(rule.when, profile):
+            wanted[rule.items] = max(wanted.get(rule.items, 0), rule.max_items)
+    return wanted
 
 
 def _matches(when: When, profile: CustomerProfile) -> bool:
