@@ -9,6 +9,7 @@ of the machine processes outside the benchmark took. Linux only; elsewhere it is
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +25,22 @@ def _process_s(pid: int) -> float | None:
         return None
     # utime and stime are fields 14 and 15 of stat(5); after the ")" they are 12 and 13.
     return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def wait_idle(pid: int, busy_below: float = 0.05, window_s: float = 0.5,
+              limit_s: float = 60.0) -> float:
+    """Seconds until process ``pid`` used under ``busy_below`` of a core over one
+    ``window_s`` (at most ``limit_s``): a server the generator overloaded still works
+    through the requests the generator gave up on, and the next measurement must not
+    pay for them. Without ``/proc``, one window."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit_s:
+        before = _process_s(pid)
+        time.sleep(window_s)
+        after = _process_s(pid)
+        if before is None or after is None or (after - before) / window_s < busy_below:
+            break
+    return round(time.monotonic() - started, 2)
 
 
 def _machine_s() -> tuple[float, float]:
