@@ -4,9 +4,11 @@ leave identical state after the same batches (duplicates and redeliveries includ
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -154,11 +156,41 @@ async def _run_both(redis_url: str, events: list[ev.AnyEvent],
         await client.aclose()
 
 
+def differences(real: Any, fake: Any, path: str = "") -> list[str]:
+    """Where two canonical dumps differ; numbers one unit apart in their ninth
+    significant digit are the same. The canonical form rounds to 9 significant digits,
+    and Valkey's long-double HINCRBYFLOAT sums and Python's doubles can fall either side
+    of a rounding boundary (127655.675 against 127655.676 for one experiment's revenue
+    sum of squares): that is representation, not state."""
+    if isinstance(real, dict) and isinstance(fake, dict):
+        out = [f"{path}/{k}: only in {'real' if k in real else 'fake'}"
+               for k in sorted(set(real) ^ set(fake))]
+        for k in sorted(set(real) & set(fake)):
+            out += differences(real[k], fake[k], f"{path}/{k}")
+        return out
+    if isinstance(real, list) and isinstance(fake, list) and len(real) == len(fake):
+        return [d for n, (a, b) in enumerate(zip(real, fake, strict=True))
+                for d in differences(a, b, f"{path}[{n}]")]
+    if isinstance(real, float) and isinstance(fake, float) and \
+            math.isclose(real, fake, rel_tol=2e-8, abs_tol=1e-12):
+        return []
+    return [] if real == fake else [f"{path}: {real!r} != {fake!r}"]
+
+
+def test_differences_tolerate_rounding_only() -> None:
+    assert differences({"k": {"r2": 127655.675, "n": [1.0]}},
+                       {"k": {"r2": 127655.676, "n": [1.0]}}) == []
+    assert differences({"k": {"r2": 127655.675}}, {"k": {"r2": 127655.775}}) == [
+        "/k/r2: 127655.675 != 127655.775"]
+    assert differences({"a": 1.0, "b": "x"}, {"a": 1.0, "c": "x"}) == [
+        "/b: only in real", "/c: only in fake"]
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 def test_lua_and_memory_store_agree(redis_url: str, seed: int) -> None:
     real, fake = asyncio.run(_run_both(redis_url, random_events(2500, seed)))
     assert len(real) > 100
-    assert real == fake
+    assert differences(real, fake) == []
 
 
 def test_sampled_pairs_of_big_baskets_agree(redis_url: str) -> None:
@@ -178,4 +210,4 @@ def test_sampled_pairs_of_big_baskets_agree(redis_url: str) -> None:
     assert any(op[0] == "basketk" for e in events for op in folder.fold(e))
     real, fake = asyncio.run(_run_both(redis_url, events, sampled))
     assert sum(1 for k in real if ":co:buy:" in k) > 250
-    assert real == fake
+    assert differences(real, fake) == []
