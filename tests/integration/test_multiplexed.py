@@ -5,7 +5,9 @@ many share the connection or give up, and the failures redis-py would raise."""
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -248,3 +250,46 @@ def test_it_stands_aside_for_clients_it_cannot_speak_for() -> None:
     assert pipelined(aioredis.RedisCluster(host="localhost", port=6379, ssl=True)) is None
     unix = Multiplexed.of(aioredis.Redis.from_url("unix:///tmp/valkey.sock?db=2"))
     assert unix is not None and unix.path == "/tmp/valkey.sock" and unix.db == 2
+
+
+def test_under_overload_every_answer_is_its_callers_own(redis_url: str) -> None:
+    """An overloaded API: the loop stalls past the watchdog while replies wait unread,
+    callers give up at random, single commands, batches and transactions interleave.
+    Whatever fails, every answer that comes back is the caller's own (another
+    customer's replies would be another customer's data)."""
+    async def scenario(client: aioredis.Redis, fast: Multiplexed) -> None:
+        rng = random.Random(11)
+        answered = failed = 0
+
+        async def one(n: int) -> None:
+            nonlocal answered, failed
+            kind = n % 3
+            if kind == 0:
+                call, want = fast.execute("ECHO", f"s{n}"), f"s{n}".encode()
+            elif kind == 1:
+                call = fast.execute_many([("ECHO", f"b{n}.{k}") for k in range(5)])
+                want = [f"b{n}.{k}".encode() for k in range(5)]
+            else:
+                call = fast.transaction([("ECHO", f"t{n}.{k}") for k in range(18)])
+                want = [f"t{n}.{k}".encode() for k in range(18)]
+            try:
+                got = await asyncio.wait_for(call, rng.choice([0.001, 0.01, 0.05, 5.0]))
+            except (TimeoutError, RedisTimeoutError, RedisConnectionError):
+                failed += 1
+                return
+            assert got == want
+            answered += 1
+
+        async def stall() -> None:  # the loop busy with other requests' CPU
+            for _ in range(12):
+                await asyncio.sleep(rng.random() * 0.02)
+                time.sleep(rng.choice([0.005, 0.05, 0.3]))  # past the 0.1 s watchdog
+
+        staller = asyncio.ensure_future(stall())
+        for wave in range(30):
+            await asyncio.gather(*(one(wave * 100 + n) for n in range(100)))
+        await staller
+        assert answered > 1000 and failed > 0  # both paths were taken
+        assert fast.connects > 1  # and the watchdog closed the connection at least once
+        assert await fast.execute("ECHO", "after") == b"after"
+    run(redis_url, scenario, timeout=0.1)
