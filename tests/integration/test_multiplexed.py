@@ -253,8 +253,10 @@ def test_it_stands_aside_for_clients_it_cannot_speak_for() -> None:
 
 
 def test_under_overload_every_answer_is_its_callers_own(redis_url: str) -> None:
-    """An overloaded API: the loop stalls past the watchdog while replies wait unread,
-    callers give up at random, single commands, batches and transactions interleave.
+    """An overloaded API: the loop stalls past the watchdog while replies wait unread, a
+    command that gets no reply makes the watchdog close the connection under everyone
+    else's, callers give up at random, single commands, batches and transactions
+    interleave.
     Whatever fails, every answer that comes back is the caller's own (another
     customer's replies would be another customer's data)."""
     async def scenario(client: aioredis.Redis, fast: Multiplexed) -> None:
@@ -280,15 +282,20 @@ def test_under_overload_every_answer_is_its_callers_own(redis_url: str) -> None:
             assert got == want
             answered += 1
 
-        async def stall() -> None:  # the loop busy with other requests' CPU
-            for _ in range(12):
-                await asyncio.sleep(rng.random() * 0.02)
-                time.sleep(rng.choice([0.005, 0.05, 0.3]))  # past the 0.1 s watchdog
+        async def stuck() -> None:  # a reply that does not come: the watchdog's case
+            with pytest.raises((RedisTimeoutError, RedisConnectionError)):
+                await late(fast, 0.5)
 
-        staller = asyncio.ensure_future(stall())
         for wave in range(30):
-            await asyncio.gather(*(one(wave * 100 + n) for n in range(100)))
-        await staller
+            calls = [asyncio.ensure_future(one(wave * 100 + n)) for n in range(50)]
+            if wave % 5 == 0:  # everything behind it on the connection waits with it
+                calls.append(asyncio.ensure_future(stuck()))
+            calls += [asyncio.ensure_future(one(wave * 100 + n)) for n in range(50, 100)]
+            for _ in range(3):  # each call's task, then wait_for's: sent, replies on the way
+                await asyncio.sleep(0)
+            if wave % 3 == 0:  # the loop busy with other requests' CPU, past the watchdog
+                time.sleep(0.15)
+            await asyncio.gather(*calls)
         assert answered > 1000 and failed > 0  # both paths were taken
         assert fast.connects > 1  # and the watchdog closed the connection at least once
         assert await fast.execute("ECHO", "after") == b"after"
