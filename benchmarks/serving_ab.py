@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import statistics
 import subprocess
@@ -37,6 +36,7 @@ import uvloop
 from rich.console import Console
 
 from benchmarks.bench_foldin import write_result
+from benchmarks.serving_cpu import _process_s as process_s
 from benchmarks.serving_profile import _service
 from benchmarks.serving_report import machine
 from benchmarks.serving_stack import DATA, loaded_stack, user_ids
@@ -76,8 +76,7 @@ def old_modules(names: list[str], ref: str) -> dict[str, types.ModuleType]:
 
 
 def _process_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return process_s(pid) or 0.0  # Valkey's CPU seconds; 0 without /proc
 
 
 async def _run(settings: Any, users: list[str], olds: dict[str, types.ModuleType],
