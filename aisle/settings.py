@@ -43,8 +43,11 @@ class WorkerSettings(BaseModel):
     item_refresh_interval_s: float = Field(600.0, ge=0)
     item_refresh_min_new_events: int = 500
     # Population stats (RFM quintiles, churn rhythm, repurchase cycles) and the lifecycle
-    # sweep; 0 disables the schedule (run `aisle stats` instead).
+    # sweep, at least this often; 0 disables the schedule (run `aisle stats` instead).
     population_interval_s: float = Field(300.0, ge=0)
+    # How often workers check whether the stats are due sooner: none published yet, or
+    # the log's clock moved a day past them (a replay, a backfill; streams/timers.py).
+    population_check_s: float = Field(10.0, gt=0)
     model_poll_s: float = 2.0
     # The consumer hands one agent whole fetched batches instead of Faust's per-message
     # events (streams/batching.py); false restores stock agents with take_events.

@@ -32,6 +32,7 @@ from models.artifacts import load_current, new_version, publish_model
 from models.train import train_once
 from serving.routes import ID_RE
 from streams.lag import wait_caught_up
+from streams.timers import wait_population
 
 # shared/data next to the checkout, found from a worktree too (benchmarks/common.py).
 DATA = SHARED_DATA / "online_retail" / "online_retail.csv.gz"
@@ -70,6 +71,12 @@ def _load(stack: Stack, data: Path, limit_rows: int | None, log: Any) -> dict[st
     art = asyncio.run(train_once(s))
     t3 = time.monotonic()
     log(f"worker caught up {t2 - t1:.1f}s later; trained {art.version} in {t3 - t2:.1f}s")
+    # Segments, lifecycles and run-out dates need the population stats: offers measured
+    # before the worker's first sweep matched no segment rule (and the sweep that came
+    # mid-run issued ~300 offers at once, in the middle of a point).
+    population_s = asyncio.run(wait_population(s))
+    asyncio.run(wait_caught_up(s, timeout=120))  # the sweep's lifecycle events
+    log(f"population stats published {population_s:.1f}s later")
     _wait_model(stack.api_url or "", art.version)
     return {"dataset": data.name, "limit_rows": limit_rows, "replay": dataclasses.asdict(stats),
             "seconds": {"replay": round(t1 - t0, 1), "catch_up": round(t2 - t1, 1),

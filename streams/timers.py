@@ -1,26 +1,46 @@
-"""Periodic work inside the workers: the scheduled full retrain.
+"""Periodic work inside the workers: the scheduled full retrain and population stats.
 
-Every worker runs the timer; the training lock in Redis lets one of them train at a time,
-and a retrain only happens when enough new events were applied since the model in use
-(the count is kept in Redis by every worker, so it spans the whole consumer group).
+Every worker runs the timers; locks in Redis let one of them train (or sweep the
+population) at a time. A retrain only happens when enough new events were applied since
+the model in use (the count is kept in Redis by every worker, so it spans the whole
+consumer group). Population stats are due when none are published, when the last were
+published ``population_interval_s`` ago, or when the log's clock moved a day past them
+(:func:`population_due`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
+import msgspec
 import redis.asyncio as aioredis
 
 from aisle.settings import Settings
+from feature_store.client import open_redis
 from feature_store.keys import Keys
 from feature_store.redis_store import applied_total
 from models.artifacts import load_current
 from models.customer import load_segment_rules
 from models.population import refresh
-from models.train import TrainingBusy, refresh_items_once, train_once
+from models.train import TrainingBusy, read_ref_ts, refresh_items_once, train_once
 from streams.topics import EventProducer
 
 log = logging.getLogger(__name__)
+# When the population stats and the sweep's lifecycle events were published: {"at": Unix
+# wall seconds, "as_of": the log clock they were computed at, "took_s": the sweep's
+# seconds}. Small, so every worker may read it every few seconds (the stats document
+# runs to megabytes with a large catalog's repurchase cycles).
+POPULATION_AT = "population-at"
+# Recency and run-out dates are counted in days: stats a day of log time behind the
+# store are stale. In real time that is a day, and the wall-clock interval rules; while
+# a replay or a backfill moves the clock by months a minute, it brings the stats along,
+# and the sweep after the workers catch up computes them on the whole population.
+POPULATION_MAX_LAG_S = 86400.0
+# ...but a sweep reads every customer (minutes at tens of millions): clock-driven sweeps
+# keep to this share of the wall time, so a long backfill is not swept back to back.
+POPULATION_MAX_DUTY = 0.2
 
 
 async def refresh_population(settings: Settings, client: aioredis.Redis,
@@ -31,13 +51,35 @@ async def refresh_population(settings: Settings, client: aioredis.Redis,
     if not await client.set(lock, b"1", nx=True, ex=600):
         return 0
     try:
-        _, events = await refresh(client, keys, load_segment_rules())
+        started = time.time()
+        stats, events = await refresh(client, keys, load_segment_rules())
         if producer is not None and events:
             for start in range(0, len(events), 1000):
                 await producer.send_events(events[start:start + 1000])
+        await client.set(keys.control(POPULATION_AT), msgspec.json.encode(
+            {"at": time.time(), "as_of": stats.as_of, "took_s": time.time() - started}))
         return len(events)
     finally:
         await client.delete(lock)
+
+
+async def population_due(settings: Settings, client: aioredis.Redis) -> bool:
+    """Whether the population stats should be recomputed now: none were published (a new
+    store: without them every customer is unsegmented, and offers, churn warnings and
+    segment rules wait), the last are ``population_interval_s`` old, or the log's clock
+    is ``POPULATION_MAX_LAG_S`` past the clock they were computed at (at most
+    ``POPULATION_MAX_DUTY`` of the time sweeping)."""
+    keys = Keys(settings.features.key_prefix, settings.features.shards)
+    raw = await client.get(keys.control(POPULATION_AT))
+    if raw is None:
+        return True
+    published = msgspec.json.decode(raw)
+    age = time.time() - float(published["at"])
+    if age >= settings.worker.population_interval_s:
+        return True
+    if age * POPULATION_MAX_DUTY < float(published["took_s"]):
+        return False
+    return await read_ref_ts(client, keys) - float(published["as_of"]) >= POPULATION_MAX_LAG_S
 
 
 async def applied_events(client: aioredis.Redis, keys: Keys) -> int:
@@ -82,3 +124,23 @@ async def refresh_items_if_due(settings: Settings, client: aioredis.Redis) -> bo
         return False
     log.info("item refresh published %s (%d items)", art.version, art.stats["refreshed_items"])
     return True
+
+
+async def wait_population(settings: Settings, timeout: float = 120.0) -> float:
+    """Wait until the workers published population stats computed at the store's
+    current log clock (after a replay: on the whole replayed population); the seconds
+    waited. For tools that load data and then measure (benchmarks, the demo)."""
+    keys = Keys(settings.features.key_prefix, settings.features.shards)
+    client = open_redis(settings)
+    started = time.monotonic()
+    try:
+        clock = await read_ref_ts(client, keys)
+        while True:
+            raw = await client.get(keys.control(POPULATION_AT))
+            if raw is not None and float(msgspec.json.decode(raw)["as_of"]) >= clock:
+                return time.monotonic() - started
+            if time.monotonic() - started > timeout:
+                raise TimeoutError(f"no population stats at log clock {clock} in {timeout}s")
+            await asyncio.sleep(0.2)
+    finally:
+        await client.aclose()

@@ -26,8 +26,11 @@ def isolated_settings(servers: dict[str, str], data_dir: Path, **worker: object)
         kafka_url=servers["kafka_url"], redis_url=servers["redis_url"], data_dir=data_dir,
         topics={"events": f"t{tag}.events", "catalog": f"t{tag}.catalog",
                 "deadletter": f"t{tag}.dlq", "push": f"t{tag}.push", "partitions": 4},
+        # The population sweep is off unless a test turns it on (test_population_schedule.py)
+        # or runs it itself: a worker's sweep holding the lock would turn a test's own
+        # refresh into a no-op, and its lifecycle events race the "caught up" checks.
         worker={"app_id": f"aisle-{tag}", "batch_within_s": 0.02, "model_poll_s": 0.3,
-                **worker},
+                "population_interval_s": 0, **worker},
         features={"key_prefix": f"k{tag}", "shards": 4},
         model={"factors": 16, "iterations": 8},
         serving={"port": 0, "admin_api_key": ADMIN_KEY, "cors_origins": ["https://shop.example"]},
