@@ -233,6 +233,7 @@ class ExperimentRegistry:
             svc = CustomerService(base.reader, base.keys, base.population, base.rules, policy,
                                   base.cache_size)
             svc._issued = base._issued  # one memory of just-issued offers per process
+            svc._derived_cache = base._derived_cache  # profiles do not depend on the policy
             self._services[key] = svc
         return svc  # type: ignore[no-any-return]
 

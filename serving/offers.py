@@ -270,7 +270,7 @@ def decide(profile: CustomerProfile, clock: float, policy: OfferPolicy,
     redeemed or not; it enforces the caps. ``budget_left``: offers each kind may still
     issue today (:func:`remaining_budget`); a kind missing from it has none.
     """
-    live = live_offers(profile, clock, active)
+    live = live_offers(profile.user_id, clock, active)
     if live:
         return Decision(live, None)
     history = [*active, *recent]
@@ -289,10 +289,10 @@ def decide(profile: CustomerProfile, clock: float, policy: OfferPolicy,
     return Decision([], None)
 
 
-def live_offers(profile: CustomerProfile, clock: float, active: Sequence[Offer]) -> list[Offer]:
+def live_offers(user_id: str, clock: float, active: Sequence[Offer]) -> list[Offer]:
     """The customer's live offers, soonest to expire first: while there are any,
-    :func:`decide` shows them and issues nothing, whatever the candidates."""
-    live = [o for o in active if o.user_id == profile.user_id and o.expires_at > clock]
+    :func:`decide` shows them and issues nothing, whatever the candidates (or profile)."""
+    live = [o for o in active if o.user_id == user_id and o.expires_at > clock]
     return sorted(live, key=lambda o: (o.expires_at, o.offer_id))
 
 

@@ -193,8 +193,14 @@ async def offers(request: Request) -> Response:
     started = time.perf_counter()
     user_id = _id(request, "user_id")
     state = _state(request)
-    view = await state.customers.view(user_id)
-    assignments = await _assign(state, user_id, "offers", view.profile.segment)
+    # The profile is derived only if something needs it: a live offer is shown as it is
+    # (most page views), and only experiments that target segments ask for the segment.
+    view = await state.customers.view(user_id, derive=False)
+
+    async def segment_of() -> str:
+        return (await state.customers.derive(view)).profile.segment
+
+    assignments = await state.experiments.assign(user_id, "offers", segment_of)
     customers = state.experiments.customers_for(state.customers, assignments)
     decision = await customers.decide(view)
     issued = None

@@ -110,6 +110,34 @@ def test_answers_carry_the_variant_and_log_one_exposure_each(api: httpx.Client,
     assert doc["srm"]["p_value"] is not None or doc["srm"]["warning"]
 
 
+def test_an_offers_experiment_reaches_only_its_segment(api: httpx.Client,
+                                                      world: dict) -> None:
+    """The offers answer derives the customer's profile only when something needs it:
+    here the segment, for an experiment that targets one."""
+    xid = f"welcome-{uuid.uuid4().hex[:6]}"
+    spec = {"id": xid, "surfaces": ["offers"], "layer": "welcome", "segments": ["prospect"],
+            "variants": [{"name": "control", "weight": 1},
+                         {"name": "half", "weight": 1, "params": {"discount_scale": 0.5}}]}
+    assert api.post("/v1/admin/experiments", json=spec, headers=ADMIN).status_code == 202
+    eventually(lambda: [x for x in api.get("/v1/experiments").json()["experiments"]
+                        if x["id"] == xid])
+    buyer = uid("b")
+    order = event("order.placed", {"order_id": f"o-{uuid.uuid4().hex[:8]}", "lines": [
+        {"item_id": "i1", "quantity": 1, "unit_price": 3.0}]}, buyer, occurred_at=now_iso())
+    assert api.post("/v1/events", json=[order]).status_code == 202
+    eventually(lambda: api.get(f"/v1/users/{buyer}/profile").json()["known"])
+    assert api.get(f"/v1/users/{buyer}/profile").json()["segment"] != "prospect"
+    prospect = world["users"][5]
+    assert api.get(f"/v1/users/{prospect}/profile").json()["segment"] == "prospect"
+    want = variant_for([("control", 1), ("half", 1)], bucket(xid, prospect))
+    for _ in range(2):  # the first answer may issue an offer; the second shows it
+        body = api.get(f"/v1/users/{prospect}/offers").json()
+        assert body["experiments"] == [{"id": xid, "variant": want}]
+    assert api.get(f"/v1/users/{buyer}/offers").json()["experiments"] == []
+    assert api.post(f"/v1/admin/experiments/{xid}/stop", headers=ADMIN).status_code == 202
+    eventually(lambda: api.get(f"/v1/users/{prospect}/offers").json()["experiments"] == [])
+
+
 def test_clicks_and_purchases_count_once(api: httpx.Client, world: dict,
                                          store: redis.Redis, stack: Stack) -> None:
     user = world["users"][3]
