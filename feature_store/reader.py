@@ -437,13 +437,14 @@ class FeatureReader:
         """:meth:`facts` from the six replies :meth:`_queue_facts` asked for."""
         rfm, hist, spend, src, fav, cat = raw
         r = _floats(rfm)
-        # One decode for the whole list, not one per line.
-        lines = msgspec.json.decode(b"[" + b",".join(hist) + b"]") if hist else []
+        # One decode for the whole list, straight into Purchase structs.
+        purchases = _PURCHASES.decode(b"[" + b",".join(hist) + b"]") if hist else []
         # Only lines whose event named no category need the catalog.
-        unknown = list({str(li[1]) for li in lines if len(li) < 6 or not li[5]})
-        infos = await self.items(unknown) if unknown else {}
-        categories = {i: info.category for i, info in infos.items()}
-        purchases = _purchases(lines, categories)
+        unknown = list({p.item_id for p in purchases if not p.category})
+        if unknown:
+            infos = await self.items(unknown)
+            purchases = _with_categories(purchases, {i: info.category
+                                                     for i, info in infos.items()})
         affinity = {_s(c): s for c, s in cat}
         if not affinity:  # no category hints in the events: derive from what they bought
             for p in purchases:
@@ -453,7 +454,7 @@ class FeatureReader:
             user_id=user_id, first_seen_ts=r.get("first_seen"), last_seen_ts=r.get("last_seen"),
             first_order_ts=r.get("first_ts"), last_order_ts=r.get("last_ts"),
             orders=int(r.get("orders", 0)), monetary=r.get("monetary", 0.0),
-            purchases=purchases, promo_orders=int(r.get("promo_orders", 0)),
+            purchases=tuple(purchases), promo_orders=int(r.get("promo_orders", 0)),
             sources={_s(a): int(float(b)) for a, b in src.items()},
             spend_by_month=_floats(spend), favorites=tuple(_s(f) for f in fav),
             categories=affinity,
@@ -594,12 +595,13 @@ def _user_state(user_id: str, replies: list[Any],
     )
 
 
-def _purchases(lines: list[list[Any]], categories: dict[str, str]) -> tuple[Purchase, ...]:
-    """Stored purchase lines; the category comes from the line, else from the catalog."""
-    return tuple(Purchase(str(line[0]), str(line[1]), float(line[2]), int(line[3]),
-                          float(line[4]), (line[5] if len(line) > 5 else None)
-                          or categories.get(str(line[1])))
-                 for line in lines)
+_PURCHASES = msgspec.json.Decoder(list[Purchase])
+
+
+def _with_categories(purchases: list[Purchase], categories: dict[str, str]) -> list[Purchase]:
+    """Lines whose event named no category take the catalog's."""
+    return [p if p.category else msgspec.structs.replace(p, category=categories.get(p.item_id))
+            for p in purchases]
 
 
 def _top_scored_command(key: str, n: int) -> tuple[Any, ...]:
