@@ -140,12 +140,15 @@ class CustomerService:
         self._budget_read: dict[str, tuple[float, dict[str, int]]] = {}
 
     async def view(self, user_id: str, state: UserState | None = None,
-                   record: CustomerRead | None = None, derive: bool = True) -> CustomerView:
+                   record: CustomerRead | None = None, derive: bool = True,
+                   offers_only: bool = False) -> CustomerView:
         """Facts, profile and offers of one customer; pass ``state`` or the whole
         ``record`` if already read. Without either, all of it is one round trip. With
-        ``derive=False`` and a record, facts and profile wait for :meth:`derive`."""
+        ``derive=False`` and a record, facts and profile wait for :meth:`derive`.
+        ``offers_only``: the state holds only what offers use (no views, cart,
+        interactions or vector: ``FeatureReader.customer``)."""
         if state is None and record is None:
-            record = await self.reader.customer(user_id)
+            record = await self.reader.customer(user_id, offers_only=offers_only)
         derived = None
         if record is not None:
             state = record.state

@@ -195,7 +195,7 @@ async def offers(request: Request) -> Response:
     state = _state(request)
     # The profile is derived only if something needs it: a live offer is shown as it is
     # (most page views), and only experiments that target segments ask for the segment.
-    view = await state.customers.view(user_id, derive=False)
+    view = await state.customers.view(user_id, derive=False, offers_only=True)
 
     async def segment_of() -> str:
         return (await state.customers.derive(view)).profile.segment

@@ -5,6 +5,7 @@ many share the connection or give up, and the failures redis-py would raise."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import socket
 import time
@@ -72,6 +73,15 @@ def test_the_customer_read_is_the_same_over_either_connection(redis_url: str) ->
             # The state alone (a personalised related answer): the same both ways too.
             assert await plain.user(who) == await over_fast.user(who) == a.state
         assert (await over_fast.customer(user)).state.bought == {"i4": 1, "i5": 3}
+        # An offers answer's read: the same, less what offers never look at.
+        full, narrow = await over_fast.customer(user), \
+            await over_fast.customer(user, offers_only=True)
+        assert full.state.views and full.state.cart and full.state.interactions
+        assert full.pushed and full.facts_raw[1]
+        assert (narrow.facts_raw, narrow.offers_raw) == (full.facts_raw, full.offers_raw)
+        assert dataclasses.replace(full.state, views=[], cart={}, interactions=[],
+                                   vector=None) == narrow.state
+        assert narrow.pushed == {}
         # The server lost its scripts (restarted, flushed): loaded again, answered.
         await client.script_flush()
         assert await over_fast.customer(user) == await plain.customer(user)
