@@ -32,6 +32,8 @@ CATALOG_CHECK_S = 1.0  # how often the API looks at the catalog change feed
 CUSTOMER_SCRIPT = files("feature_store").joinpath("customer.lua").read_text()
 CUSTOMER_KEYS = ("views", "cart", "bought", "dislikes", "neg", "ia", "vec", "rfm", "hist",
                  "spend", "src", "fav", "cat", "offers", "ostate", "pushitems")
+# The customer read's commands that read the facts (FeatureReader.facts, facts_from).
+FACTS_AT = tuple(CUSTOMER_KEYS.index(k) for k in ("rfm", "hist", "spend", "src", "fav", "cat"))
 # The customer read's replies an offers answer never looks at, by position in
 # CUSTOMER_KEYS, with the empty reply each stands in with (FeatureReader.customer).
 OFFERS_SKIP: dict[int, Any] = {CUSTOMER_KEYS.index(k): empty for k, empty in (
@@ -423,7 +425,16 @@ class FeatureReader:
 
     # ------------------------------------------------------------ customers
     async def facts(self, user_id: str) -> CustomerFacts:
-        """Everything customer intelligence needs about one customer, one round trip."""
+        """Everything customer intelligence needs about one customer, one round trip
+        (a transaction on the pipelined connection if there is one: the population
+        sweep reads every customer this way)."""
+        if self.fast is not None:
+            keys = [self.keys.user(user_id, s) for s in CUSTOMER_KEYS]
+            commands = customer_commands(keys, 0)
+            with contextlib.suppress(Rerouted):  # a Cluster slot moved: redis-py follows
+                r = await self.fast.transaction([commands[n] for n in FACTS_AT])
+                return await self.facts_from(user_id, (_pairs(r[0]), r[1], _pairs(r[2]),
+                                                       _pairs(r[3]), r[4], _scored(r[5])))
         pipe = self.client.pipeline(transaction=False)
         self._queue_facts(pipe, user_id)
         return await self.facts_from(user_id, tuple(await pipe.execute()))

@@ -63,7 +63,12 @@ def test_the_customer_read_is_the_same_over_either_connection(redis_url: str) ->
         await client.hset(k("bought"), mapping={"i4": 1, "i5": 3})
         await client.zadd(k("ia"), {"i4": 1.25, "i5": 2.5, "i1": 0.5})
         await client.hset(k("rfm"), mapping={"last_seen": 1.3e9, "orders": 2})
-        await client.rpush(k("hist"), '["O1","i4",2.0,1,1300000000.0]')
+        await client.rpush(k("hist"), '["O1","i4",2.0,1,1300000000.0]',
+                           '["O2","i5",1300000100.0,3,7.5,"soap"]')
+        await client.zadd(k("fav"), {"i2": 1.0, "i5": 2.0})
+        await client.zadd(k("cat"), {"soap": 7.5})
+        await client.hset(k("spend"), mapping={"2011-01": 7.5})
+        await client.hset(k("src"), mapping={"web": 2})
         await client.hset(k("pushitems"), mapping={"i2": 1.2e9})
         plain = FeatureReader(client, keys)
         over_fast = FeatureReader(client, keys, fast=fast)
@@ -72,6 +77,8 @@ def test_the_customer_read_is_the_same_over_either_connection(redis_url: str) ->
             assert a == b
             # The state alone (a personalised related answer): the same both ways too.
             assert await plain.user(who) == await over_fast.user(who) == a.state
+            # The facts alone (the population sweep reads every customer's).
+            assert await plain.facts(who) == await over_fast.facts(who)
         assert (await over_fast.customer(user)).state.bought == {"i4": 1, "i5": 3}
         # An offers answer's read: the same, less what offers never look at.
         full, narrow = await over_fast.customer(user), \
