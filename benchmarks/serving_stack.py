@@ -80,7 +80,7 @@ def _load(stack: Stack, data: Path, limit_rows: int | None, log: Any) -> dict[st
     _wait_model(stack.api_url or "", art.version)
     return {"dataset": data.name, "limit_rows": limit_rows, "replay": dataclasses.asdict(stats),
             "seconds": {"replay": round(t1 - t0, 1), "catch_up": round(t2 - t1, 1),
-                        "train": round(t3 - t2, 1)},
+                        "train": round(t3 - t2, 1), "population": round(population_s, 1)},
             "model": {"version": art.version, "stats": art.stats}}
 
 
