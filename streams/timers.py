@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 import msgspec
 import redis.asyncio as aioredis
@@ -25,6 +26,7 @@ from models.artifacts import load_current
 from models.customer import load_segment_rules
 from models.population import refresh
 from models.train import TrainingBusy, read_ref_ts, refresh_items_once, train_once
+from streams.lag import group_lag
 from streams.topics import EventProducer
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,9 @@ POPULATION_MAX_LAG_S = 86400.0
 # ...but a sweep reads every customer (minutes at tens of millions): clock-driven sweeps
 # keep to this share of the wall time, so a long backfill is not swept back to back.
 POPULATION_MAX_DUTY = 0.2
+# Records the worker group may still have to apply for a sweep that is not on the
+# interval (stats missing, or the clock a day ahead): under a batch.
+POPULATION_CAUGHT_UP = 1000
 
 
 async def refresh_population(settings: Settings, client: aioredis.Redis,
@@ -63,23 +68,34 @@ async def refresh_population(settings: Settings, client: aioredis.Redis,
         await client.delete(lock)
 
 
-async def population_due(settings: Settings, client: aioredis.Redis) -> bool:
-    """Whether the population stats should be recomputed now: none were published (a new
-    store: without them every customer is unsegmented, and offers, churn warnings and
-    segment rules wait), the last are ``population_interval_s`` old, or the log's clock
-    is ``POPULATION_MAX_LAG_S`` past the clock they were computed at (at most
-    ``POPULATION_MAX_DUTY`` of the time sweeping)."""
+async def population_due(settings: Settings, client: aioredis.Redis,
+                         behind: Callable[[], Awaitable[int]] | None = None) -> bool:
+    """Whether the population stats should be recomputed now: the last are
+    ``population_interval_s`` old; or, once the workers are caught up (``behind()``
+    records at most ``POPULATION_CAUGHT_UP``; default: the group's Kafka lag), none were
+    published (a new store: without them every customer is unsegmented, and offers,
+    churn warnings and segment rules wait) or the log's clock is ``POPULATION_MAX_LAG_S``
+    past the clock they were computed at (at most ``POPULATION_MAX_DUTY`` of the time
+    sweeping). Not mid-replay: partitions apply at their own pace, and a customer whose
+    orders were not applied yet would look lapsed; the sweep would record that as a
+    lifecycle change, which the log keeps and win-back pushes act on."""
     keys = Keys(settings.features.key_prefix, settings.features.shards)
     raw = await client.get(keys.control(POPULATION_AT))
-    if raw is None:
-        return True
-    published = msgspec.json.decode(raw)
-    age = time.time() - float(published["at"])
-    if age >= settings.worker.population_interval_s:
-        return True
-    if age * POPULATION_MAX_DUTY < float(published["took_s"]):
-        return False
-    return await read_ref_ts(client, keys) - float(published["as_of"]) >= POPULATION_MAX_LAG_S
+    if raw is not None:
+        published = msgspec.json.decode(raw)
+        age = time.time() - float(published["at"])
+        if age >= settings.worker.population_interval_s:
+            return True
+        if age * POPULATION_MAX_DUTY < float(published["took_s"]):
+            return False
+        if await read_ref_ts(client, keys) - float(published["as_of"]) < POPULATION_MAX_LAG_S:
+            return False
+    behind = behind or (lambda: _records_behind(settings))
+    return await behind() <= POPULATION_CAUGHT_UP
+
+
+async def _records_behind(settings: Settings) -> int:
+    return sum((await group_lag(settings)).values())
 
 
 async def applied_events(client: aioredis.Redis, keys: Keys) -> int:

@@ -37,26 +37,36 @@ def test_due_when_missing_old_or_a_day_behind_the_log(servers: dict[str, str],
         client = open_redis(settings)
         at = keys.control(POPULATION_AT)
 
-        async def published(age_s: float, as_of: float, took_s: float = 0.5) -> bool:
+        async def published(age_s: float, as_of: float, took_s: float = 0.5,
+                            behind: int = 0) -> bool:
             await client.set(at, msgspec.json.encode(
                 {"at": time.time() - age_s, "as_of": as_of, "took_s": took_s}))
-            return await population_due(settings, client)
+            return await population_due(settings, client, lambda: _records(behind))
 
         try:
             seen = [await population_due(settings, client)]       # nothing published
+            seen.append(await population_due(settings, client, lambda: _records(50_000)))
             await refresh_population(settings, client, None)      # an empty store
             seen.append(await population_due(settings, client))   # just swept
             await client.hset(keys.meta(0), "maxts", 10 * DAY)
             seen += [await published(301, 10 * DAY),               # the interval passed
+                     await published(301, 10 * DAY, behind=50_000),  # ... mid-replay too
                      await published(60, 10 * DAY - 3600),          # an hour behind: fresh
                      await published(60, 9 * DAY),                  # a day behind
+                     await published(60, 9 * DAY, behind=50_000),   # ... mid-replay: wait
                      await published(1, 9 * DAY, took_s=0.5)]       # ... but just swept
             return seen
         finally:
             await client.delete(at, keys.meta(0), keys.control(STATS_KEY))
             await client.aclose()
 
-    assert asyncio.run(check()) == [True, False, True, False, True, False]
+    # Nothing published: due, but not while the workers are 50,000 records behind.
+    assert asyncio.run(check()) == [True, False, False, True, True, False, True, False,
+                                    False]
+
+
+async def _records(n: int) -> int:
+    return n
 
 
 def test_a_new_worker_publishes_stats_for_the_replayed_log(servers: dict[str, str],
