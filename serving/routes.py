@@ -21,7 +21,13 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from feature_store.reader import ItemInfo
-from serving.crm import iso, lifecycle_history, offer_seconds_left, still_fit
+from serving.crm import (
+    CustomerView,
+    iso,
+    lifecycle_history,
+    offer_seconds_left,
+    still_fit,
+)
 from serving.errors import (
     BrokerUnavailable,
     Forbidden,
@@ -196,11 +202,7 @@ async def offers(request: Request) -> Response:
     # The profile is derived only if something needs it: a live offer is shown as it is
     # (most page views), and only experiments that target segments ask for the segment.
     view = await state.customers.view(user_id, derive=False, offers_only=True)
-
-    async def segment_of() -> str:
-        return (await state.customers.derive(view)).profile.segment
-
-    assignments = await state.experiments.assign(user_id, "offers", segment_of)
+    assignments = await _assign(state, user_id, "offers", view)
     customers = state.experiments.customers_for(state.customers, assignments)
     decision = await customers.decide(view)
     issued = None
@@ -407,10 +409,12 @@ EXPOSURES = Counter("aisle_experiment_exposures_total", "exposure events logged"
 
 
 async def _assign(state: Any, user_id: str, surface: str,
-                  segment: str | None = None) -> list[Assignment]:
+                  view: CustomerView | None = None) -> list[Assignment]:
+    """The customer's variants on ``surface``. The segment is derived (from ``view`` if
+    already read) only for experiments that target segments."""
     async def segment_of() -> str:
-        return segment if segment is not None else (
-            await state.customers.view(user_id)).profile.segment
+        seen = view if view is not None else await state.customers.view(user_id, derive=False)
+        return (await state.customers.derive(seen)).profile.segment
 
     return await state.experiments.assign(user_id, surface, segment_of)  # type: ignore[no-any-return]
 
