@@ -184,6 +184,8 @@ class Multiplexed:
         wire = await self._live()
         packed = b"".join([hiredis.pack_command(c) for c in commands])
         replies: list[Any] = await self._send(wire, packed, len(commands))
+        if len(commands) == 1:  # one command's future holds its reply, not a list
+            replies = [replies]
         for reply in replies:
             if isinstance(reply, hiredis.ReplyError):
                 raise _reply_error(str(reply))

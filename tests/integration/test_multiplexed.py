@@ -166,6 +166,10 @@ def test_a_batch_answers_as_a_redis_py_pipeline_and_keeps_the_connection_in_step
         assert _scored(mine[0]) == [(b"b", 2.5), (b"a", 1.5)]
         assert mine[2:] == theirs[2:] == [b"v", None]
         assert await fast.execute_many([]) == []
+        # A batch of one is a list of one (a Cluster batch often leaves one command on
+        # a node: the worker's fold-in crashed on exactly that).
+        assert await fast.execute_many([("GET", f"mx:{tag}:s")]) == [b"v"]
+        assert await fast.execute_many([("ZREVRANGE", f"mx:{tag}:none", 0, 1)]) == [[]]
         # Batches and single commands from many callers at once, each its own replies.
         got = await asyncio.gather(*(
             fast.execute_many([("ECHO", f"{n}a"), ("ECHO", f"{n}b")]) if n % 2
