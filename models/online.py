@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -17,6 +18,7 @@ import redis.asyncio as aioredis
 
 from feature_store.client import cancel_and_wait
 from feature_store.keys import Keys
+from feature_store.multiplexed import ClusterMultiplexed, Multiplexed, Rerouted, pipelined
 from models.als import FoldIn
 from models.artifacts import ModelArtifact, load_current
 from models.matrix import Interactions, decayed_weight
@@ -135,12 +137,23 @@ def decode_vector(raw: bytes, version: str) -> np.ndarray | None:
 
 
 class UserVectorUpdater:
+    """Re-solves the vectors of the customers a worker's batch touched.
+
+    Per batch: one pipelined read of every customer's interactions and newest event
+    time, one stacked solve (``FoldIn.solve_many``), one pipelined write of the vectors.
+    Both pipelines go over the pipelined connection (``feature_store/multiplexed.py``)
+    where there is one: through redis-py's pipeline the three commands per customer cost
+    more of the worker's CPU than the solve (``benchmarks/README.md``, session 15). A
+    Cluster slot that moved is read and written through redis-py instead."""
+
     def __init__(self, client: aioredis.Redis, keys: Keys, holder: ModelHolder,
                  half_life_s: float) -> None:
         self.client = client
         self.keys = keys
         self.holder = holder
         self.half_life_s = half_life_s
+        self._fast: Multiplexed | ClusterMultiplexed | None = None
+        self._opened = False
 
     async def update(self, users: dict[str, float]) -> int:
         """Re-solve each customer's vector; ``users`` maps id → newest event time."""
@@ -148,23 +161,69 @@ class UserVectorUpdater:
         if art is None or not users:
             return 0
         ids = list(users)
-        pipe = self.client.pipeline(transaction=False)
+        reads: list[tuple[Any, ...]] = []
         for uid in ids:
-            pipe.zrange(self.keys.user(uid, "ia"), 0, -1, withscores=True)
-            pipe.hget(self.keys.user(uid, "rfm"), "last_seen")
-        replies = await pipe.execute()
-        pipe = self.client.pipeline(transaction=False)
-        for uid, hist, last in zip(ids, replies[::2], replies[1::2], strict=True):
-            if not hist:  # erased in this batch
+            reads.append(("ZRANGE", self.keys.user(uid, "ia"), 0, -1, "WITHSCORES"))
+            reads.append(("HGET", self.keys.user(uid, "rfm"), "last_seen"))
+        replies = await self._many(reads)
+        index = art.item_index
+        histories: list[tuple[np.ndarray, np.ndarray]] = []
+        solved: list[str] = []
+        cols: list[int] = []
+        logw: list[float] = []
+        refs: list[float] = []
+        lengths: list[int] = []
+        for n, uid in enumerate(ids):
+            flat, last = replies[2 * n], replies[2 * n + 1]
+            if not flat:  # erased in this batch
                 continue
             # Decayed to the customer's newest event (the API's request-time fold-in does
             # the same): an old event arriving late must not weigh newer ones up by
             # e^(years / tau), which overflows the solve.
-            ref = max(art.ref_ts, users[uid], float(last or 0.0))
-            vec = user_vector(art, hist, ref, self.half_life_s)
-            pipe.set(self.keys.user(uid, "vec"), encode_vector(art.version, vec))
-        await pipe.execute()
+            before = len(cols)
+            for member, score in zip(flat[::2], flat[1::2], strict=True):
+                j = index.get(member.decode())
+                if j is not None:
+                    cols.append(j)
+                    logw.append(float(score))
+            solved.append(uid)
+            lengths.append(len(cols) - before)
+            refs.append(max(art.ref_ts, users[uid], float(last or 0.0)))
+        if not solved:
+            return len(ids)
+        weights = decayed_weight(np.asarray(logw, dtype=np.float64),
+                                 np.repeat(np.asarray(refs), lengths), self.half_life_s)
+        bounds = np.cumsum([0, *lengths])
+        idx = np.asarray(cols, dtype=np.int64)
+        histories = [(idx[lo:hi], weights[lo:hi])
+                     for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+        vectors = art.fold_in().solve_many(histories)
+        await self._many([("SET", self.keys.user(uid, "vec"), encode_vector(art.version, vec))
+                          for uid, vec in zip(solved, vectors, strict=True)])
         return len(ids)
+
+    async def _many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """The replies of ``commands`` (flat, as RESP2 gives them), pipelined."""
+        if not self._opened:
+            self._fast, self._opened = pipelined(self.client), True
+        if self._fast is not None:
+            try:
+                return await self._fast.execute_many(commands)
+            except Rerouted:
+                pass
+        pipe = self.client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command, NEVER_DECODE=True)
+        replies = await pipe.execute()
+        # Over RESP3 redis-py gives ZRANGE ... WITHSCORES as pairs: flat, as RESP2's.
+        return [[x for pair in r for x in pair]
+                if c[0] == "ZRANGE" and r and isinstance(r[0], list | tuple) else r
+                for c, r in zip(commands, replies, strict=True)]
+
+    async def close(self) -> None:
+        if self._fast is not None:
+            await self._fast.close()
+        self._fast, self._opened = None, False
 
 
 def refresh_item_factors(art: ModelArtifact, inter: Interactions, items: set[str],

@@ -34,6 +34,7 @@ async def rebuild_from_log(settings: Settings) -> dict[str, float]:
     keys = Keys(settings.features.key_prefix, settings.features.shards)
     lock = keys.control("rebuild")
     started = time.monotonic()
+    vectors: UserVectorUpdater | None = None
     try:
         await client.set(lock, b"1", ex=LOCK_TTL_S)
         keeper = asyncio.create_task(_keep_lock(client, lock))
@@ -51,6 +52,8 @@ async def rebuild_from_log(settings: Settings) -> dict[str, float]:
         total = processor.counters.total
         await cancel_and_wait(keeper)
     finally:
+        if vectors is not None:
+            await vectors.close()
         await client.delete(lock)
         await client.aclose()
     return {"wiped_keys": wiped, **asdict(total), "seconds": time.monotonic() - started}

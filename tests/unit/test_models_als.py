@@ -92,8 +92,32 @@ def test_solve_many_equals_one_by_one_and_empty_is_zero(fitted) -> None:  # type
     batch = fold.solve_many(hists)
     assert batch.dtype == np.float32 and batch.shape == (11, PARAMS.factors)
     for row, (idx, w) in zip(batch, hists, strict=True):
-        np.testing.assert_array_equal(row, fold.solve(idx, w))
+        np.testing.assert_allclose(row, fold.solve(idx, w), rtol=1e-6, atol=1e-9)
     assert not batch[-1].any()
+
+
+@pytest.mark.parametrize("alpha,regularization", [(4.0, 0.05), (40.0, 0.01), (0.5, 1.0)])
+def test_stacked_fold_in_equals_the_k_by_k_solve(alpha: float, regularization: float) -> None:
+    # Histories of every length from 1 to past the stacked limit (so every padded width
+    # and the per-customer path), in shuffled order, with zero and negative weights (a
+    # negative entry: preference 0, confidence |C|), against one solve per customer.
+    from models.als import STACKED_MAX_ITEMS
+    rng = np.random.default_rng(11)
+    items = (rng.standard_normal((500, 24)) * rng.exponential(0.3, (500, 1))).astype(np.float32)
+    fold = FoldIn(items, regularization, alpha)
+    lengths = rng.permutation(np.repeat(np.arange(1, STACKED_MAX_ITEMS + 9), 3))
+    hists = [(rng.choice(500, n, replace=False),
+              rng.exponential(2.0, n) * rng.choice([1.0, 1.0, 0.0, -1.0], n)) for n in lengths]
+    got = fold.solve_many(hists)
+    want = np.stack([fold.solve(idx, w) for idx, w in hists])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+
+
+def test_stacked_fold_in_rejects_non_finite_weights() -> None:
+    items = np.random.default_rng(2).standard_normal((50, 8)).astype(np.float32)
+    fold = FoldIn(items, 0.05, 4.0)
+    with pytest.raises(ValueError):
+        fold.solve_many([(np.array([1, 2]), np.array([1.0, np.inf]))])
 
 
 def test_same_seed_same_factors_other_seed_differs() -> None:
