@@ -119,6 +119,10 @@ def user_vector(art: ModelArtifact, items_logw: list[tuple[bytes | str, float]],
     return art.fold_in().solve(np.asarray(idx, dtype=np.int64), weights)
 
 
+# How long the fold-in's pipelined reads and writes wait for the store before the
+# connection is dropped and the batch retried (streams/app.py ``retried``).
+FOLD_IN_STORE_WAIT_S = 30.0
+
 _vec_enc = msgspec.msgpack.Encoder()
 _vec_dec = msgspec.msgpack.Decoder(tuple[str, bytes])
 
@@ -206,6 +210,11 @@ class UserVectorUpdater:
         """The replies of ``commands`` (flat, as RESP2 gives them), pipelined."""
         if not self._opened:
             self._fast, self._opened = pipelined(self.client), True
+            if self._fast is not None:
+                # The worker's redis-py client waits on the store without a limit; the
+                # pipelined connection must have one (its watchdog), so a long one: a
+                # store busy with other workers' scripts must not fail the batch.
+                self._fast.timeout = max(self._fast.timeout, FOLD_IN_STORE_WAIT_S)
         if self._fast is not None:
             try:
                 return await self._fast.execute_many(commands)

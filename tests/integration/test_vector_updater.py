@@ -66,6 +66,8 @@ def test_stored_vectors_are_the_request_time_fold_in(redis_url: str, how: str) -
             erased = {"gone": T0 + 10.0}  # erased in the batch: no history, no vector
             assert await updater.update({**touched, **erased}) == len(touched) + 1
             assert (updater._fast is not None) == (how == "pipelined")
+            if updater._fast is not None:  # never quicker to give up than the worker's client
+                assert updater._fast.timeout >= 30.0
             assert await client.exists(keys.user("gone", "vec")) == 0
             for user, newest in touched.items():
                 history = await client.zrange(keys.user(user, "ia"), 0, -1, withscores=True)
