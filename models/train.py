@@ -24,7 +24,7 @@ from feature_store.snapshot import read_interactions
 from models.als import ALSParams, fit_als, resolve_device, similar_items
 from models.artifacts import ModelArtifact, load_current, new_version, publish_model
 from models.matrix import Interactions, decayed_weight, interactions_from_histories, log_weight
-from models.online import refresh_item_factors
+from models.online import refold_all, refresh_item_factors
 
 log = logging.getLogger(__name__)
 LOCK_TTL_S = 900
@@ -221,6 +221,7 @@ async def train_once(settings: Settings, client: aioredis.Redis | None = None,
         art.stats.update(read_s=round(read_s, 3),
                          total_s=round(time.perf_counter() - started, 3))
         log.info("trained and published %s: %s", art.version, art.stats)
+        await _refold(client, keys, art, m.half_life_d * 86400)
         return art
     finally:
         await client.delete(keys.control("train"))
@@ -228,6 +229,22 @@ async def train_once(settings: Settings, client: aioredis.Redis | None = None,
             await client.aclose()
 
 
+
+async def _refold(client: aioredis.Redis, keys: Keys, art: ModelArtifact,
+                  half_life_s: float) -> None:
+    """Every stored customer vector re-solved against the model just published
+    (``models.online.refold_all``); a failure leaves them to the API's request-time
+    fold-in, as before, and does not fail the training run."""
+    started = time.perf_counter()
+    try:
+        written = await refold_all(client, keys, art, half_life_s)
+    except Exception:
+        log.exception("customer vectors not re-folded for %s; the API folds them in at "
+                      "request time", art.version)
+        return
+    art.stats["refold_s"] = round(time.perf_counter() - started, 3)
+    log.info("%s: %d customer vectors re-folded in %.2fs", art.version, written,
+             art.stats["refold_s"])
 
 # ---------------------------------------------------------------- between retrains
 def touched_since(histories: dict[str, tuple[list[str], np.ndarray]], since_ts: float,
@@ -294,6 +311,7 @@ async def refresh_items_once(settings: Settings, client: aioredis.Redis,
         await publish_model(client, settings.features.key_prefix, art, keep=m.keep_versions)
         log.info("refreshed %d item factors of %s as %s in %.2fs", n, current.version,
                  art.version, stats["refresh_s"])
+        await _refold(client, keys, art, half_life_s)
         return art
     finally:
         await client.delete(keys.control("train"))

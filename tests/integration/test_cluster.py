@@ -205,6 +205,19 @@ def test_fold_in_writes_the_vector_in_the_customers_slot(api, stack, store,
     assert api.get(f"/v1/users/{user}/recommendations").json()["strategy"] == "personal"
 
 
+def test_a_new_model_re_folds_every_customer_in_their_slot(stack, store, model_version,
+                                                            ) -> None:
+    # train_once re-solves every customer's vector against the model it published
+    # (models.online.refold_all); its guarded writes go through redis-py on a Cluster.
+    keys = keys_of(stack)
+    users = sorted(u.decode() for shard in range(SHARDS)
+                   for u in store.smembers(keys.users(shard)))
+    assert len(users) > 100
+    for user in users[::10]:
+        raw = store.get(keys.user(user, "vec"))
+        assert raw is not None and decode_vector(raw, model_version) is not None, user
+
+
 def test_experiment_registry_and_per_shard_stats(api, stack, store, model_version) -> None:
     """The registry is one slot ({a:e}); exposures are counted per shard and merged."""
     eventually(lambda: loaded(api, model_version))

@@ -1,6 +1,7 @@
 """The worker's fold-in (models/online.py ``UserVectorUpdater``) against the real store:
 every touched customer's stored vector is the API's request-time fold-in of the same
-history, whichever connection carried the reads and writes."""
+history, whichever connection carried the reads and writes; and the re-fold of every
+customer after a model is published (``refold_all``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,14 @@ from feature_store.keys import Keys
 from feature_store.updates import forward_log_weight
 from models.als import STACKED_MAX_ITEMS
 from models.artifacts import ModelArtifact
-from models.online import ModelHolder, UserVectorUpdater, decode_vector, user_vector
+from models.online import (
+    ModelHolder,
+    UserVectorUpdater,
+    decode_vector,
+    encode_vector,
+    refold_all,
+    user_vector,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -78,6 +86,59 @@ def test_stored_vectors_are_the_request_time_fold_in(redis_url: str, how: str) -
                 assert got is not None and want.any()
                 np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
             await updater.close()
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+
+
+def test_refold_after_a_model_lands_solves_everyone_and_never_overwrites_newer(
+        redis_url: str) -> None:
+    art = model()
+    rng = np.random.default_rng(4)
+    keys = Keys(f"rfd{uuid.uuid4().hex[:6]}", 4)
+    users = [f"c{n}" for n in range(25)]
+
+    async def go() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            for n, user in enumerate(users):
+                items = [f"i{j}" for j in rng.choice(len(art.item_ids), 1 + n % 9, replace=False)]
+                await client.zadd(keys.user(user, "ia"), {
+                    i: forward_log_weight(float(rng.uniform(0.5, 3)), T0 - 3600.0 * n,
+                                          HALF_LIFE_S) for i in items})
+                await client.sadd(keys.users(keys.shard_of(user)), user)
+            # c0: a vector of the previous model (re-solved); c1: one a worker already
+            # solved against this model (kept as it is); c2: a worker writes a newer one
+            # while the re-fold is between its read and its write (kept).
+            old = encode_vector("v-old", np.ones(8, dtype=np.float32))
+            mine = encode_vector(art.version, np.full(8, 7.0, dtype=np.float32))
+            newer = encode_vector(art.version, np.full(8, 9.0, dtype=np.float32))
+            await client.set(keys.user("c0", "vec"), old)
+            await client.set(keys.user("c1", "vec"), mine)
+            await client.set(keys.user("c2", "vec"), old)
+            real_many = UserVectorUpdater._many
+
+            async def racing(self, commands, keyed=True):  # type: ignore[no-untyped-def]
+                c2 = keys.user("c2", "vec")
+                if commands[0][0] == "EVAL" and any(c[3] == c2 for c in commands):
+                    await client.set(c2, newer)  # the worker's fold-in lands first
+                return await real_many(self, commands, keyed)
+
+            UserVectorUpdater._many = racing  # type: ignore[method-assign]
+            try:
+                written = await refold_all(client, keys, art, HALF_LIFE_S, chunk=10)
+            finally:
+                UserVectorUpdater._many = real_many  # type: ignore[method-assign]
+            assert written == len(users) - 2  # all but c1 (current already) and c2 (raced)
+            assert await client.get(keys.user("c1", "vec")) == mine
+            assert await client.get(keys.user("c2", "vec")) == newer
+            for user in [u for u in users if u not in ("c1", "c2")]:
+                history = await client.zrange(keys.user(user, "ia"), 0, -1, withscores=True)
+                want = user_vector(art, history, art.ref_ts, HALF_LIFE_S)
+                got = decode_vector(await client.get(keys.user(user, "vec")), art.version)
+                assert got is not None
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
         finally:
             await client.aclose()
 
