@@ -218,11 +218,14 @@ class UserVectorUpdater:
         histories = [(idx[lo:hi], weights[lo:hi])
                      for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
         vectors = art.fold_in().solve_many(histories)
-        if guarded:
-            done = await self._many([("EVAL", _SET_IF_UNCHANGED, 1, self.keys.user(uid, "vec"),
-                                      was, encode_vector(art.version, vec))
-                                     for uid, was, vec in zip(solved, stored, vectors,
-                                                              strict=True)], keyed=False)
+        if guarded:  # one compare-and-set script per shard (its keys share a slot)
+            by_shard: dict[int, tuple[list[str], list[bytes]]] = {}
+            for uid, was, vec in zip(solved, stored, vectors, strict=True):
+                keys, args = by_shard.setdefault(self.keys.shard_of(uid), ([], []))
+                keys.append(self.keys.user(uid, "vec"))
+                args += [was, encode_vector(art.version, vec)]
+            done = await self._many([("EVAL", _SET_IF_UNCHANGED, len(keys), *keys, *args)
+                                     for keys, args in by_shard.values()], keyed=False)
             return sum(int(d) for d in done)
         await self._many([("SET", self.keys.user(uid, "vec"), encode_vector(art.version, vec))
                           for uid, vec in zip(solved, vectors, strict=True)])
@@ -259,12 +262,18 @@ class UserVectorUpdater:
         self._fast, self._opened = None, False
 
 
-# Set KEYS[1] to ARGV[2] only if it still holds ARGV[1] ("" for no value): the re-fold
-# never overwrites a vector a worker wrote after the re-fold read it.
+# Set each KEYS[i] to ARGV[2i] only if it still holds ARGV[2i-1] ("" for no value): the
+# re-fold never overwrites a vector a worker wrote after the re-fold read it. Returns
+# how many were set.
 _SET_IF_UNCHANGED = """
-if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2])
-return 1
+local n = 0
+for i, key in ipairs(KEYS) do
+  if (redis.call('GET', key) or '') == ARGV[2 * i - 1] then
+    redis.call('SET', key, ARGV[2 * i])
+    n = n + 1
+  end
+end
+return n
 """
 REFOLD_CHUNK = 2000
 

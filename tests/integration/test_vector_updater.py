@@ -121,7 +121,7 @@ def test_refold_after_a_model_lands_solves_everyone_and_never_overwrites_newer(
 
             async def racing(self, commands, keyed=True):  # type: ignore[no-untyped-def]
                 c2 = keys.user("c2", "vec")
-                if commands[0][0] == "EVAL" and any(c[3] == c2 for c in commands):
+                if commands[0][0] == "EVAL" and any(c2 in c for c in commands):
                     await client.set(c2, newer)  # the worker's fold-in lands first
                 return await real_many(self, commands, keyed)
 
