@@ -118,6 +118,11 @@ class ModelSettings(BaseModel):
     top_k_similar: int = 50
     seed: int = 42
     keep_versions: int = 2
+    # After each published model (retrain or item refresh), re-solve every customer's
+    # stored vector against it (models.online.refold_all), so the API does not fold them
+    # in at request time. One loop, ~50-230 µs a customer: at millions of customers with
+    # the 10-minute item refresh, turn it off or refresh less often (docs/scaling.md).
+    refold_customers: bool = True
     # Items bought/viewed by fewer customers are never ALS neighbours (they still get
     # neighbours): keeps the all-pairs similar-items step off the n² path (models/train.py).
     similar_min_support: int = Field(2, ge=1)

@@ -221,7 +221,8 @@ async def train_once(settings: Settings, client: aioredis.Redis | None = None,
         art.stats.update(read_s=round(read_s, 3),
                          total_s=round(time.perf_counter() - started, 3))
         log.info("trained and published %s: %s", art.version, art.stats)
-        await _refold(client, keys, art, m.half_life_d * 86400)
+        if m.refold_customers:
+            await _refold(client, keys, art, m.half_life_d * 86400)
         return art
     finally:
         await client.delete(keys.control("train"))
@@ -311,7 +312,8 @@ async def refresh_items_once(settings: Settings, client: aioredis.Redis,
         await publish_model(client, settings.features.key_prefix, art, keep=m.keep_versions)
         log.info("refreshed %d item factors of %s as %s in %.2fs", n, current.version,
                  art.version, stats["refresh_s"])
-        await _refold(client, keys, art, half_life_s)
+        if m.refold_customers:
+            await _refold(client, keys, art, half_life_s)
         return art
     finally:
         await client.delete(keys.control("train"))

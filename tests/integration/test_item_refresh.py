@@ -16,6 +16,9 @@ import numpy as np
 import pytest
 
 from aisle.stack import Stack
+from feature_store.client import open_redis_sync
+from feature_store.keys import Keys
+from models.online import decode_vector
 from models.train import train_once
 from tests.integration.conftest import ADMIN_KEY, isolated_settings
 from tests.integration.util import current_model, event, eventually, loaded, stack_over_slice, uid
@@ -63,3 +66,27 @@ def test_the_worker_refreshes_touched_items_between_retrains(stack: Stack) -> No
 
     time.sleep(3)  # no new events since the refresh: no second one
     assert current_model(stack).version == art.version
+
+
+def test_a_published_model_re_folds_every_customer_unless_turned_off(stack: Stack) -> None:
+    s = stack.settings
+    keys = Keys(s.features.key_prefix, s.features.shards)
+    store = open_redis_sync(s)
+    try:
+        users = sorted(u.decode() for shard in range(keys.shards)
+                       for u in store.smembers(keys.users(shard)))
+        assert len(users) > 50
+
+        def versions(version: str) -> list[bool]:
+            return [decode_vector(store.get(keys.user(u, "vec")) or b"", version) is not None
+                    for u in users]
+
+        art = asyncio.run(train_once(s))
+        assert all(versions(art.version))  # the training run re-folded everyone
+        off = s.model_copy(update={"model": s.model.model_copy(
+            update={"refold_customers": False})})
+        later = asyncio.run(train_once(off))
+        assert not any(versions(later.version))  # left to the API's request-time fold-in
+        assert all(versions(art.version))
+    finally:
+        store.close()
