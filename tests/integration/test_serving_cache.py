@@ -43,8 +43,14 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def loaded(servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory,
            ) -> Iterator[Stack]:
-    """A worker over 3,000 Online Retail rows and a trained model; no API process."""
-    settings = isolated_settings(servers, tmp_path_factory.mktemp("serving-cache"))
+    """A worker over 3,000 Online Retail rows and a trained model; no API process. The
+    training runs do not re-fold the customers' stored vectors (``refold_customers``):
+    this module is about what the API solves and keeps when a customer's stored vector
+    is missing or older than the model, which the re-fold otherwise leaves to customers
+    whose events arrive while a model is being published."""
+    base = isolated_settings(servers, tmp_path_factory.mktemp("serving-cache"))
+    settings = base.model_copy(update={"model": base.model.model_copy(
+        update={"refold_customers": False})})
     with stack_over_slice(settings, api=False) as stack:
         asyncio.run(train_once(settings))
         yield stack
