@@ -23,6 +23,7 @@ from models.als import FoldIn
 from models.artifacts import ModelArtifact, load_current
 from models.matrix import Interactions, decayed_weight
 from models.pool import NormOrder
+from models.population import all_customers
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,6 @@ class UserVectorUpdater:
         replies = await self._many(reads)
         per = 3 if guarded else 2
         index = art.item_index
-        histories: list[tuple[np.ndarray, np.ndarray]] = []
         solved: list[str] = []
         stored: list[bytes] = []
         cols: list[int] = []
@@ -291,8 +291,6 @@ async def refold_all(client: aioredis.Redis, keys: Keys, art: ModelArtifact,
     folded a customer in against ``art`` first, or wrote a newer vector in between, wins.
     A worker still on the previous model for its poll interval may overwrite a few with
     that model's vectors; the API folds those in at request time, as before."""
-    from models.population import all_customers  # imports this module's neighbours
-
     updater = UserVectorUpdater(client, keys, None, half_life_s)
     written = 0
     try:
