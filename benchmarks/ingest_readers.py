@@ -109,10 +109,13 @@ async def pipeline_in_process(settings: Settings, ends: dict[TopicPartition, int
     benchmark's events are all valid.
     """
     client = aioredis.Redis.from_url(settings.redis_url or "", decode_responses=False)
+    processor = None
     try:
         processor = await build_processor(settings, client)
         timing = await read_log(settings, ends, _drop_result(processor))
     finally:
+        if processor is not None and processor.vectors is not None:
+            await processor.vectors.close()
         await client.aclose()
     return timing, processor
 

@@ -97,6 +97,8 @@ class StoreSession:
                 break
 
     async def close(self) -> None:
+        if self.processor.vectors is not None:
+            await self.processor.vectors.close()
         await self.client.aclose()
 
 
