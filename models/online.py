@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -106,14 +107,9 @@ def _log_failure(task: asyncio.Task[None]) -> None:
 def user_vector(art: ModelArtifact, items_logw: list[tuple[bytes | str, float]],
                 ref_ts: float, half_life_s: float) -> np.ndarray:
     """Fold a customer's stored interactions into a vector against ``art``'s items."""
-    index = art.item_index
-    idx, logw = [], []
-    for member, score in items_logw:
-        item = member.decode() if isinstance(member, bytes) else member
-        j = index.get(item)
-        if j is not None:
-            idx.append(j)
-            logw.append(score)
+    idx: list[int] = []
+    logw: list[float] = []
+    _known_items(art.item_index, items_logw, idx, logw)
     if not idx:
         return np.zeros(art.item_factors.shape[1], dtype=np.float32)
     weights = decayed_weight(np.asarray(logw, dtype=np.float64), ref_ts, half_life_s)
@@ -123,6 +119,17 @@ def user_vector(art: ModelArtifact, items_logw: list[tuple[bytes | str, float]],
 # How long the fold-in's pipelined reads and writes wait for the store before the
 # connection is dropped and the batch retried (streams/app.py ``retried``).
 FOLD_IN_STORE_WAIT_S = 30.0
+
+def _known_items(index: dict[str, int], items_logw: Iterable[tuple[bytes | str, Any]],
+                 idx: list[int], logw: list[float]) -> None:
+    """Append the model row and log weight of each stored interaction the model knows
+    (members as the store gives them; scores as floats or their text)."""
+    for member, score in items_logw:
+        j = index.get(member.decode() if isinstance(member, bytes) else member)
+        if j is not None:
+            idx.append(j)
+            logw.append(float(score))
+
 
 _vec_enc = msgspec.msgpack.Encoder()
 _vec_dec = msgspec.msgpack.Decoder(tuple[str, bytes])
@@ -201,11 +208,7 @@ class UserVectorUpdater:
             # the same): an old event arriving late must not weigh newer ones up by
             # e^(years / tau), which overflows the solve.
             before = len(cols)
-            for member, score in zip(flat[::2], flat[1::2], strict=True):
-                j = index.get(member.decode())
-                if j is not None:
-                    cols.append(j)
-                    logw.append(float(score))
+            _known_items(index, zip(flat[::2], flat[1::2], strict=True), cols, logw)
             solved.append(uid)
             lengths.append(len(cols) - before)
             refs.append(max(art.ref_ts, users[uid], float(last or 0.0)))
