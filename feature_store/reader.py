@@ -346,16 +346,21 @@ class FeatureReader:
         return out
 
     async def _top_scored_many(self, keys: list[str], n: int) -> list[Any]:
-        """:func:`_top_scored` of each key, in one pipeline: over the pipelined
-        connection where there is one (a recommendation's co-counts are 5 items x 2
-        kinds x 8 shards = 80 commands, which redis-py packs and parses in Python)."""
+        """:func:`_top_scored_command` of each key, in one pipeline (a recommendation's
+        co-counts are 5 items x 2 kinds x 8 shards = 80 commands)."""
+        return await self.execute_many([_top_scored_command(k, n) for k in keys])
+
+    async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Raw commands in one pipeline, replies in order: over the pipelined connection
+        where there is one (hiredis packs and parses; redis-py's pipeline costs ~100 µs
+        of Python per call, and a burst of calls opens a connection each), else one
+        redis-py pipeline (also when a Cluster slot moved: redis-py follows)."""
         if self.fast is not None:
-            with contextlib.suppress(Rerouted):  # a Cluster slot moved: redis-py follows
-                return await self.fast.execute_many([_top_scored_command(k, n)
-                                                     for k in keys])
+            with contextlib.suppress(Rerouted):
+                return await self.fast.execute_many(commands)
         pipe = self.client.pipeline(transaction=False)
-        for key in keys:
-            _top_scored(pipe, key, n)
+        for command in commands:
+            pipe.execute_command(*command)
         return list(await pipe.execute())
 
     def _remember_co(self, kind: str, item_id: str, n: int, now: float,
@@ -632,14 +637,10 @@ def _with_categories(purchases: list[Purchase], categories: dict[str, str]) -> l
 
 
 def _top_scored_command(key: str, n: int) -> tuple[Any, ...]:
-    return ("ZREVRANGE", key, 0, n - 1, "WITHSCORES")
-
-
-def _top_scored(pipe: Any, key: str, n: int) -> None:
     """The ``n`` highest (member, score) of a zset, as a flat reply for :func:`_scored`.
     Sent raw: redis-py's own WITHSCORES parsing costs a Python call per score, and the
     trending read is 8 shards x 400 of them."""
-    pipe.execute_command(*_top_scored_command(key, n))
+    return ("ZREVRANGE", key, 0, n - 1, "WITHSCORES")
 
 
 def _merge_scored(replies: list[Any], n: int) -> dict[str, float]:

@@ -240,10 +240,7 @@ class CustomerService:
             self._issued.clear()
         day = datetime.fromtimestamp(offer.issued_at, UTC).strftime("%Y-%m-%d")
         key = self.keys.control(f"budget:{offer.kind}:{day}")
-        pipe = self.reader.client.pipeline(transaction=False)
-        pipe.incr(key)
-        pipe.expire(key, 3 * 86400)
-        await pipe.execute()
+        await self.reader.execute_many([("INCR", key), ("EXPIRE", key, 3 * 86400)])
         if (hit := self._budget_read.get(day)) is not None:
             hit[1][offer.kind] = hit[1].get(offer.kind, 0) + 1
 

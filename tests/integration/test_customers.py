@@ -93,23 +93,30 @@ def test_a_dormant_customer_gets_one_winback_offer_that_expires(api, stack) -> N
          "payload": {"order_id": uid("o"), "lines": [
              {"item_id": "22423", "quantity": 1, "unit_price": 12.75}]}},
     ])
-    rfm = Keys(stack.settings.features.key_prefix, stack.settings.features.shards).user(user,
-                                                                                         "rfm")
+    keys = Keys(stack.settings.features.key_prefix, stack.settings.features.shards)
+    rfm = keys.user(user, "rfm")
+    # Today's coupons of this kind, which the daily budget caps (by the log's clock).
+    budget = keys.control(f"budget:winback_coupon:{now.strftime('%Y-%m-%d')}")
 
     store = open_redis_sync(stack.settings)
     eventually(lambda: store.hget(rfm, "orders"))
     profile = api.get(f"/v1/users/{user}/profile").json()
     assert profile["segment"] in {"dormant", "lost"}
+    counted = int(store.get(budget) or 0)
     first = api.get(f"/v1/users/{user}/offers").json()
     assert first["issued"]
     offer = first["offers"][0]
     assert offer["kind"] == "winback_coupon"
+    assert offer["issued_at"][:10] == now.strftime("%Y-%m-%d")
+    assert int(store.get(budget) or 0) == counted + 1  # counted once, when issued
+    assert 2 * 86400 < store.ttl(budget) <= 3 * 86400
     assert offer["discount_pct"] > 0
     assert [i["item_id"] for i in offer["items"]][0] == item  # the saved item first
     assert 0 < offer["seconds_left"] <= 48 * 3600
     assert offer["reason"]
     again = api.get(f"/v1/users/{user}/offers").json()
     assert again["issued"] is None  # no new coupon per page view
+    assert int(store.get(budget) or 0) == counted + 1
     assert [o["offer_id"] for o in again["offers"]] == [offer["offer_id"]]
     # Once folded from its event, the profile shows it too.
     eventually(lambda: api.get(f"/v1/users/{user}/profile").json()["active_offers"])
