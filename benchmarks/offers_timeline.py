@@ -3,7 +3,8 @@ meets every customer's first visit (offers issued, each awaiting Kafka's ack), t
 passes the steady state, where every customer holds a live offer.
 
 Run from the repo root: ``python -m benchmarks.offers_timeline [--rate 1000]
-[--seconds 10] [--passes 4]``. Writes ``benchmarks/results/offers_timeline.json``.
+[--seconds 10] [--passes 4] [--spy] [--out NAME]``. Writes
+``benchmarks/results/offers_timeline.json`` (``--out``).
 Same stack, customers and generator as ``bench_serving`` (Online Retail, generator on
 CPU 0, API on CPU 1).
 """
@@ -19,7 +20,8 @@ from rich.console import Console
 from benchmarks.bench_serving import SEED, pin, processes
 from benchmarks.serving_cpu import measured, wait_idle
 from benchmarks.serving_load import LoadGenerator
-from benchmarks.serving_report import machine, write_json
+from benchmarks.serving_report import RESULTS, machine, write_json
+from benchmarks.serving_spy import py_spy, sampled
 from benchmarks.serving_stack import DATA, item_ids, loaded_stack, paths, user_ids
 
 
@@ -42,6 +44,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rate", type=float, default=1000.0)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--passes", type=int, default=4)
+    p.add_argument("--spy", action="store_true",
+                   help="py-spy the API through the first pass (the burst of first visits); "
+                        "its collapsed stacks go to results/<out>_first.stacks")
+    p.add_argument("--out", default="offers_timeline")
     args = p.parse_args(argv)
     console = Console()
     rng = random.Random(SEED)
@@ -52,9 +58,15 @@ def main(argv: list[str] | None = None) -> None:
         users = user_ids(loaded, rng)
         requests = paths("offers", item_ids(loaded, rng), users)
         for n in range(args.passes):
-            raw, cpu = measured(pids, lambda: gen.run(
+            run = lambda: gen.run(  # noqa: E731
                 mode="open", url=loaded.api_url, paths=requests, rate=args.rate,
-                seconds=args.seconds, connections=32))
+                seconds=args.seconds, connections=32)
+            if args.spy and n == 0:
+                (raw, cpu), stacks = sampled(py_spy(), pids["api"], 250, args.seconds,
+                                             lambda run=run: measured(pids, run))
+                (RESULTS / f"{args.out}_first.stacks").write_text(stacks)
+            else:
+                raw, cpu = measured(pids, run)
             ordered = sorted(raw["latency_ms"])
             answered = len(ordered) - raw["unfinished"]
             row = {"pass": n, "issued": raw["issued"], "errors": raw["errors"],
@@ -70,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
             wait_idle(pids["api"])
     out = write_json({"benchmark": "offers_timeline", "machine": machine(),
                       "settings": vars(args), "customers": len(set(users)),
-                      "passes": passes}, "offers_timeline.json")
+                      "passes": passes}, args.out + ".json")
     console.print(f"wrote {out}")
 
 

@@ -33,7 +33,7 @@ from rich.table import Table
 
 from benchmarks.bench_serving import SEED, processes
 from benchmarks.serving_load import LoadGenerator, summary_ms
-from benchmarks.serving_report import machine, write_json
+from benchmarks.serving_report import RESULTS, machine, write_json
 from benchmarks.serving_stack import DATA, item_ids, loaded_stack, paths, user_ids
 
 _LINE = re.compile(r":\d+\)$")
@@ -119,6 +119,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--limit-rows", type=int, default=None)
     p.add_argument("--data", type=Path, default=DATA, help="dataset to replay (Online Retail)")
     p.add_argument("--out", default="serving_spy")
+    p.add_argument("--stacks", action="store_true",
+                   help="also keep py-spy's collapsed stacks: results/<out>_<endpoint>.stacks")
     return p.parse_args(argv)
 
 
@@ -165,6 +167,8 @@ def main(argv: list[str] | None = None) -> None:
                          [v / 1e3 for v in raw["latency_ms"]]),
                      "profile": aggregate(stacks, args.top)}
             result["points"][endpoint] = point
+            if args.stacks:
+                (RESULTS / f"{args.out}_{endpoint}.stacks").write_text(stacks)
             show(console, endpoint, point)
     console.print(f"wrote {write_json(result, args.out + '.json')}")
 

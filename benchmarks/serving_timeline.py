@@ -1,7 +1,7 @@
 """Where a slow answer waited: a per-request timeline of the generator and the API.
 
 Run from the repo root: ``python -m benchmarks.serving_timeline [--rate 1000]
-[--seconds 15] [--pin] [--out serving_timeline]``. Writes
+[--seconds 15] [--pin] [--no-warm] [--out serving_timeline]``. Writes
 ``benchmarks/results/<out>.json`` and one ``<out>_<endpoint>.png`` per endpoint.
 
 Same stack and requests as ``bench_serving``; the API runs with
@@ -277,6 +277,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="republish the model under a new version this long into each "
                         "point, as a retrain or item refresh does (serving_stack.republish)")
     p.add_argument("--out", default="serving_timeline")
+    p.add_argument("--no-warm", dest="warm", action="store_false",
+                   help="no warm-up second: offers then meet every customer's first visit")
     return p.parse_args(argv)
 
 
@@ -299,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
             result["pinned"] = pin(pids) if args.pin else {}
             items, users = item_ids(loaded, rng), user_ids(loaded, rng)
             requests = {e: paths(e, items, users) for e in endpoints}
-            for endpoint in endpoints:  # warm caches, as bench_serving does
+            for endpoint in endpoints if args.warm else ():  # as bench_serving does
                 gen.run(mode="closed", url=loaded.api_url, paths=requests[endpoint],
                         seconds=1.0, warmup_s=0.0, connections=4)
             for endpoint in endpoints:
