@@ -68,11 +68,11 @@ class Producer:
         return self._producer
 
     async def warm(self) -> None:
-        """Connect now, in the background, so the first offer issued or event posted does
-        not wait for it: started lazily, the first burst of offers (a mass mailing's
-        clicks) queued behind the producer's bootstrap, p99 1.2 s in its first seconds
-        (``benchmarks/offers_timeline.py``). Without a broker the API still comes up; the
-        next send tries again."""
+        """Connect now, in the background: the bootstrap is then off the first offer's or
+        event's path, and ``/readyz`` knows the broker from the start. (Against the
+        embedded broker the lazy start cost well under a second, and the first-visit
+        burst of ``benchmarks/offers_timeline.py`` did not measurably change: it waits
+        for CPU.) Without a broker the API still comes up; the next send tries again."""
         try:
             await self.get()
         except BrokerUnavailable as exc:
