@@ -58,12 +58,13 @@ def main(argv: list[str] | None = None) -> None:
         users = user_ids(loaded, rng)
         requests = paths("offers", item_ids(loaded, rng), users)
         for n in range(args.passes):
-            run = lambda: gen.run(  # noqa: E731
-                mode="open", url=loaded.api_url, paths=requests, rate=args.rate,
-                seconds=args.seconds, connections=32)
+            def run() -> dict[str, Any]:
+                return gen.run(mode="open", url=loaded.api_url, paths=requests,
+                               rate=args.rate, seconds=args.seconds, connections=32)
+
             if args.spy and n == 0:
                 (raw, cpu), stacks = sampled(py_spy(), pids["api"], 250, args.seconds,
-                                             lambda run=run: measured(pids, run))
+                                             lambda: measured(pids, run))
                 (RESULTS / f"{args.out}_first.stacks").write_text(stacks)
             else:
                 raw, cpu = measured(pids, run)

@@ -58,7 +58,7 @@ class Producer:
                 try:
                     async with asyncio.timeout(3):
                         await producer.__aenter__()
-                except BaseException as exc:  # a cancelled warm-up too: nothing left open
+                except BaseException as exc:  # a caller cancelled mid-bootstrap too
                     with contextlib.suppress(Exception):
                         await producer.__aexit__(None, None, None)
                     if isinstance(exc, KafkaError | OSError | TimeoutError):
