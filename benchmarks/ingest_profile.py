@@ -186,8 +186,7 @@ async def process_real(client: aioredis.Redis, s: Settings, batches: list[list[R
         profile.disable()
     wall = time.perf_counter() - started
     _, lua1 = await lua_usage(client)
-    if processor.vectors is not None:
-        await processor.vectors.close()
+    await processor.close()
     return wall, lua1 - lua0, processor.counters.total.folded_users
 
 

@@ -114,8 +114,8 @@ async def pipeline_in_process(settings: Settings, ends: dict[TopicPartition, int
         processor = await build_processor(settings, client)
         timing = await read_log(settings, ends, _drop_result(processor))
     finally:
-        if processor is not None and processor.vectors is not None:
-            await processor.vectors.close()
+        if processor is not None:
+            await processor.close()
         await client.aclose()
     return timing, processor
 

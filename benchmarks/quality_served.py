@@ -97,8 +97,7 @@ class StoreSession:
                 break
 
     async def close(self) -> None:
-        if self.processor.vectors is not None:
-            await self.processor.vectors.close()
+        await self.processor.close()
         await self.client.aclose()
 
 

@@ -120,6 +120,7 @@ def user_vector(art: ModelArtifact, items_logw: list[tuple[bytes | str, float]],
 # connection is dropped and the batch retried (streams/app.py ``retried``).
 FOLD_IN_STORE_WAIT_S = 30.0
 
+
 def _known_items(index: dict[str, int], items_logw: Iterable[tuple[bytes | str, Any]],
                  idx: list[int], logw: list[float]) -> None:
     """Append the model row and log weight of each stored interaction the model knows

@@ -80,8 +80,7 @@ class WorkerContext:
         if self._producer is not None:
             await self._producer.__aexit__(None, None, None)
         if self.processor is not None:
-            if self.processor.vectors is not None:
-                await self.processor.vectors.close()
+            await self.processor.close()
             await self.processor.store.client.aclose()
 
 

@@ -95,6 +95,12 @@ class BatchProcessor:
         self.watchers = watchers
         self.counters = Counters()
 
+    async def close(self) -> None:
+        """Close what the processor opened itself: the fold-in's pipelined connection.
+        The store's client is the caller's."""
+        if self.vectors is not None:
+            await self.vectors.close()
+
     async def wait_while_rebuilding(self) -> None:
         """``aisle rebuild`` holds this lock while it replays the log into a wiped store."""
         lock = self.keys.control("rebuild")
