@@ -59,6 +59,10 @@ class WorkerSettings(BaseModel):
     # embedded broker holds a fetch about this long even when records arrive, so it
     # bounds freshness; lower costs idle fetch round trips.
     fetch_max_wait_ms: int = Field(20, ge=1, le=5000)
+    # Send each batch's scripts as soon as it is folded, on one ordered connection,
+    # without waiting for the previous batch's replies (streams/ahead.py); false waits,
+    # as before (and so does a store redis-py must speak for: TLS, credentials).
+    write_ahead: bool = True
 
 
 class FeatureSettings(BaseModel):

@@ -19,7 +19,10 @@ prefix of its own:
      ``aisle rebuild`` does): b's work without Faust;
   e  two workers in one group (the partitions split between them);
   s  one worker with stock Faust agents (``worker.batch_consumer=false``: per-message
-     events through ``take_events``), the way b ran before ``streams/batching.py``.
+     events through ``take_events``), the way b ran before ``streams/batching.py``;
+  w  b with ``worker.write_ahead=false``: each batch is sent only once the previous
+     one has answered, the way b ran before ``streams/ahead.py`` (not in the default
+     set: ``--variants bw`` compares the two).
 
 The machine has 2 cores and is shared, so the baseline runs before every variant and
 after the last, a variant's ratio is to the mean of the two baselines around it, the
@@ -105,6 +108,7 @@ LABELS = {
     "d": "BatchProcessor, no Faust",
     "e": "2 workers, one group",
     "s": "1 worker, stock Faust agents",
+    "w": "b, writes wait for replies",
 }
 
 # Wide enough for the tables when the output goes to a file.
@@ -220,9 +224,9 @@ def _reader_row(code: str, timing: ReadTiming, meter: CpuMeter) -> dict[str, Any
 async def workers(bench: Bench, w: Workload, code: str, rnd: int, count: int,
                   model: ModelArtifact | None = None) -> dict[str, Any]:
     s = w.variant(f"{code}{rnd}")
-    if code == "s":
+    if code in "sw":
         s = s.model_copy(update={"worker": s.worker.model_copy(
-            update={"batch_consumer": False})})
+            update={"batch_consumer": False} if code == "s" else {"write_ahead": False})})
     keys = Keys(s.features.key_prefix, s.features.shards)
     lock = keys.control("rebuild")
     await bench.client.set(lock, b"benchmark")
@@ -341,6 +345,7 @@ async def _variant(bench: Bench, w: Workload, code: str, rnd: int) -> dict[str, 
         "d": lambda: in_process(bench, w, rnd),
         "e": lambda: workers(bench, w, "e", rnd, 2),
         "s": lambda: workers(bench, w, "s", rnd, 1),
+        "w": lambda: workers(bench, w, "w", rnd, 1),
     }
     return await steps[code]()
 
@@ -503,7 +508,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_ROWS:,} Taobao rows")
     parser.add_argument("--retail", action="store_true", help="also Online Retail (a, b, d)")
-    parser.add_argument("--variants", default="bcdes", help="which of b, c, d, e, s to run")
+    parser.add_argument("--variants", default="bcdes", help="which of b, c, d, e, s, w to run")
     parser.add_argument("--rounds", type=int, default=None,
                         help=f"rounds of every variant (default {ROUNDS}, --quick 1)")
     args = parser.parse_args()

@@ -81,7 +81,7 @@ class ScriptStore(RedisStore):
         super().__init__(client, keys, window)
         self.script = script
 
-    async def _script_sha(self) -> str:
+    async def script_sha(self) -> str:
         if self._sha is None:
             self._sha = str(await self.client.script_load(self.script))
         return self._sha

@@ -183,9 +183,7 @@ class Multiplexed:
             return []
         wire = await self._live()
         packed = b"".join([hiredis.pack_command(c) for c in commands])
-        replies: list[Any] = await self._send(wire, packed, len(commands))
-        if len(commands) == 1:  # one command's future holds its reply, not a list
-            replies = [replies]
+        replies: list[Any] = await self._send(wire, packed, len(commands), listed=True)
         for reply in replies:
             if isinstance(reply, hiredis.ReplyError):
                 raise _reply_error(str(reply))
@@ -210,7 +208,30 @@ class Multiplexed:
                 raise _reply_error(str(reply))
         raise ResponseError(f"transaction not run: {done!r}")  # nil: aborted (a WATCH)
 
-    def _send(self, wire: _Wire, packed: bytes, n: int = 1) -> asyncio.Future[Any]:
+    def submit_many(self, commands: list[tuple[Any, ...]]) -> asyncio.Future[list[Any]]:
+        """Send ``commands`` now and return the future of their replies, reply errors
+        included as ``hiredis.ReplyError`` values (not raised). On a live connection
+        they are written, or queued for this turn's write, before this returns, so
+        batches submitted one after another run in that order on the server, each
+        without waiting for the previous one's replies (the worker's writes ahead).
+        Without a live connection, one is made first; a lost connection fails the
+        future with ``ConnectionError``."""
+        if not commands:  # nothing to wait for (a batch of replies needs one at least)
+            done: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+            done.set_result([])
+            return done
+        packed = b"".join([hiredis.pack_command(c) for c in commands])
+        wire = self._wire
+        if wire is None or wire.lost is not None or wire.transport is None \
+                or wire.transport.is_closing():
+            return asyncio.ensure_future(self._submit_later(packed, len(commands)))
+        return self._send(wire, packed, len(commands), listed=True)
+
+    async def _submit_later(self, packed: bytes, n: int) -> list[Any]:
+        return await self._send(await self._live(), packed, n, listed=True)  # type: ignore[no-any-return]
+
+    def _send(self, wire: _Wire, packed: bytes, n: int = 1,
+              listed: bool = False) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         if wire.transport is None or wire.transport.is_closing():
             raise RedisConnectionError("the connection to the store is closed")
@@ -226,7 +247,7 @@ class Multiplexed:
         else:
             wire.transport.write(packed)
         future = loop.create_future()
-        wire.waiting.append((future, time.monotonic(), n, None if n == 1 else []))
+        wire.waiting.append((future, time.monotonic(), n, [] if listed or n > 1 else None))
         if self._watch is None:
             self._watch = loop.call_later(self.timeout, self._check)
         return future
@@ -401,6 +422,31 @@ class ClusterMultiplexed:
         for (_, ats), got in zip(groups, replies, strict=True):
             for i, reply in zip(ats, got, strict=True):
                 out[i] = reply
+        return out
+
+    def submit_many(self, commands: list[tuple[Any, ...]]) -> asyncio.Future[list[Any]]:
+        """:meth:`Multiplexed.submit_many` on each command's node (its key is its second
+        element), sent to every node before this returns; the replies come back in the
+        order asked, a node's lost connection as an exception object in its commands'
+        places. Raises :class:`Rerouted` when a key's node is not known here."""
+        by_node: dict[int, tuple[Multiplexed, list[int]]] = {}
+        for at, command in enumerate(commands):
+            mux = self._node(command[1])
+            by_node.setdefault(id(mux), (mux, []))[1].append(at)
+        groups = list(by_node.values())
+        sent = [mux.submit_many([commands[i] for i in ats]) for mux, ats in groups]
+        return asyncio.ensure_future(self._in_order(len(commands), groups, sent))
+
+    @staticmethod
+    async def _in_order(n: int, groups: list[tuple[Multiplexed, list[int]]],
+                        sent: list[asyncio.Future[list[Any]]]) -> list[Any]:
+        """The replies in the order asked; a node's failure (a lost connection) is the
+        reply of each of its commands, as an exception object."""
+        out: list[Any] = [None] * n
+        for (_, ats), got in zip(groups, await asyncio.gather(*sent, return_exceptions=True),
+                                 strict=True):
+            for k, i in enumerate(ats):
+                out[i] = got if isinstance(got, BaseException) else got[k]
         return out
 
     async def close(self) -> None:

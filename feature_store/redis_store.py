@@ -17,7 +17,6 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from feature_store.canonical import canonical_value
-from feature_store.client import queue_evalsha
 from feature_store.keys import Keys
 from feature_store.memory_store import DERIVED, BatchEvent
 
@@ -57,10 +56,25 @@ class RedisStore:
         self.window = dedupe_window_s
         self._sha: str | None = None
 
-    async def _script_sha(self) -> str:
+    async def script_sha(self) -> str:
+        """The script's SHA1, loaded into the server on first use."""
         if self._sha is None:
             self._sha = str(await self.client.script_load(SCRIPT))
         return self._sha
+
+    def forget_script(self) -> None:
+        """The server lost its scripts (restarted, ``SCRIPT FLUSH``): load it again."""
+        self._sha = None
+
+    def command(self, sha: str, shard: int, source: str, batch: Sequence[BatchEvent],
+                after: int | None = None) -> tuple[Any, ...]:
+        """The ``EVALSHA`` that applies one (shard, source) batch; with ``after``, refused
+        unless the source's watermark is at least that offset (``store.lua``)."""
+        k = self.keys
+        doc = [source, self.window, batch] if after is None else [source, self.window,
+                                                                   batch, after]
+        return ("EVALSHA", sha, 3, k.watermarks(shard), k.seen(shard), k.meta(shard),
+                _pack(doc))
 
     async def apply_many(self, batches: Sequence[ShardBatch]) -> tuple[int, int, int]:
         """Apply (shard, source, events) batches in one round trip.
@@ -68,12 +82,12 @@ class RedisStore:
         Returns summed (applied, duplicates, already-applied offsets)."""
         if not batches:
             return 0, 0, 0
-        sha = await self._script_sha()
+        sha = await self.script_sha()
         try:
             results = await self._run(sha, batches)
         except NoScriptError:  # server restarted or SCRIPT FLUSH: load and retry once
-            self._sha = None
-            results = await self._run(await self._script_sha(), batches)
+            self.forget_script()
+            results = await self._run(await self.script_sha(), batches)
         totals = [0, 0, 0]
         for res in results:
             for i in range(3):
@@ -83,9 +97,9 @@ class RedisStore:
     async def _run(self, sha: str, batches: Sequence[ShardBatch]) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)
         for shard, source, batch in batches:
-            k = self.keys
-            queue_evalsha(pipe, sha, [k.watermarks(shard), k.seen(shard), k.meta(shard)],
-                          [_pack([source, self.window, batch])])
+            # The generic form: redis-py's cluster pipeline refuses pipe.evalsha but
+            # routes this by its declared keys (one slot, by the key layout).
+            pipe.execute_command(*self.command(sha, shard, source, batch))
         return list(await pipe.execute())
 
     async def dump(self, include_derived: bool = False) -> dict[str, Any]:

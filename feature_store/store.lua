@@ -3,12 +3,18 @@
 -- KEYS[2] seen zset (event_id -> event ts), the dedupe window
 -- KEYS[3] meta hash (maxts: newest event time applied in this shard; applied: how many
 --         events this shard has applied, counted here so a crash can't lose the count)
--- ARGV[1] msgpack [source, window_s, [[event_id, offset, ts, ops], ...]]
+-- ARGV[1] msgpack [source, window_s, [[event_id, offset, ts, ops], ...], after]
 -- Every other key an op names carries the same hash tag, so this stays one slot.
--- Returns {applied, duplicates, already_applied_offsets}.
+-- Returns {applied, duplicates, already_applied_offsets, refused}.
+-- after (optional): the source's watermark must already be at least this offset, i.e. the
+-- previous batch's events of this source are in. A worker that sends a batch before the
+-- previous one has answered (streams/pipeline.py, AheadWriter) passes it: if that call
+-- failed (a script cache flushed, a slot moved, a lost connection), this one is refused
+-- whole (refused = 1, nothing applied), and the worker sends it again after the retry.
+-- Without the check its offsets would move the watermark past the missing events.
 
 local doc = cmsgpack.unpack(ARGV[1])
-local source, window, events = doc[1], doc[2], doc[3]
+local source, window, events, after = doc[1], doc[2], doc[3], doc[4]
 
 local function num(v, default)
   if v == false or v == nil then return default end
@@ -293,6 +299,7 @@ OPS.xconvert = function(o)
 end
 
 local wm = num(redis.call('HGET', KEYS[1], source), -1)
+if after and wm < after then return {0, 0, 0, 1} end
 local maxts = num(redis.call('HGET', KEYS[3], 'maxts'), 0)
 local maxoff = wm
 local applied, dups, old = 0, 0, 0
@@ -314,4 +321,4 @@ write_changes()
 redis.call('HSET', KEYS[3], 'maxts', fmt(maxts))
 if applied > 0 then redis.call('HINCRBY', KEYS[3], 'applied', applied) end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. fmt(maxts - window))
-return {applied, dups, old}
+return {applied, dups, old, 0}

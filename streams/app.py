@@ -21,13 +21,15 @@ from threadpoolctl import threadpool_limits
 from aisle.settings import Settings
 from feature_store.client import open_redis
 from feature_store.keys import Keys
+from feature_store.multiplexed import pipelined
 from feature_store.redis_store import RedisStore
 from feature_store.updates import Folder
 from models.online import ModelHolder, UserVectorUpdater
 from push.drain import PushDrainer
 from push.sweep import sweep as push_sweep
 from push.watch import ItemWatchers
-from streams.batching import BatchApp, batch_consumer, quiet_gc
+from streams.ahead import WRITE_TIMEOUT_S, AheadWriter
+from streams.batching import BatchApp, BatchConsumer, batch_consumer, quiet_gc
 from streams.pipeline import BatchProcessor, BatchResult, PreparedBatch, Record
 from streams.timers import (
     population_due,
@@ -70,9 +72,12 @@ class WorkerContext:
         await producer.__aenter__()
         vectors = UserVectorUpdater(client, keys, self.holder, s.model.half_life_d * 86400)
         watchers = ItemWatchers(client, keys, s.push) if s.push.drain_interval_s > 0 else None
+        ordered = pipelined(client) if s.worker.write_ahead else None
+        if ordered is not None:
+            ordered.timeout = WRITE_TIMEOUT_S
         return BatchProcessor(RedisStore(client, keys, s.features.dedupe_window_s),
                               Folder(keys, s.features, s.model, s.push), producer, vectors,
-                              watchers=watchers)
+                              watchers=watchers, ordered=ordered)
 
     async def close(self) -> None:
         if self.holder is not None:
@@ -148,6 +153,9 @@ def build_app(settings: Settings) -> faust.App:
         # sent only once N is in. Each batch is acked when its write is done.
         consumer = batch_consumer(app)
         processor = await retried(ctx.get)
+        if processor.ordered is not None:
+            await write_ahead(consumer, processor, AheadWriter(processor, processor.ordered,
+                                                               retried))
         writing: asyncio.Task[BatchResult] | None = None
         while True:
             batch = await consumer.next_batch()
@@ -160,6 +168,19 @@ def build_app(settings: Settings) -> faust.App:
                 raise
             writing = asyncio.ensure_future(retried(lambda p=prepared: _write(p)))
             writing.add_done_callback(lambda done, b=batch: consumer.settle_batch(b, done))
+
+    async def write_ahead(consumer: BatchConsumer, processor: BatchProcessor,
+                          writer: AheadWriter) -> None:
+        # As below, but each batch is sent as soon as it is folded (streams/ahead.py).
+        while True:
+            batch = await consumer.next_batch()
+            try:
+                prepared = await processor.prepare_yielding(batch.records)
+                done = await writer.write(prepared)
+            except BaseException:
+                consumer.release_batch(batch)
+                raise
+            done.add_done_callback(lambda d, b=batch: consumer.settle_batch(b, d))
 
     if w.batch_consumer:
         both = app.topic(settings.topics.events, settings.topics.catalog,

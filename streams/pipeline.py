@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 
 from feature_store.keys import Keys
 from feature_store.memory_store import BatchEvent
+from feature_store.multiplexed import ClusterMultiplexed, Multiplexed
 from feature_store.redis_store import RedisStore
 from feature_store.updates import Folder
 from models.online import UserVectorUpdater
 from push.watch import ItemWatchers
-from streams.events import CatalogItemUpserted, DecodeError, decode_event
+from streams.events import CatalogItemRemoved, CatalogItemUpserted, DecodeError, decode_event
 from streams.topics import DeadLetter, EventProducer
 
 log = logging.getLogger(__name__)
@@ -80,12 +81,18 @@ class PreparedBatch:
     users: dict[str, float]
     # Catalog upserts: push watchers compare them with the items as stored (push/watch.py).
     upserts: list[CatalogItemUpserted] = field(default_factory=list)
+    removed: set[str] = field(default_factory=set)  # items of catalog removals
+
+    def catalog_items(self) -> set[str]:
+        """The items whose stored catalog entry this batch may change."""
+        return {e.payload.item_id for e in self.upserts} | self.removed
 
 
 class BatchProcessor:
     def __init__(self, store: RedisStore, folder: Folder, producer: EventProducer | None,
                  vectors: UserVectorUpdater | None = None, respect_rebuild: bool = True,
-                 watchers: ItemWatchers | None = None) -> None:
+                 watchers: ItemWatchers | None = None,
+                 ordered: Multiplexed | ClusterMultiplexed | None = None) -> None:
         self.store = store
         self.folder = folder
         self.keys: Keys = folder.keys
@@ -93,13 +100,17 @@ class BatchProcessor:
         self.vectors = vectors
         self.respect_rebuild = respect_rebuild
         self.watchers = watchers
+        # The ordered connection a worker writes ahead on (streams/ahead.py), if any.
+        self.ordered = ordered
         self.counters = Counters()
 
     async def close(self) -> None:
-        """Close what the processor opened itself: the fold-in's pipelined connection.
+        """Close the fold-in's pipelined connection and the ordered write connection.
         The store's client is the caller's."""
         if self.vectors is not None:
             await self.vectors.close()
+        if self.ordered is not None:
+            await self.ordered.close()
 
     async def wait_while_rebuilding(self) -> None:
         """``aisle rebuild`` holds this lock while it replays the log into a wiped store."""
@@ -149,6 +160,8 @@ class BatchProcessor:
             ops = fold(event)
             if isinstance(event, CatalogItemUpserted):
                 upserts.append(event)
+            elif isinstance(event, CatalogItemRemoved):
+                into.removed.add(event.payload.item_id)
             source = sources.get((rec.topic, rec.partition))
             if source is None:
                 source = sources[rec.topic, rec.partition] = f"{rec.topic}/{rec.partition}"
@@ -168,15 +181,23 @@ class BatchProcessor:
         """Write a prepared batch: dead letters, one Lua call per (shard, source), the
         applied counters, then the fold-in of the customers it touched."""
         started = time.perf_counter() if started is None else started
-        letters, users = prepared.letters, prepared.users
-        if letters:
-            await self._deadletter(letters)
-        result = BatchResult(records=prepared.records, deadletters=len(letters))
-        if self.watchers is not None and self.producer is not None and prepared.upserts:
-            # Before applying: the comparison needs the item as it was (push/watch.py).
-            await self.watchers.before_apply(prepared.upserts, self.producer)
+        await self.before_write(prepared)
+        result = BatchResult(records=prepared.records, deadletters=len(prepared.letters))
         result.applied, result.duplicates, result.already_applied = await self._apply(
             prepared.batches)
+        return await self.after_write(prepared, result, started)
+
+    async def before_write(self, prepared: PreparedBatch) -> None:
+        """What must happen before a batch is applied: its dead letters, and the push
+        watchers' comparison, which needs the items as they were (push/watch.py)."""
+        if prepared.letters:
+            await self._deadletter(prepared.letters)
+        if self.watchers is not None and self.producer is not None and prepared.upserts:
+            await self.watchers.before_apply(prepared.upserts, self.producer)
+
+    async def after_write(self, prepared: PreparedBatch, result: BatchResult,
+                          started: float) -> BatchResult:
+        """After a batch is applied: the worker's share and the customers' fold-in."""
         if result.applied:
             # Each worker's share, for operators to see who does the work. Approximate by
             # design: a crash between the apply and this call loses it. The group-wide
@@ -184,8 +205,8 @@ class BatchProcessor:
             # (feature_store/redis_store.py applied_total).
             await self.store.client.hincrby(self.keys.control("workers"), WORKER_ID,
                                             result.applied)
-        if self.vectors is not None and users:
-            result.folded_users = await self.vectors.update(users)
+        if self.vectors is not None and prepared.users:
+            result.folded_users = await self.vectors.update(prepared.users)
         result.seconds = time.perf_counter() - started
         self.counters.add(result)
         return result
