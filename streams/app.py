@@ -150,7 +150,8 @@ def build_app(settings: Settings) -> faust.App:
         # The consumer hands this agent whole fetched batches (streams/batching.py);
         # the stream itself stays empty. One agent, so a partition's batches are written
         # in order: batch N+1 is decoded and folded while the store applies batch N, and
-        # sent only once N is in. Each batch is acked when its write is done.
+        # sent right behind N on one ordered connection (write_ahead, streams/ahead.py)
+        # or, without one, only once N is in. Each batch is acked when its write is done.
         consumer = batch_consumer(app)
         processor = await retried(ctx.get)
         if processor.ordered is not None:
@@ -171,7 +172,9 @@ def build_app(settings: Settings) -> faust.App:
 
     async def write_ahead(consumer: BatchConsumer, processor: BatchProcessor,
                           writer: AheadWriter) -> None:
-        # As below, but each batch is sent as soon as it is folded (streams/ahead.py).
+        # As below, but each batch is sent as soon as it is folded (streams/ahead.py);
+        # a batch that fails for good raises out of writer.write at the next one, and
+        # the agent stops as it does below.
         while True:
             batch = await consumer.next_batch()
             try:
