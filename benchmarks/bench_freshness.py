@@ -282,7 +282,8 @@ def main() -> None:
     args.out = args.out or ("freshness_quick" if args.quick else "freshness")
     with loaded_stack(RETAIL, args.limit_rows, console.print,
                       extra_env={"AISLE_WORKER__RETRAIN_INTERVAL_S": "0",
-                                 "AISLE_WORKER__POPULATION_INTERVAL_S": "0"}) as loaded:
+                                 "AISLE_WORKER__POPULATION_INTERVAL_S": "0"},
+                      population=False) as loaded:
         rows = asyncio.run(measure(loaded, args))
         s = loaded.stack.settings
     report(rows)

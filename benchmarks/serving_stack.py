@@ -48,19 +48,23 @@ class Loaded:
 
 @contextlib.contextmanager
 def loaded_stack(data: Path, limit_rows: int | None, log: Any,
-                 extra_env: dict[str, str] | None = None) -> Iterator[Loaded]:
-    """A running stack holding ``data`` and a trained model; stopped on the way out."""
+                 extra_env: dict[str, str] | None = None,
+                 population: bool = True) -> Iterator[Loaded]:
+    """A running stack holding ``data`` and a trained model; stopped on the way out.
+    With ``population`` false the stack's workers do not sweep the population (the
+    caller turns the schedule off in ``extra_env``), so nothing waits for its stats."""
     with tempfile.TemporaryDirectory(prefix="aisle-bench-serving-") as tmp:
         settings = Settings(data_dir=Path(tmp), serving={"port": 0})
         stack = Stack.start(settings, extra_env=extra_env)
         try:
-            setup = _load(stack, data, limit_rows, log)
+            setup = _load(stack, data, limit_rows, log, population)
             yield Loaded(stack, stack.api_url or "", setup)
         finally:
             stack.stop()
 
 
-def _load(stack: Stack, data: Path, limit_rows: int | None, log: Any) -> dict[str, Any]:
+def _load(stack: Stack, data: Path, limit_rows: int | None, log: Any,
+          population: bool = True) -> dict[str, Any]:
     s = stack.settings
     t0 = time.monotonic()
     stats = asyncio.run(replay_file(s, data, limit_rows=limit_rows))
@@ -74,9 +78,11 @@ def _load(stack: Stack, data: Path, limit_rows: int | None, log: Any) -> dict[st
     # Segments, lifecycles and run-out dates need the population stats: offers measured
     # before the worker's first sweep matched no segment rule (and the sweep that came
     # mid-run issued ~300 offers at once, in the middle of a point).
-    population_s = asyncio.run(wait_population(s))
-    asyncio.run(wait_caught_up(s, timeout=120))  # the sweep's lifecycle events
-    log(f"population stats published {population_s:.1f}s later")
+    population_s = 0.0
+    if population:
+        population_s = asyncio.run(wait_population(s))
+        asyncio.run(wait_caught_up(s, timeout=120))  # the sweep's lifecycle events
+        log(f"population stats published {population_s:.1f}s later")
     _wait_model(stack.api_url or "", art.version)
     return {"dataset": data.name, "limit_rows": limit_rows, "replay": dataclasses.asdict(stats),
             "seconds": {"replay": round(t1 - t0, 1), "catch_up": round(t2 - t1, 1),
