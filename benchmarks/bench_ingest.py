@@ -21,8 +21,8 @@ prefix of its own:
   s  one worker with stock Faust agents (``worker.batch_consumer=false``: per-message
      events through ``take_events``), the way b ran before ``streams/batching.py``;
   w  b with ``worker.write_ahead=false``: each batch is sent only once the previous
-     one has answered, the way b ran before ``streams/ahead.py`` (not in the default
-     set: ``--variants bw`` compares the two).
+     one has answered, the way b ran before ``streams/ahead.py``; v is c so (neither is
+     in the default set: ``--variants bwcv`` compares them).
 
 The machine has 2 cores and is shared, so the baseline runs before every variant and
 after the last, a variant's ratio is to the mean of the two baselines around it, the
@@ -109,6 +109,7 @@ LABELS = {
     "e": "2 workers, one group",
     "s": "1 worker, stock Faust agents",
     "w": "b, writes wait for replies",
+    "v": "c, writes wait for replies",
 }
 
 # Wide enough for the tables when the output goes to a file.
@@ -224,7 +225,7 @@ def _reader_row(code: str, timing: ReadTiming, meter: CpuMeter) -> dict[str, Any
 async def workers(bench: Bench, w: Workload, code: str, rnd: int, count: int,
                   model: ModelArtifact | None = None) -> dict[str, Any]:
     s = w.variant(f"{code}{rnd}")
-    if code in "sw":
+    if code in "swv":
         s = s.model_copy(update={"worker": s.worker.model_copy(
             update={"batch_consumer": False} if code == "s" else {"write_ahead": False})})
     keys = Keys(s.features.key_prefix, s.features.shards)
@@ -346,6 +347,7 @@ async def _variant(bench: Bench, w: Workload, code: str, rnd: int) -> dict[str, 
         "e": lambda: workers(bench, w, "e", rnd, 2),
         "s": lambda: workers(bench, w, "s", rnd, 1),
         "w": lambda: workers(bench, w, "w", rnd, 1),
+        "v": lambda: _with_model(bench, w, rnd, "v"),
     }
     return await steps[code]()
 
@@ -362,16 +364,17 @@ async def _with_memory(bench: Bench, w: Workload, rnd: int) -> dict[str, Any]:
     return row
 
 
-async def _with_model(bench: Bench, w: Workload, rnd: int) -> dict[str, Any]:
+async def _with_model(bench: Bench, w: Workload, rnd: int, code: str = "c",
+                      ) -> dict[str, Any]:
     if w.model is None:
         started = time.perf_counter()
         w.model = await train_once(w.variant("b1"), bench.client)
         w.extra["model_for_c"] = {**w.model.stats, "factors": w.model.item_factors.shape[1],
                                   "train_once_s": round(time.perf_counter() - started, 2)}
         await wipe(bench.client, w.variant("b1"))
-    row = await workers(bench, w, "c", rnd, 1, model=w.model)
+    row = await workers(bench, w, code, rnd, 1, model=w.model)
     row["customers_with_vector"], row["customers"] = await _vectors(
-        bench.client, w.variant(f"c{rnd}"))
+        bench.client, w.variant(f"{code}{rnd}"))
     return row
 
 
@@ -508,7 +511,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_ROWS:,} Taobao rows")
     parser.add_argument("--retail", action="store_true", help="also Online Retail (a, b, d)")
-    parser.add_argument("--variants", default="bcdes", help="which of b, c, d, e, s, w to run")
+    parser.add_argument("--variants", default="bcdes", help="which of b, c, d, e, s, v, w to run")
     parser.add_argument("--rounds", type=int, default=None,
                         help=f"rounds of every variant (default {ROUNDS}, --quick 1)")
     args = parser.parse_args()

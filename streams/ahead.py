@@ -18,10 +18,12 @@ did *not* get in (a script cache flushed, a Cluster slot moved, the connection l
 - batches finish in order: N's failed or refused calls are written again (through
   redis-py, retried as before) before N+1's are looked at; N+1's refused ones follow.
 
-At most one batch is in flight when the next is sent, so a worker holds no more
-unapplied records than before (the consumer's queue bound), and a rebuild's grace period
-still covers what passed its lock check. Each batch is acked when it and every batch
-before it are applied and followed up. The push watchers compare a batch's upserts with
+At most one batch is being applied when the next is sent (and at most two are not
+followed up), so a worker holds about as many unapplied records as before, and a
+rebuild's grace period still covers what passed its lock check. A batch's follow-ups
+(its count, the fold-in of its customers) run after the previous batch's, while the
+store applies the next one. Each batch is acked when it and every batch before it are
+applied and followed up. The push watchers compare a batch's upserts with
 the items as stored: when an item is also upserted or removed by the batch in flight,
 the comparison waits for that batch (the read must see its write); otherwise it runs
 while the store applies the previous batch (no batch in flight touches that item).
@@ -60,7 +62,8 @@ async def once(step: Callable[[], Awaitable[T]]) -> T:
 
 @dataclass(slots=True)
 class _Sent:
-    done: asyncio.Future[BatchResult]
+    applied: asyncio.Future[BatchResult]  # its events are in the store
+    done: asyncio.Future[BatchResult]  # and followed up (count, fold-in): it may be acked
     last: dict[tuple[int, str], int]  # (shard, source) -> offset of the batch's last event
     catalog: set[str]  # items whose catalog entry the batch may change (watchers only)
 
@@ -80,14 +83,19 @@ class AheadWriter:
     async def write(self, prepared: PreparedBatch) -> asyncio.Future[BatchResult]:
         """Send ``prepared`` and return the future of its result, done once it and every
         batch written before it are applied and followed up. Raises what a batch before
-        it failed with (a worker then stops, as before: nothing later may be applied)."""
+        it failed with (a worker then stops, as before: nothing later may be applied).
+
+        Sent once at most one earlier batch is still being applied and at most two are
+        not followed up yet: the follow-ups (the fold-in reads what the batch wrote) run
+        one batch at a time, in order, while the store applies the next."""
         started = time.perf_counter()
         p = self.processor
-        await self._settle(keep=1)
+        await self._settle(applying=1, following=2)
         watched = p.watchers is not None and bool(prepared.upserts)
         catalog = prepared.catalog_items() if p.watchers is not None else set()
         if watched and any(catalog & sent.catalog for sent in self._sent):
-            await self._settle(keep=0)  # the watchers must read the in-flight batch's write
+            # The watchers must read the write of the batch in flight.
+            await self._settle(applying=0, following=2)
         if p.respect_rebuild:
             await self.retried(p.wait_while_rebuilding)
         await self.retried(lambda: p.before_write(prepared))
@@ -103,27 +111,39 @@ class AheadWriter:
             replies.add_done_callback(_retrieve)
         except Rerouted:  # a Cluster slot not known here: every call goes through redis-py
             replies = None
-        previous = self._sent[-1].done if self._sent else None
-        done = asyncio.ensure_future(self._finish(previous, prepared, calls, replies, started))
-        self._sent.append(_Sent(done, {key: batch[-1][1] for key, batch
-                                       in prepared.batches.items()}, catalog))
+        previous = self._sent[-1] if self._sent else None
+        applied = asyncio.ensure_future(self._applied(
+            previous.applied if previous else None, prepared, calls, replies))
+        applied.add_done_callback(_retrieve)
+        done = asyncio.ensure_future(self._follow_up(
+            previous.done if previous else None, applied, prepared, started))
+        self._sent.append(_Sent(applied, done, {key: batch[-1][1] for key, batch
+                                                in prepared.batches.items()}, catalog))
         return done
 
     async def drain(self) -> None:
         """Wait until every batch sent is applied and followed up."""
-        await self._settle(keep=0)
+        await self._settle(applying=0, following=0)
 
-    async def _settle(self, keep: int) -> None:
-        """Wait until at most ``keep`` batches are unfinished; raise a finished batch's
-        failure."""
-        while self._sent and (len(self._sent) > keep or self._sent[0].done.done()):
-            await asyncio.shield(self._sent[0].done)
-            self._sent.popleft()
+    async def _settle(self, applying: int, following: int) -> None:
+        """Wait until at most ``applying`` batches sent are not applied yet and at most
+        ``following`` are not done; raise a batch's failure."""
+        while True:
+            while self._sent and self._sent[0].done.done():
+                self._sent.popleft().done.result()  # raises what it failed with
+            unapplied = [sent.applied for sent in self._sent if not sent.applied.done()]
+            if len(unapplied) > applying:
+                await asyncio.shield(unapplied[0])
+            elif len(self._sent) > following:
+                await asyncio.shield(self._sent[0].done)
+            else:
+                return
 
-    async def _finish(self, previous: asyncio.Future[BatchResult] | None,
-                      prepared: PreparedBatch, calls: list[Call],
-                      replies: asyncio.Future[list[Any]] | None, started: float,
-                      ) -> BatchResult:
+    async def _applied(self, previous: asyncio.Future[BatchResult] | None,
+                       prepared: PreparedBatch, calls: list[Call],
+                       replies: asyncio.Future[list[Any]] | None) -> BatchResult:
+        """The batch's replies; its failed or refused calls written again once the
+        batch before it is in."""
         p = self.processor
         if previous is not None:
             await asyncio.shield(previous)  # in order; its failure is this batch's too
@@ -151,7 +171,19 @@ class AheadWriter:
             result.applied += applied
             result.duplicates += dups
             result.already_applied += old
-        return await self.retried(lambda: p.after_write(prepared, result, started))  # type: ignore[no-any-return]
+        return result
+
+    async def _follow_up(self, previous: asyncio.Future[BatchResult] | None,
+                         applied: asyncio.Future[BatchResult], prepared: PreparedBatch,
+                         started: float) -> BatchResult:
+        """The batch's count and fold-in, after the previous batch's (in order: a fold-in
+        reads what its batch wrote and must not overwrite a later batch's vectors)."""
+        if previous is not None:
+            await asyncio.shield(previous)
+        result = await asyncio.shield(applied)
+        p = self.processor
+        return await self.retried(  # type: ignore[no-any-return]
+            lambda: p.after_write(prepared, result, started))
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

@@ -162,13 +162,13 @@ def test_batches_sent_ahead_leave_what_one_by_one_leaves(redis_url: str) -> None
 
 
 class Recording(BatchProcessor):
-    """Notes, at each before_write, whether every batch written before is finished."""
+    """Notes, at each before_write, whether every batch sent before is applied."""
 
     seen: list[bool]
-    dones: list[asyncio.Future[Any]]
+    writer: AheadWriter
 
     async def before_write(self, prepared: PreparedBatch) -> None:
-        self.seen.append(all(d.done() for d in self.dones))
+        self.seen.append(all(sent.applied.done() for sent in self.writer._sent))
         await super().before_write(prepared)
 
 
@@ -185,13 +185,13 @@ def test_the_watchers_read_waits_for_a_batch_that_changes_the_same_item(
         p = Recording(RedisStore(client, keys, 86400.0),
                       Folder(keys, s.features, s.model, s.push), None, respect_rebuild=False,
                       watchers=ItemWatchers(client, keys, PushSettings()))
-        p.seen, p.dones = [], []
-        writer = AheadWriter(p, mux)
+        p.seen = []
+        writer = p.writer = AheadWriter(p, mux)
         try:
             for batch in ([*_views(0, 300), _upsert(300, "x", 10.0)],
-                          [_upsert(301, "y", 9.0)],          # another item: at once
-                          [*_views(302, 300), _upsert(602, "y", 5.0)]):  # y again: waits
-                p.dones.append(await writer.write(p.prepare(batch)))
+                          [*_views(301, 300), _upsert(601, "y", 9.0)],  # another item: at once
+                          [*_views(602, 300), _upsert(902, "y", 5.0)]):  # y again: waits
+                await writer.write(p.prepare(batch))
             await writer.drain()
             assert p.seen == [True, False, True]
         finally:
