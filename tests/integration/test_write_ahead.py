@@ -7,7 +7,9 @@ for an in-flight batch that changes the same item."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -60,6 +62,29 @@ async def _state(store: RedisStore, prefix: str) -> dict[str, Any]:
     return {k.replace(f"{{{prefix}:", "{P:"): v for k, v in (await store.dump()).items()}
 
 
+@contextlib.asynccontextmanager
+async def _connected(redis_url: str) -> AsyncIterator[tuple[aioredis.Redis, Multiplexed]]:
+    """redis-py's client and the ordered connection a worker writes ahead on."""
+    client = aioredis.Redis.from_url(redis_url)
+    mux = Multiplexed.of(client)
+    assert mux is not None
+    try:
+        yield client, mux
+    finally:
+        await mux.close()
+        await client.aclose()
+
+
+async def _as_one_by_one(client: aioredis.Redis, store: RedisStore, prefix: str,
+                         chunks: list[list[Record]]) -> None:
+    """The state under ``prefix`` is what applying ``chunks`` one by one leaves."""
+    ref = f"wr{uuid.uuid4().hex[:6]}"
+    one_by_one = _processor(client, ref)
+    for records in chunks:
+        await one_by_one.apply(one_by_one.prepare(records))
+    assert await _state(store, prefix) == await _state(one_by_one.store, ref)
+
+
 class GatedStore(RedisStore):
     """The store, with writes through redis-py (the writer's retry path) held at a gate."""
 
@@ -102,16 +127,13 @@ def test_a_batch_that_did_not_get_in_is_written_again_before_the_next(redis_url:
     ahead of N (its watermarks would then skip N's events for good), and both end up
     in, as writing them one by one leaves the store."""
     async def go() -> None:
-        client = aioredis.Redis.from_url(redis_url)
-        mux = Multiplexed.of(client)
-        assert mux is not None
-        prefix, ref = f"wa{uuid.uuid4().hex[:6]}", f"wr{uuid.uuid4().hex[:6]}"
-        p = _processor(client, prefix)
-        gated = GatedStore(client, p.keys, 86400.0)
-        gated.gate = asyncio.Event()
-        p.store = gated
-        writer = AheadWriter(p, mux)
-        try:
+        async with _connected(redis_url) as (client, mux):
+            prefix = f"wa{uuid.uuid4().hex[:6]}"
+            p = _processor(client, prefix)
+            gated = GatedStore(client, p.keys, 86400.0)
+            gated.gate = asyncio.Event()
+            p.store = gated
+            writer = AheadWriter(p, mux)
             first, second = _views(0, 40), _views(40, 40)
             sha = await p.store.script_sha()
             await client.script_flush()
@@ -126,37 +148,23 @@ def test_a_batch_that_did_not_get_in_is_written_again_before_the_next(redis_url:
             assert [r.applied for r in results] == [40, 40]
             assert writer.redone == len(p.prepare(first).batches) + len(
                 p.prepare(second).batches)
-            one_by_one = _processor(client, ref)
-            for records in (first, second):
-                await one_by_one.apply(one_by_one.prepare(records))
-            assert await _state(p.store, prefix) == await _state(one_by_one.store, ref)
-        finally:
-            await mux.close()
-            await client.aclose()
+            await _as_one_by_one(client, p.store, prefix, [first, second])
 
     asyncio.run(go())
 
 
 def test_batches_sent_ahead_leave_what_one_by_one_leaves(redis_url: str) -> None:
     async def go() -> None:
-        client = aioredis.Redis.from_url(redis_url)
-        mux = Multiplexed.of(client)
-        assert mux is not None
-        prefix, ref = f"wa{uuid.uuid4().hex[:6]}", f"wr{uuid.uuid4().hex[:6]}"
-        p, one_by_one = _processor(client, prefix), _processor(client, ref)
-        writer = AheadWriter(p, mux)
-        try:
+        async with _connected(redis_url) as (client, mux):
+            prefix = f"wa{uuid.uuid4().hex[:6]}"
+            p = _processor(client, prefix)
+            writer = AheadWriter(p, mux)
             chunks = [_views(n * 50, 50) for n in range(6)]
             dones = [await writer.write(p.prepare(c)) for c in chunks]
             await writer.drain()
             assert [d.result().applied for d in dones] == [50] * 6
             assert writer.redone == 0
-            for c in chunks:
-                await one_by_one.apply(one_by_one.prepare(c))
-            assert await _state(p.store, prefix) == await _state(one_by_one.store, ref)
-        finally:
-            await mux.close()
-            await client.aclose()
+            await _as_one_by_one(client, p.store, prefix, chunks)
 
     asyncio.run(go())
 
@@ -177,25 +185,20 @@ def test_the_watchers_read_waits_for_a_batch_that_changes_the_same_item(
     """A price change of an item the batch in flight also changes is compared with the
     item as that batch leaves it; one of another item is compared at once."""
     async def go() -> None:
-        client = aioredis.Redis.from_url(redis_url)
-        mux = Multiplexed.of(client)
-        assert mux is not None
-        s = Settings()
-        keys = Keys(f"wa{uuid.uuid4().hex[:6]}", SHARDS)
-        p = Recording(RedisStore(client, keys, 86400.0),
-                      Folder(keys, s.features, s.model, s.push), None, respect_rebuild=False,
-                      watchers=ItemWatchers(client, keys, PushSettings()))
-        p.seen = []
-        writer = p.writer = AheadWriter(p, mux)
-        try:
+        async with _connected(redis_url) as (client, mux):
+            s = Settings()
+            keys = Keys(f"wa{uuid.uuid4().hex[:6]}", SHARDS)
+            p = Recording(RedisStore(client, keys, 86400.0),
+                          Folder(keys, s.features, s.model, s.push), None,
+                          respect_rebuild=False,
+                          watchers=ItemWatchers(client, keys, PushSettings()))
+            p.seen = []
+            writer = p.writer = AheadWriter(p, mux)
             for batch in ([*_views(0, 300), _upsert(300, "x", 10.0)],
                           [*_views(301, 300), _upsert(601, "y", 9.0)],  # another item: at once
                           [*_views(602, 300), _upsert(902, "y", 5.0)]):  # y again: waits
                 await writer.write(p.prepare(batch))
             await writer.drain()
             assert p.seen == [True, False, True]
-        finally:
-            await mux.close()
-            await client.aclose()
 
     asyncio.run(go())
