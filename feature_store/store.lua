@@ -8,7 +8,7 @@
 -- Returns {applied, duplicates, already_applied_offsets, refused}.
 -- after (optional): the source's watermark must already be at least this offset, i.e. the
 -- previous batch's events of this source are in. A worker that sends a batch before the
--- previous one has answered (streams/pipeline.py, AheadWriter) passes it: if that call
+-- previous one has answered (streams/ahead.py, AheadWriter) passes it: if that call
 -- failed (a script cache flushed, a slot moved, a lost connection), this one is refused
 -- whole (refused = 1, nothing applied), and the worker sends it again after the retry.
 -- Without the check its offsets would move the watermark past the missing events.

@@ -172,9 +172,9 @@ def build_app(settings: Settings) -> faust.App:
 
     async def write_ahead(consumer: BatchConsumer, processor: BatchProcessor,
                           writer: AheadWriter) -> None:
-        # As below, but each batch is sent as soon as it is folded (streams/ahead.py);
-        # a batch that fails for good raises out of writer.write at the next one, and
-        # the agent stops as it does below.
+        # run_fetched_batches' loop, with each batch sent as soon as it is folded
+        # (streams/ahead.py); a batch that fails for good raises out of writer.write at
+        # the next one, and the agent stops as it does there.
         while True:
             batch = await consumer.next_batch()
             try:
