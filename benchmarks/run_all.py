@@ -19,6 +19,7 @@ BENCHMARKS = [
     ("benchmarks.bench_ingest", True),
     ("benchmarks.bench_store_malloc", True),  # Valkey with libc malloc vs jemalloc, ~2 min
     ("benchmarks.bench_freshness", True),
+    ("benchmarks.bench_rebuild", True),   # ~3 minutes: 6 rebuilds of the Taobao slice
     ("benchmarks.bench_serving", True),
     ("benchmarks.bench_cluster", True),   # one Valkey vs a 3-primary cluster, ~6 minutes
     ("benchmarks.eval_customer", False),

@@ -2,7 +2,8 @@
 
 Workers keep running: they see the rebuild lock before each batch and wait. The rebuild
 reads every partition from its first offset to the end offset it saw when it started,
-through the same :class:`BatchProcessor` the workers use; when it releases the lock the
+through the same :class:`BatchProcessor` the workers use, writing ahead as they do
+(``streams/ahead.py``); when it releases the lock the
 workers go on, and the offset watermarks skip what the rebuild already applied.
 """
 
@@ -18,9 +19,11 @@ from aiokafka import AIOKafkaConsumer
 from aisle.settings import Settings
 from feature_store.client import cancel_and_wait, open_redis
 from feature_store.keys import Keys
+from feature_store.multiplexed import pipelined
 from feature_store.redis_store import RedisStore
 from feature_store.updates import Folder
 from models.online import ModelHolder, UserVectorUpdater
+from streams.ahead import WRITE_TIMEOUT_S, AheadWriter
 from streams.lag import end_offsets
 from streams.pipeline import BatchProcessor, Record
 
@@ -35,6 +38,7 @@ async def rebuild_from_log(settings: Settings) -> dict[str, float]:
     lock = keys.control("rebuild")
     started = time.monotonic()
     vectors: UserVectorUpdater | None = None
+    processor: BatchProcessor | None = None
     try:
         await client.set(lock, b"1", ex=LOCK_TTL_S)
         keeper = asyncio.create_task(_keep_lock(client, lock))
@@ -45,14 +49,21 @@ async def rebuild_from_log(settings: Settings) -> dict[str, float]:
         await holder.refresh()
         vectors = UserVectorUpdater(client, keys, holder, settings.model.half_life_d * 86400)
         folder = Folder(keys, settings.features, settings.model, settings.push)
-        processor = BatchProcessor(store, folder,
-                                   producer=None, vectors=vectors, respect_rebuild=False)
+        ordered = pipelined(client) if settings.worker.write_ahead else None
+        if ordered is not None:
+            ordered.timeout = WRITE_TIMEOUT_S
+        processor = BatchProcessor(store, folder, producer=None, vectors=vectors,
+                                   respect_rebuild=False, ordered=ordered)
+        # As a worker writes: each batch sent while the previous one is applied.
+        writer = AheadWriter(processor, ordered) if ordered is not None else None
         for topic in (settings.topics.catalog, settings.topics.events):
-            await _replay_topic(settings, topic, processor)
+            await _replay_topic(settings, topic, processor, writer)
         total = processor.counters.total
         await cancel_and_wait(keeper)
     finally:
-        if vectors is not None:
+        if processor is not None:
+            await processor.close()
+        elif vectors is not None:
             await vectors.close()
         await client.delete(lock)
         await client.aclose()
@@ -65,7 +76,10 @@ async def _keep_lock(client: aioredis.Redis, lock: str) -> None:
         await client.expire(lock, LOCK_TTL_S)
 
 
-async def _replay_topic(settings: Settings, topic: str, processor: BatchProcessor) -> None:
+async def _replay_topic(settings: Settings, topic: str, processor: BatchProcessor,
+                        writer: AheadWriter | None = None) -> None:
+    """Apply ``topic`` from its first offset to the end seen now; with ``writer``, every
+    batch is in when this returns (the catalog is applied before the events)."""
     ends = {tp: off for tp, off in (await end_offsets(settings, [topic])).items() if off > 0}
     if not ends:
         return
@@ -90,7 +104,12 @@ async def _replay_topic(settings: Settings, topic: str, processor: BatchProcesso
                     del remaining[tp]
                     consumer.pause(tp)
             if records:
-                await processor.process(records)
+                if writer is None:
+                    await processor.process(records)
+                else:
+                    await writer.write(await processor.prepare_yielding(records))
+        if writer is not None:
+            await writer.drain()
     finally:
         await consumer.stop()
 
