@@ -41,8 +41,9 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
+from aisle.settings import Settings
 from feature_store.memory_store import BatchEvent
-from feature_store.multiplexed import ClusterMultiplexed, Multiplexed, Rerouted
+from feature_store.multiplexed import ClusterMultiplexed, Multiplexed, Rerouted, pipelined
 from streams.pipeline import BatchProcessor, BatchResult, PreparedBatch
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,17 @@ Call = tuple[int, str, list[BatchEvent], int | None]
 #: The ordered connection's watchdog: two batches' scripts can be queued on it, which
 #: takes seconds on a loaded machine; longer than this, the store is taken for gone.
 WRITE_TIMEOUT_S = 60.0
+
+
+def ordered_connection(client: Any, settings: Settings,
+                       ) -> Multiplexed | ClusterMultiplexed | None:
+    """The connection a worker (or a rebuild) writes ahead on: None when
+    ``worker.write_ahead`` is off or redis-py must speak for the store (TLS,
+    credential providers), and the batches then go one at a time."""
+    ordered = pipelined(client) if settings.worker.write_ahead else None
+    if ordered is not None:
+        ordered.timeout = WRITE_TIMEOUT_S
+    return ordered
 
 
 async def once(step: Callable[[], Awaitable[T]]) -> T:

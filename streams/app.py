@@ -21,14 +21,13 @@ from threadpoolctl import threadpool_limits
 from aisle.settings import Settings
 from feature_store.client import open_redis
 from feature_store.keys import Keys
-from feature_store.multiplexed import pipelined
 from feature_store.redis_store import RedisStore
 from feature_store.updates import Folder
 from models.online import ModelHolder, UserVectorUpdater
 from push.drain import PushDrainer
 from push.sweep import sweep as push_sweep
 from push.watch import ItemWatchers
-from streams.ahead import WRITE_TIMEOUT_S, AheadWriter
+from streams.ahead import AheadWriter, ordered_connection
 from streams.batching import BatchApp, BatchConsumer, batch_consumer, quiet_gc
 from streams.pipeline import BatchProcessor, BatchResult, PreparedBatch, Record
 from streams.timers import (
@@ -72,9 +71,7 @@ class WorkerContext:
         await producer.__aenter__()
         vectors = UserVectorUpdater(client, keys, self.holder, s.model.half_life_d * 86400)
         watchers = ItemWatchers(client, keys, s.push) if s.push.drain_interval_s > 0 else None
-        ordered = pipelined(client) if s.worker.write_ahead else None
-        if ordered is not None:
-            ordered.timeout = WRITE_TIMEOUT_S
+        ordered = ordered_connection(client, s)
         return BatchProcessor(RedisStore(client, keys, s.features.dedupe_window_s),
                               Folder(keys, s.features, s.model, s.push), producer, vectors,
                               watchers=watchers, ordered=ordered)

@@ -19,11 +19,10 @@ from aiokafka import AIOKafkaConsumer
 from aisle.settings import Settings
 from feature_store.client import cancel_and_wait, open_redis
 from feature_store.keys import Keys
-from feature_store.multiplexed import pipelined
 from feature_store.redis_store import RedisStore
 from feature_store.updates import Folder
 from models.online import ModelHolder, UserVectorUpdater
-from streams.ahead import WRITE_TIMEOUT_S, AheadWriter
+from streams.ahead import AheadWriter, ordered_connection
 from streams.lag import end_offsets
 from streams.pipeline import BatchProcessor, Record
 
@@ -49,9 +48,7 @@ async def rebuild_from_log(settings: Settings) -> dict[str, float]:
         await holder.refresh()
         vectors = UserVectorUpdater(client, keys, holder, settings.model.half_life_d * 86400)
         folder = Folder(keys, settings.features, settings.model, settings.push)
-        ordered = pipelined(client) if settings.worker.write_ahead else None
-        if ordered is not None:
-            ordered.timeout = WRITE_TIMEOUT_S
+        ordered = ordered_connection(client, settings)
         processor = BatchProcessor(store, folder, producer=None, vectors=vectors,
                                    respect_rebuild=False, ordered=ordered)
         # As a worker writes: each batch sent while the previous one is applied.
