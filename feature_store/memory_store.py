@@ -94,11 +94,18 @@ class MemoryStore:
         z = self._zset(o[1])
         z[o[2]] = max(z.get(o[2], -math.inf), float(o[3]))
 
-    def _op_ztrim(self, o: Op) -> None:
-        z = self._zset(o[1])
-        keep = sorted(z.items(), key=lambda kv: (kv[1], kv[0]))[-o[2]:] if o[2] else []
+    def _trim(self, key: str, n: int) -> None:
+        """Keep the n highest-scored members (ties: by member, as Redis ranks them)."""
+        z = self._zset(key)
+        keep = sorted(z.items(), key=lambda kv: (kv[1], kv[0]))[-n:] if n else []
         z.clear()
         z.update(keep)
+
+    def _op_zmaxn(self, o: Op) -> None:
+        added = o[2] not in self._zset(o[1])
+        self._op_zmax(o)
+        if added:
+            self._trim(o[1], o[4])
 
     def _op_zinc(self, o: Op) -> None:
         z = self._zset(o[1])
@@ -121,6 +128,10 @@ class MemoryStore:
         h = self._hash(o[1])
         if o[2] not in h or o[3] < float(h[o[2]]):
             h[o[2]] = o[3]
+
+    def _op_hspan(self, o: Op) -> None:
+        self._op_hmin(["hmin", o[1], o[2], o[4]])
+        self._op_hmax(["hmax", o[1], o[3], o[4]])
 
     def _op_hset(self, o: Op) -> None:
         self._hash(o[1])[o[2]] = o[3]
@@ -178,8 +189,7 @@ class MemoryStore:
             for other in items:
                 self._op_zinc(["zinc", co + item, other, 1])
                 self._op_zinc(["zinc", co + other, item, 1])
-        items[item] = max(items.get(item, -math.inf), float(ts))
-        self._op_ztrim(["ztrim", kitems, maxn])
+        self._op_zmaxn(["zmaxn", kitems, item, ts, maxn])
 
     def _op_basket(self, o: Op) -> None:
         co, items = o[1], o[2:]

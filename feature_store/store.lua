@@ -26,46 +26,59 @@ local function logaddexp(a, b)
   return b + math.log(1 + math.exp(a - b))
 end
 
+-- Numbers go to redis.call as Lua numbers: the server writes them exactly (shortest
+-- round-trip form; %.17g before Redis 7.2), so no string.format here. Only the one
+-- number spliced into a string (the seen window's exclusive bound) needs fmt.
 local function fmt(x)
   return string.format('%.17g', x)
 end
 
 local OPS = {}
-OPS.zmax = function(o) redis.call('ZADD', o[2], 'GT', fmt(o[4]), o[3]) end
-OPS.ztrim = function(o) redis.call('ZREMRANGEBYRANK', o[2], 0, -(o[3] + 1)) end
-OPS.zinc = function(o) redis.call('ZINCRBY', o[2], fmt(o[4]), o[3]) end
+OPS.zmax = function(o) redis.call('ZADD', o[2], 'GT', o[4], o[3]) end
+-- zmax, then keep the o[5] highest-scored members, only when the member is new: an update of a member never
+-- grows the set (ZADD GT answers how many members it added), so the trim's call is spent
+-- only when it can remove something.
+OPS.zmaxn = function(o)
+  if redis.call('ZADD', o[2], 'GT', o[4], o[3]) == 1 then
+    redis.call('ZREMRANGEBYRANK', o[2], 0, -(o[5] + 1))
+  end
+end
+OPS.zinc = function(o) redis.call('ZINCRBY', o[2], o[4], o[3]) end
 OPS.zlog = function(o)
   local old = num(redis.call('ZSCORE', o[2], o[3]), nil)
   local new = o[4]
   if old then new = logaddexp(old, new) end
-  redis.call('ZADD', o[2], fmt(new), o[3])
+  redis.call('ZADD', o[2], new, o[3])
 end
-OPS.hinc = function(o) redis.call('HINCRBYFLOAT', o[2], o[3], fmt(o[4])) end
+OPS.hinc = function(o) redis.call('HINCRBYFLOAT', o[2], o[3], o[4]) end
 OPS.hmax = function(o)
   local old = num(redis.call('HGET', o[2], o[3]), nil)
-  if not old or o[4] > old then redis.call('HSET', o[2], o[3], fmt(o[4])) end
+  if not old or o[4] > old then redis.call('HSET', o[2], o[3], o[4]) end
 end
 OPS.hmin = function(o)
   local old = num(redis.call('HGET', o[2], o[3]), nil)
-  if not old or o[4] < old then redis.call('HSET', o[2], o[3], fmt(o[4])) end
+  if not old or o[4] < old then redis.call('HSET', o[2], o[3], o[4]) end
 end
-OPS.hset = function(o)
-  local v = o[4]
-  if type(v) == 'number' then v = fmt(v) end
-  redis.call('HSET', o[2], o[3], v)
+-- hmin of field o[3] and hmax of field o[4] with the same value, read in one HMGET.
+OPS.hspan = function(o)
+  local both = redis.call('HMGET', o[2], o[3], o[4])
+  local lo, hi, v = num(both[1], nil), num(both[2], nil), o[5]
+  if not lo or v < lo then
+    if not hi or v > hi then redis.call('HSET', o[2], o[3], v, o[4], v)
+    else redis.call('HSET', o[2], o[3], v) end
+  elseif not hi or v > hi then
+    redis.call('HSET', o[2], o[4], v)
+  end
 end
+OPS.hset = function(o) redis.call('HSET', o[2], o[3], o[4]) end
 OPS.hdel = function(o) redis.call('HDEL', o[2], o[3]) end
 -- Set the fields o[first], o[first + 1], ... of hash `key` unless its 'ts' is newer than
 -- `ts`; returns whether they were set, and whether the hash had a 'ts' before.
 local function set_newer(key, ts, o, first)
   local old = num(redis.call('HGET', key, 'ts'), nil)
   if old and ts < old then return false, true end
-  local args = {'ts', fmt(ts)}
-  for i = first, #o do
-    local v = o[i]
-    if type(v) == 'number' then v = fmt(v) end
-    args[#args + 1] = v
-  end
+  local args = {'ts', ts}
+  for i = first, #o do args[#args + 1] = o[i] end
   redis.call('HSET', key, unpack(args))
   return true, old ~= nil
 end
@@ -124,8 +137,9 @@ OPS.session = function(o)
       redis.call('ZINCRBY', co .. other, 1, item)
     end
   end
-  redis.call('ZADD', kitems, 'GT', fmt(ts), item)
-  redis.call('ZREMRANGEBYRANK', kitems, 0, -(maxn + 1))
+  if redis.call('ZADD', kitems, 'GT', ts, item) == 1 then  -- as zmaxn
+    redis.call('ZREMRANGEBYRANK', kitems, 0, -(maxn + 1))
+  end
 end
 OPS.basket = function(o)
   local co = o[2]
@@ -166,9 +180,9 @@ OPS.cancel = function(o)
     amount = num(redis.call('HGET', korders, order_id), 0)
     redis.call('HDEL', korders, order_id)
   end
-  redis.call('HINCRBYFLOAT', krfm, 'monetary', fmt(-amount))
+  redis.call('HINCRBYFLOAT', krfm, 'monetary', -amount)
   redis.call('HINCRBY', krfm, 'cancels', 1)
-  redis.call('HINCRBYFLOAT', kspend, month, fmt(-amount))
+  redis.call('HINCRBYFLOAT', kspend, month, -amount)
 end
 OPS.hsetnx = function(o) redis.call('HSETNX', o[2], o[3], o[4]) end
 OPS.zremle = function(o)
@@ -195,7 +209,7 @@ end
 -- rx, ro) are kept as increments, (n+1)^2 - n^2 = 2n+1, so variances come out on read.
 local function xinc(st, variant, day, metric, d)
   if d ~= 0 then
-    redis.call('HINCRBYFLOAT', st, variant .. '|' .. day .. '|' .. metric, fmt(d))
+    redis.call('HINCRBYFLOAT', st, variant .. '|' .. day .. '|' .. metric, d)
   end
 end
 local function xget(kxp, exp, field, default)
@@ -210,17 +224,17 @@ OPS.xexpose = function(o)
   if not v then
     v = variant
     local x = num(redis.call('HGET', krfm, 'monetary'), 0)
-    redis.call('HSET', kxp, exp .. '|v', v, exp .. '|f', fmt(ts), exp .. '|x', fmt(x))
+    redis.call('HSET', kxp, exp .. '|v', v, exp .. '|f', ts, exp .. '|x', x)
     xinc(st, v, day, 'users', 1)
     xinc(st, v, day, 'x', x)
     xinc(st, v, day, 'x2', x * x)
   else
     if v ~= variant then xinc(st, v, day, 'moved', 1) end
-    if ts < xget(kxp, exp, 'f', ts) then redis.call('HSET', kxp, exp .. '|f', fmt(ts)) end
+    if ts < xget(kxp, exp, 'f', ts) then redis.call('HSET', kxp, exp .. '|f', ts) end
   end
   local e, c = xget(kxp, exp, 'e', 0), xget(kxp, exp, 'c', 0)
-  redis.call('HSET', kxp, exp .. '|e', fmt(e + 1))
-  if ts > xget(kxp, exp, 'l', ts - 1) then redis.call('HSET', kxp, exp .. '|l', fmt(ts)) end
+  redis.call('HSET', kxp, exp .. '|e', e + 1)
+  if ts > xget(kxp, exp, 'l', ts - 1) then redis.call('HSET', kxp, exp .. '|l', ts) end
   xinc(st, v, day, 'exp', 1)
   xinc(st, v, day, 'e2', 2 * e + 1)
   xinc(st, v, day, 'ec', c)
@@ -248,7 +262,7 @@ local function xclick(kxp, kreq, prefix, rid, day)
     local v = redis.call('HGET', kxp, exp .. '|v')
     if v then
       local e, c = xget(kxp, exp, 'e', 0), xget(kxp, exp, 'c', 0)
-      redis.call('HSET', kxp, exp .. '|c', fmt(c + 1))
+      redis.call('HSET', kxp, exp .. '|c', c + 1)
       local st = prefix .. exp
       xinc(st, v, day, 'clk', 1)
       xinc(st, v, day, 'c2', 2 * c + 1)
@@ -285,7 +299,7 @@ OPS.xconvert = function(o)
         else
           local n, r, x = xget(kxp, exp, 'o', 0), xget(kxp, exp, 'r', 0), xget(kxp, exp, 'x', 0)
           if n == 0 then xinc(st, v, day, 'conv', 1) end
-          redis.call('HSET', kxp, exp .. '|o', fmt(n + 1), exp .. '|r', fmt(r + amount))
+          redis.call('HSET', kxp, exp .. '|o', n + 1, exp .. '|r', r + amount)
           xinc(st, v, day, 'ord', 1)
           xinc(st, v, day, 'o2', 2 * n + 1)
           xinc(st, v, day, 'rev', amount)
@@ -307,7 +321,7 @@ for _, e in ipairs(events) do
   local eid, off, ts, ops = e[1], e[2], e[3], e[4]
   if off >= 0 and off <= wm then
     old = old + 1
-  elseif redis.call('ZADD', KEYS[2], 'NX', fmt(ts), eid) == 0 then
+  elseif redis.call('ZADD', KEYS[2], 'NX', ts, eid) == 0 then
     dups = dups + 1
   else
     for _, op in ipairs(ops) do OPS[op[1]](op) end
@@ -318,7 +332,7 @@ for _, e in ipairs(events) do
 end
 if maxoff > wm then redis.call('HSET', KEYS[1], source, maxoff) end
 write_changes()
-redis.call('HSET', KEYS[3], 'maxts', fmt(maxts))
+redis.call('HSET', KEYS[3], 'maxts', maxts)
 if applied > 0 then redis.call('HINCRBY', KEYS[3], 'applied', applied) end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. fmt(maxts - window))
 return {applied, dups, old, 0}

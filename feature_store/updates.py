@@ -8,11 +8,13 @@ opcodes of their own, so every read-modify-write happens inside the atomic scrip
 Opcodes
 -------
 ``zmax k m ts``        keep the larger score (recent views, favourites)
-``ztrim k n``          keep the n highest-scored members
+``zmaxn k m ts n``     zmax, then keep the n highest-scored members if m was new (a
+                       bounded recent set: an update cannot grow it, so it is not trimmed)
 ``zlog k m logw``      score := logaddexp(score, logw) (forward-decayed sums)
 ``zinc k m d``         score += d
 ``hinc k f d``         field += d (float)
 ``hmax/hmin k f v``    field := max/min(field, v)
+``hspan k f_lo f_hi v`` hmin of f_lo and hmax of f_hi with the same v (first/last seen)
 ``hset k f v``         field := v
 ``hdel k f``           delete field
 ``hnewer k ts f v ...`` set the fields only if ``ts`` >= the stored ``ts`` field
@@ -115,7 +117,7 @@ class Folder:
         if event.user_id is not None and not isinstance(
                 event, ev.UserErased | ev.PushDecided | ev.PushItemChanged | ev.PushScheduled):
             rfm = self._u(event, "rfm")
-            ops += [["hmin", rfm, "first_seen", event.ts], ["hmax", rfm, "last_seen", event.ts],
+            ops += [["hspan", rfm, "first_seen", "last_seen", event.ts],
                     ["hinc", self._u(event, "src"), event.source, 1]]
         return ops
 
@@ -206,10 +208,10 @@ class Folder:
                          self._ia(event, item, weight), self._trend(shard, item, weight, ts)]
         ops += self._affinity(event, event.payload.category, weight)
         watch = self.keys.push_watch(shard, item)  # price drop / back in stock
-        ops += [["zmax", watch, _uid(event), ts], ["ztrim", watch, self.push.watchers_max]]
+        ops.append(["zmaxn", watch, _uid(event), ts, self.push.watchers_max])
         if isinstance(event, ev.ProductViewed):
-            views = self._u(event, "views")
-            ops += [["zmax", views, item, ts], ["ztrim", views, self.features.recent_views_max]]
+            ops.append(["zmaxn", self._u(event, "views"), item, ts,
+                        self.features.recent_views_max])
         elif isinstance(event, ev.ProductFavorited):
             ops.append(["zmax", self._u(event, "fav"), item, ts])
         else:
@@ -259,7 +261,7 @@ class Folder:
         total = round(sum(amounts.values()), 2)
         rfm, order_id = self._u(event, "rfm"), event.payload.order_id
         ops += [["sadd", self.keys.users(shard), event.user_id],
-                ["hmin", rfm, "first_ts", ts], ["hmax", rfm, "last_ts", ts],
+                ["hspan", rfm, "first_ts", "last_ts", ts],
                 ["hinc", rfm, "orders", 1], ["hinc", rfm, "monetary", total],
                 ["hset", self._u(event, "orders"), order_id, total],
                 ["hinc", self._u(event, "spend"), month_of(ts), total]]
@@ -408,7 +410,7 @@ class Folder:
             ops.append(["zmax", self.keys.push_due(shard), trigger, p.hold_until_ts])
         elif p.outcome == "emitted":
             log = self._u(event, "pushlog")
-            ops += [["zmax", log, f"{p.candidate_id}|{p.rule}", event.ts], ["ztrim", log, 100]]
+            ops.append(["zmaxn", log, f"{p.candidate_id}|{p.rule}", event.ts, 100])
             if p.dedupe_key:
                 ops.append(["hmax", self._u(event, "pushkeys"), p.dedupe_key, event.ts])
             ops += [["hmax", self._u(event, "pushitems"), item, event.ts] for item in p.items]

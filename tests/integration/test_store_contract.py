@@ -211,3 +211,42 @@ def test_sampled_pairs_of_big_baskets_agree(redis_url: str) -> None:
     real, fake = asyncio.run(_run_both(redis_url, events, sampled))
     assert sum(1 for k in real if ":co:buy:" in k) > 250
     assert differences(real, fake) == []
+
+
+def test_bounded_sets_keep_the_n_highest_scores_ever_given(redis_url: str) -> None:
+    """``zmaxn`` trims only when a member is new (an update cannot grow the set), and
+    ``session`` the same way: out-of-order scores, re-adds of trimmed members and repeats
+    included, both stores still hold exactly the n highest of every member's best score,
+    as trimming after every write would. ``hspan`` keeps the smallest and largest value."""
+    rng = random.Random(11)
+    keys = Keys(f"z{uuid.uuid4().hex[:6]}", 1)
+    recent, sitems, sess, span = (keys.user("u", s) for s in ("views", "sitems", "sess", "rfm"))
+    best: dict[str, float] = {}
+    values: list[float] = []
+    batch = []
+    for i in range(400):
+        member, score = f"m{rng.randrange(25)}", float(rng.randrange(1000))
+        best[member] = max(best.get(member, -1.0), score)
+        values.append(score)
+        batch.append((f"e{i}", i, float(i), [
+            ["zmaxn", recent, member, score, 5],
+            ["session", sess, sitems, "s1", member, score, 4, keys.co_prefix("view", 0)],
+            ["hspan", span, "first", "last", score]]))
+
+    async def both() -> tuple[dict, dict]:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            real, fake = RedisStore(client, keys, 1e9), MemoryStore(keys, 1e9)
+            for start in range(0, len(batch), 50):  # several calls, as batches arrive
+                part = batch[start:start + 50]
+                assert list(await real.apply_many([(0, "t/0", part)])) == \
+                    list(fake.apply(0, "t/0", part))
+            return await real.dump(), fake.dump()
+        finally:
+            await client.aclose()
+
+    real, fake = asyncio.run(both())
+    assert differences(real, fake) == []
+    ranked = sorted(best.items(), key=lambda kv: (kv[1], kv[0]))
+    assert real[recent] == dict(ranked[-5:]) and real[sitems] == dict(ranked[-4:])
+    assert real[span] == {"first": min(values), "last": max(values)}
