@@ -181,16 +181,17 @@ class UserVectorUpdater:
         if art is None or not users:
             return 0
         ids = list(users)
+        bases = [self.keys.user(uid, "") for uid in ids]  # each customer's key prefix
         reads: list[tuple[Any, ...]] = []
-        for uid in ids:
-            reads.append(("ZRANGE", self.keys.user(uid, "ia"), 0, -1, "WITHSCORES"))
-            reads.append(("HGET", self.keys.user(uid, "rfm"), "last_seen"))
+        for base in bases:
+            reads.append(("ZRANGE", base + "ia", 0, -1, "WITHSCORES"))
+            reads.append(("HGET", base + "rfm", "last_seen"))
             if guarded:
-                reads.append(("GET", self.keys.user(uid, "vec")))
+                reads.append(("GET", base + "vec"))
         replies = await self._many(reads)
         per = 3 if guarded else 2
         index = art.item_index
-        solved: list[str] = []
+        solved: list[int] = []  # positions in ids
         stored: list[bytes] = []
         cols: list[int] = []
         logw: list[float] = []
@@ -210,7 +211,7 @@ class UserVectorUpdater:
             # e^(years / tau), which overflows the solve.
             before = len(cols)
             _known_items(index, zip(flat[::2], flat[1::2], strict=True), cols, logw)
-            solved.append(uid)
+            solved.append(n)
             lengths.append(len(cols) - before)
             refs.append(max(art.ref_ts, users[uid], float(last or 0.0)))
         if not solved:
@@ -222,17 +223,23 @@ class UserVectorUpdater:
         histories = [(idx[lo:hi], weights[lo:hi])
                      for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
         vectors = art.fold_in().solve_many(histories)
+        shard_of, version = self.keys.shard_of, art.version
         if guarded:  # one compare-and-set script per shard (its keys share a slot)
             by_shard: dict[int, tuple[list[str], list[bytes]]] = {}
-            for uid, was, vec in zip(solved, stored, vectors, strict=True):
-                keys, args = by_shard.setdefault(self.keys.shard_of(uid), ([], []))
-                keys.append(self.keys.user(uid, "vec"))
-                args += [was, encode_vector(art.version, vec)]
+            for n, was, vec in zip(solved, stored, vectors, strict=True):
+                keys, args = by_shard.setdefault(shard_of(ids[n]), ([], []))
+                keys.append(bases[n] + "vec")
+                args += [was, encode_vector(version, vec)]
             done = await self._many([("EVAL", _SET_IF_UNCHANGED, len(keys), *keys, *args)
                                      for keys, args in by_shard.values()], keyed=False)
             return sum(int(d) for d in done)
-        await self._many([("SET", self.keys.user(uid, "vec"), encode_vector(art.version, vec))
-                          for uid, vec in zip(solved, vectors, strict=True)])
+        # One MSET per shard: a shard's keys share its hash tag, so one slot on a Cluster,
+        # and one command to pack and answer instead of one per customer.
+        writes: dict[int, list[Any]] = {}
+        for n, vec in zip(solved, vectors, strict=True):
+            writes.setdefault(shard_of(ids[n]), ["MSET"]).extend(
+                (bases[n] + "vec", encode_vector(version, vec)))
+        await self._many([tuple(w) for w in writes.values()])
         return len(ids)
 
     async def _many(self, commands: list[tuple[Any, ...]], keyed: bool = True) -> list[Any]:
