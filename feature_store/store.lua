@@ -35,9 +35,9 @@ end
 
 local OPS = {}
 OPS.zmax = function(o) redis.call('ZADD', o[2], 'GT', o[4], o[3]) end
--- zmax, then keep the o[5] highest-scored members, only when the member is new: an update of a member never
--- grows the set (ZADD GT answers how many members it added), so the trim's call is spent
--- only when it can remove something.
+-- zmax, then keep the o[5] highest-scored members, only when the member is new: an update
+-- never grows the set (ZADD GT answers how many members it added), so the trim's call is
+-- spent only when it can remove something.
 OPS.zmaxn = function(o)
   if redis.call('ZADD', o[2], 'GT', o[4], o[3]) == 1 then
     redis.call('ZREMRANGEBYRANK', o[2], 0, -(o[5] + 1))

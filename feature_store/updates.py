@@ -367,12 +367,10 @@ class Folder:
     def _attribution(self, event: ev.AnyEvent) -> list[Op]:
         """Clicks, carts and orders (``_ATTRIBUTED``), credited inside the script to the
         variants the customer was exposed to (reads their exposures; a no-op for customers
-        without)."""
-        if event.user_id is None:
-            return []
+        without). Customer events only (``fold`` checks)."""
         prefix = self.keys.experiment_stats_prefix(self.shard(event))
         window = self.features.attribution_window_h * 3600
-        base = self.keys.user(event.user_id, "")
+        base = self.keys.user(_uid(event), "")
         match event:
             case ev.ProductViewed() if event.payload.request_id:
                 return [["xclick", base + "xp", base + "xreq", prefix,
