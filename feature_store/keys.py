@@ -104,6 +104,11 @@ class Keys:
     def user(self, user_id: str, suffix: str) -> str:
         return _user_base(self.prefix, self.shards, user_id) + suffix
 
+    def user_prefix(self, user_id: str) -> str:
+        """What every key of the customer starts with: ``user(id, s) == user_prefix(id) + s``
+        (a fold builds several keys of one customer from it)."""
+        return _user_base(self.prefix, self.shards, user_id)
+
     def user_keys(self, user_id: str) -> list[str]:
         return [self.user(user_id, s) for s in USER_SUFFIXES]
 

@@ -118,7 +118,7 @@ class Folder:
             if isinstance(event, _ATTRIBUTED):
                 ops += self._attribution(event)
             if type(event) not in _NOT_SEEN:
-                base = self.keys.user(uid, "")
+                base = self.keys.user_prefix(uid)
                 ops += [["hspan", base + "rfm", "first_seen", "last_seen", event.ts],
                         ["hinc", base + "src", event.source, 1]]
         return ops
@@ -206,7 +206,7 @@ class Folder:
         # The most frequent events of a log: the customer's key base and the shard are
         # worked out once here, not once per key (benchmarks/README.md, session 18).
         item, ts, shard, uid = event.payload.item_id, event.ts, self.shard(event), _uid(event)
-        base = self.keys.user(uid, "")
+        base = self.keys.user_prefix(uid)
         m = self.model
         weight = {ev.ProductViewed: m.weight_view, ev.ProductFavorited: m.weight_favorite,
                   ev.CartItemAdded: m.weight_cart}[type(event)]
@@ -272,7 +272,7 @@ class Folder:
         if event.payload.offer_id:
             ops += [["hinc", rfm, "promo_orders", 1],
                     ["hsetnx", self._u(event, "ostate"), event.payload.offer_id, "redeemed"]]
-        base = self.keys.user(event.user_id, "")
+        base = self.keys.user_prefix(event.user_id)
         hist, bought, cart = base + "hist", base + "bought", base + "cart"
         buyers, rebuyers = self.keys.buyers(shard), self.keys.rebuyers(shard)
         weight = self.model.weight_purchase
@@ -297,7 +297,7 @@ class Folder:
     def _review(self, event: ev.ReviewSubmitted) -> list[Op]:
         p = event.payload
         if p.rating >= 4:
-            return [self._ia(self._u(event, ""), event.ts, p.item_id,
+            return [self._ia(self.keys.user_prefix(_uid(event)), event.ts, p.item_id,
                              self.model.weight_review_good)]
         if p.rating <= 2:
             reason = {"why": f"rated {p.rating}/5", "ts": event.ts, "event_id": event.event_id}
@@ -370,7 +370,7 @@ class Folder:
         without). Customer events only (``fold`` checks)."""
         prefix = self.keys.experiment_stats_prefix(self.shard(event))
         window = self.features.attribution_window_h * 3600
-        base = self.keys.user(_uid(event), "")
+        base = self.keys.user_prefix(_uid(event))
         match event:
             case ev.ProductViewed() if event.payload.request_id:
                 return [["xclick", base + "xp", base + "xreq", prefix,

@@ -181,7 +181,7 @@ class UserVectorUpdater:
         if art is None or not users:
             return 0
         ids = list(users)
-        bases = [self.keys.user(uid, "") for uid in ids]  # each customer's key prefix
+        bases = [self.keys.user_prefix(uid) for uid in ids]
         reads: list[tuple[Any, ...]] = []
         for base in bases:
             reads.append(("ZRANGE", base + "ia", 0, -1, "WITHSCORES"))
