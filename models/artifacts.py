@@ -62,6 +62,7 @@ class ModelArtifact:
     knn_ids: np.ndarray | None = None
     knn_scores: np.ndarray | None = None
     _index: dict[str, int] | None = field(default=None, init=False, repr=False)
+    _rows: dict[bytes, int] | None = field(default=None, init=False, repr=False)
     _fold_in: FoldIn | None = field(default=None, init=False, repr=False)
     # Set by the API's ModelHolder once built (models/pool.py); None: every item scored.
     norm_order: NormOrder | None = field(default=None, init=False, repr=False)
@@ -72,6 +73,14 @@ class ModelArtifact:
         if self._index is None:
             self._index = {item: j for j, item in enumerate(self.item_ids)}
         return self._index
+
+    @property
+    def item_rows(self) -> dict[bytes, int]:
+        """:attr:`item_index` keyed by the ids' UTF-8 bytes, as the store's replies hold
+        them: the worker's fold-in looks up every member of its customers' histories."""
+        if self._rows is None:
+            self._rows = {item.encode(): j for item, j in self.item_index.items()}
+        return self._rows
 
     def fold_in(self) -> FoldIn:
         """The cached solver for this model's items (its Gram matrix is built once)."""

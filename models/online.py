@@ -9,6 +9,7 @@ stores them next to the customer's other keys.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -140,6 +141,19 @@ def encode_vector(version: str, vec: np.ndarray) -> bytes:
     return _vec_enc.encode((version, vec.astype(np.float32).tobytes()))
 
 
+def encode_vectors(version: str, vectors: np.ndarray) -> list[bytes]:
+    """:func:`encode_vector` of each row of ``vectors``, byte for byte: every row's
+    encoding is the same header (the version, the length) before the row's bytes."""
+    rows = np.ascontiguousarray(vectors, dtype=np.float32)
+    width = rows.shape[1] * 4
+    head = encode_vector(version, np.zeros(rows.shape[1], dtype=np.float32))[:-width]
+    out = np.empty((len(rows), len(head) + width), dtype=np.uint8)
+    out[:, :len(head)] = np.frombuffer(head, dtype=np.uint8)
+    out[:, len(head):] = rows.view(np.uint8)
+    blob, size = out.tobytes(), out.shape[1]
+    return [blob[at:at + size] for at in range(0, len(blob), size)]
+
+
 def decode_vector(raw: bytes, version: str) -> np.ndarray | None:
     """The stored vector if it was solved against ``version``, else None."""
     try:
@@ -153,7 +167,8 @@ class UserVectorUpdater:
     """Re-solves the vectors of the customers a worker's batch touched.
 
     Per batch: one pipelined read of every customer's interactions and newest event
-    time, one stacked solve (``FoldIn.solve_many``), one pipelined write of the vectors.
+    time, one stacked solve of every history laid end to end (``FoldIn.solve_flat``),
+    one pipelined write of the vectors.
     Both pipelines go over the pipelined connection (``feature_store/multiplexed.py``)
     where there is one: through redis-py's pipeline the three commands per customer cost
     more of the worker's CPU than the solve (``benchmarks/README.md``, session 15). A
@@ -190,55 +205,46 @@ class UserVectorUpdater:
                 reads.append(("GET", base + "vec"))
         replies = await self._many(reads)
         per = 3 if guarded else 2
-        index = art.item_index
-        solved: list[int] = []  # positions in ids
+        flats, lasts = replies[0::per], replies[1::per]
+        solved = [n for n, flat in enumerate(flats) if flat]  # none: erased in this batch
         stored: list[bytes] = []
-        cols: list[int] = []
-        logw: list[float] = []
-        refs: list[float] = []
-        lengths: list[int] = []
-        for n, uid in enumerate(ids):
-            flat, last = replies[per * n], replies[per * n + 1]
-            if not flat:  # erased in this batch
-                continue
-            if guarded:
-                was = replies[per * n + 2]
-                if was is not None and decode_vector(was, art.version) is not None:
-                    continue  # a worker folded this customer in against art already
-                stored.append(was or b"")
-            # Decayed to the customer's newest event (the API's request-time fold-in does
-            # the same): an old event arriving late must not weigh newer ones up by
-            # e^(years / tau), which overflows the solve.
-            before = len(cols)
-            _known_items(index, zip(flat[::2], flat[1::2], strict=True), cols, logw)
-            solved.append(n)
-            lengths.append(len(cols) - before)
-            refs.append(max(art.ref_ts, users[uid], float(last or 0.0)))
+        if guarded:
+            solved = [n for n in solved if (was := replies[per * n + 2]) is None
+                      or decode_vector(was, art.version) is None]  # else folded already
+            stored = [replies[per * n + 2] or b"" for n in solved]
         if not solved:
             return 0 if guarded else len(ids)
-        weights = decayed_weight(np.asarray(logw, dtype=np.float64),
-                                 np.repeat(np.asarray(refs), lengths), self.half_life_s)
-        bounds = np.cumsum([0, *lengths])
-        idx = np.asarray(cols, dtype=np.int64)
-        histories = [(idx[lo:hi], weights[lo:hi])
-                     for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
-        vectors = art.fold_in().solve_many(histories)
-        shard_of, version = self.keys.shard_of, art.version
+        # Every history end to end, in one run: [member, score, member, score, ...].
+        run = list(itertools.chain.from_iterable([flats[n] for n in solved]))
+        get = art.item_rows.get
+        cols = np.array([get(m, -1) for m in run[0::2]], dtype=np.int64)
+        owner = np.repeat(np.arange(len(solved)), [len(flats[n]) >> 1 for n in solved])
+        known = cols >= 0
+        owner = owner[known]
+        # Decayed to the customer's newest event (the API's request-time fold-in does
+        # the same): an old event arriving late must not weigh newer ones up by
+        # e^(years / tau), which overflows the solve.
+        refs = np.maximum(np.array([max(users[ids[n]], float(lasts[n] or 0.0))
+                                    for n in solved]), art.ref_ts)
+        logw = np.array(list(map(float, run[1::2])), dtype=np.float64)[known]
+        weights = decayed_weight(logw, refs[owner], self.half_life_s)
+        vectors = art.fold_in().solve_flat(cols[known], weights,
+                                           np.bincount(owner, minlength=len(solved)))
+        shard_of, blobs = self.keys.shard_of, encode_vectors(art.version, vectors)
         if guarded:  # one compare-and-set script per shard (its keys share a slot)
             by_shard: dict[int, tuple[list[str], list[bytes]]] = {}
-            for n, was, vec in zip(solved, stored, vectors, strict=True):
+            for n, was, blob in zip(solved, stored, blobs, strict=True):
                 keys, args = by_shard.setdefault(shard_of(ids[n]), ([], []))
                 keys.append(bases[n] + "vec")
-                args += [was, encode_vector(version, vec)]
+                args += [was, blob]
             done = await self._many([("EVAL", _SET_IF_UNCHANGED, len(keys), *keys, *args)
                                      for keys, args in by_shard.values()], keyed=False)
             return sum(int(d) for d in done)
         # One MSET per shard: a shard's keys share its hash tag, so one slot on a Cluster,
         # and one command to pack and answer instead of one per customer.
         writes: dict[int, list[Any]] = {}
-        for n, vec in zip(solved, vectors, strict=True):
-            writes.setdefault(shard_of(ids[n]), ["MSET"]).extend(
-                (bases[n] + "vec", encode_vector(version, vec)))
+        for n, blob in zip(solved, blobs, strict=True):
+            writes.setdefault(shard_of(ids[n]), ["MSET"]).extend((bases[n] + "vec", blob))
         await self._many([tuple(w) for w in writes.values()])
         return len(ids)
 

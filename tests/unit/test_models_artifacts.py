@@ -13,6 +13,7 @@ import pytest
 from models import artifacts
 from models.als import FoldIn
 from models.artifacts import ModelArtifact, ModelKeys, new_version
+from models.online import decode_vector, encode_vector, encode_vectors
 
 
 def make_artifact(n: int = 6, k: int = 4, top: int = 3, version: str = "v1",
@@ -76,11 +77,24 @@ def test_unknown_format_and_ragged_arrays_are_rejected() -> None:
 def test_item_index_and_cached_fold_in() -> None:
     art = make_artifact()
     assert art.item_index["ünïcode ☃"] == 5
+    assert art.item_rows["ünïcode ☃".encode()] == 5  # as the store's replies hold ids
+    assert len(art.item_rows) == len(art.item_ids)
     fold = art.fold_in()
     assert isinstance(fold, FoldIn) and art.fold_in() is fold
     assert fold.regularization == 0.05 and fold.alpha == 4.0
     vec = fold.solve(np.array([0, 2]), np.array([1.0, 2.0]))
     assert vec.shape == (4,) and vec.dtype == np.float32
+
+
+@pytest.mark.parametrize("k", [1, 63, 64, 16384, 16385])  # msgpack bin8 / bin16 / bin32
+def test_vectors_encoded_together_are_each_encoded_alone(k: int) -> None:
+    rows = np.random.default_rng(k).standard_normal((5, k)).astype(np.float32)
+    for version in ("v1", "2026-12-04T05:00:00.123456Z-ünï" * 9):
+        together = encode_vectors(version, rows)
+        assert together == [encode_vector(version, row) for row in rows]
+        assert all(np.array_equal(decode_vector(blob, version), row)
+                   for blob, row in zip(together, rows, strict=True))
+    assert encode_vectors("v1", rows[:0]) == []
 
 
 def test_versions_sort_by_time_and_are_unique() -> None:
