@@ -34,7 +34,9 @@ WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 PREPARE_CHUNK = 20
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__,
+# 0.65 us a record against 0.16, and a worker builds one for every record it consumes.
+@dataclass(slots=True)
 class Record:
     topic: str
     partition: int
