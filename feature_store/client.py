@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from typing import Any, TypeAlias
+from urllib.parse import urlsplit
 
 import hiredis
 import redis
@@ -82,9 +83,12 @@ def open_redis(settings: Settings, *, decode_responses: bool = False,
     if settings.redis_cluster:
         return aioredis.RedisCluster.from_url(_url(settings), decode_responses=decode_responses,
                                               **options)
-    # A rediss:// or unix:// URL names its own connection class, which wins.
-    return aioredis.Redis.from_url(_url(settings), decode_responses=decode_responses,
-                                   **{"connection_class": PackedInC, **options})
+    url = _url(settings)
+    if urlsplit(url).scheme == "redis":
+        # Only here: a rediss:// or unix:// URL names its own connection class, and since
+        # redis-py 8 a connection_class passed with the URL wins over the URL's.
+        options = {"connection_class": PackedInC, **options}
+    return aioredis.Redis.from_url(url, decode_responses=decode_responses, **options)
 
 
 def open_redis_sync(settings: Settings, *, decode_responses: bool = False,

@@ -89,5 +89,7 @@ def test_plain_urls_pack_in_c_and_tls_keeps_its_own_connection(tmp_path: Path) -
     tls = open_redis(settings(tmp_path, redis_url="rediss://127.0.0.1:6390/0"))
     assert plain.connection_pool.connection_class is PackedInC
     assert tls.connection_pool.connection_class is SSLConnection
-    asyncio.run(plain.aclose())
-    asyncio.run(tls.aclose())
+    sock = open_redis(settings(tmp_path, redis_url=f"unix://{tmp_path}/valkey.sock"))
+    assert sock.connection_pool.connection_class is aioredis.UnixDomainSocketConnection
+    for client in (plain, tls, sock):
+        asyncio.run(client.aclose())
