@@ -60,7 +60,7 @@ import math
 import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -96,6 +96,15 @@ def forward_log_weight(weight: float, ts: float, half_life_s: float) -> float:
     return math.log(weight) + ts * LN2 / half_life_s
 
 
+class _ShardKeys(NamedTuple):
+    tag: str
+    users: str
+    trend: str
+    watch: str  # + item id
+    co_view: str
+    xstats: str
+
+
 @dataclass(frozen=True, slots=True)
 class Folder:
     """Turns events into ops for their shard. Built once per process from settings."""
@@ -105,6 +114,21 @@ class Folder:
     model: ModelSettings
     push: PushSettings = field(default_factory=PushSettings)
 
+    # Per shard, the keys every interest event names (built once: a view's fold built
+    # five of them from the shard's hash tag each time), and each interest type's weight.
+    _hot: list[_ShardKeys] = field(init=False, repr=False, compare=False)
+    _weights: dict[type, float] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        k, m = self.keys, self.model
+        object.__setattr__(self, "_hot", [
+            _ShardKeys(k.tag(s), k.users(s), k.trending(s), k.push_watch_prefix(s),
+                       k.co_prefix("view", s), k.experiment_stats_prefix(s))
+            for s in range(k.shards)])
+        object.__setattr__(self, "_weights", {
+            ev.ProductViewed: m.weight_view, ev.ProductFavorited: m.weight_favorite,
+            ev.CartItemAdded: m.weight_cart})
+
     def shard(self, event: ev.Event) -> int:
         return self.keys.shard_of(event.routing_key)
 
@@ -112,23 +136,36 @@ class Folder:
         """Ops for ``event``, all in ``self.shard(event)``. Reads nothing: the fold of an
         event depends on the event alone, so replaying the log rebuilds the same state
         whatever order the two topics interleave in."""
-        ops = self._fold(event)
+        return self.fold_sharded(event)[1]
+
+    def fold_sharded(self, event: ev.AnyEvent) -> tuple[int, list[Op]]:
+        """``(self.shard(event), self.fold(event))``, the shard worked out once: a worker
+        needs both for every event, and the most frequent events' ops need it too."""
+        shard = self.shard(event)
         uid = event.user_id
-        if uid is not None:
-            if isinstance(event, _ATTRIBUTED):
-                ops += self._attribution(event)
-            if type(event) not in _NOT_SEEN:
-                base = self.keys.user_prefix(uid)
-                ops += [["hspan", base + "rfm", "first_seen", "last_seen", event.ts],
-                        ["hinc", base + "src", event.source, 1]]
-        return ops
+        kind = type(event)
+        if uid is None or kind in _ITEM_EVENTS:  # an item's, whoever sent it
+            if kind is ev.CatalogItemUpserted:
+                return shard, self._catalog(event, shard)  # type: ignore[arg-type]
+            return shard, self._fold(event)
+        # A customer's event is in the customer's shard: the key base shares its tag.
+        base = self.keys.user_prefix(uid)
+        ops = (self._interest(event, shard, base)  # type: ignore[arg-type]
+               if kind in self._weights else self._fold(event))
+        if kind in _ATTRIBUTED:
+            ops += self._attribution(event, shard, base)
+        if kind not in _NOT_SEEN:
+            ops += [["hspan", base + "rfm", "first_seen", "last_seen", event.ts],
+                    ["hinc", base + "src", event.source, 1]]
+        return shard, ops
 
     def _fold(self, event: ev.AnyEvent) -> list[Op]:
         match event:
             case ev.ProductViewed() | ev.ProductFavorited() | ev.CartItemAdded():
-                return self._interest(event)
+                return self._interest(event, self.shard(event),
+                                      self.keys.user_prefix(_uid(event)))
             case ev.CatalogItemUpserted():
-                return self._catalog(event)
+                return self._catalog(event, self.shard(event))
             case ev.CartItemRemoved():
                 return [["hdel", self._u(event, "cart"), event.payload.item_id]]
             case ev.OrderPlaced():
@@ -202,19 +239,18 @@ class Folder:
         return [["zlog", base + "cat", category, lw]]
 
     def _interest(self, event: ev.ProductViewed | ev.ProductFavorited | ev.CartItemAdded,
-                  ) -> list[Op]:
-        # The most frequent events of a log: the customer's key base and the shard are
-        # worked out once here, not once per key (benchmarks/README.md, session 18).
-        item, ts, shard, uid = event.payload.item_id, event.ts, self.shard(event), _uid(event)
-        base = self.keys.user_prefix(uid)
-        m = self.model
-        weight = {ev.ProductViewed: m.weight_view, ev.ProductFavorited: m.weight_favorite,
-                  ev.CartItemAdded: m.weight_cart}[type(event)]
-        ops: list[Op] = [["sadd", self.keys.users(shard), uid],
-                         self._ia(base, ts, item, weight), self._trend(shard, item, weight, ts)]
+                  shard: int, base: str) -> list[Op]:
+        # The most frequent events of a log: the customer's key base and the shard come
+        # worked out once (benchmarks/README.md, sessions 18 and 20).
+        item, ts, uid = event.payload.item_id, event.ts, _uid(event)
+        hot = self._hot[shard]
+        weight = self._weights[type(event)]
+        ops: list[Op] = [["sadd", hot.users, uid], self._ia(base, ts, item, weight),
+                         ["zlog", hot.trend, item, forward_log_weight(
+                             weight, ts, self.features.trending_half_life_h * 3600)]]
         ops += self._affinity(base, ts, event.payload.category, weight)
-        watch = self.keys.push_watch(shard, item)  # price drop / back in stock
-        ops.append(["zmaxn", watch, uid, ts, self.push.watchers_max])
+        # Price drop / back in stock: who watches the item.
+        ops.append(["zmaxn", hot.watch + item, uid, ts, self.push.watchers_max])
         if isinstance(event, ev.ProductViewed):
             ops.append(["zmaxn", base + "views", item, ts, self.features.recent_views_max])
         elif isinstance(event, ev.ProductFavorited):
@@ -225,7 +261,7 @@ class Folder:
                     self._schedule(event, "cart_abandon|", ts + self.push.cart_abandon_delay_s)]
         if event.session_id:
             ops.append(["session", base + "sess", base + "sitems", event.session_id, item, ts,
-                        self.features.session_items_max, self.keys.co_prefix("view", shard)])
+                        self.features.session_items_max, hot.co_view])
         return ops
 
     def _basket_pairs(self, shard: int, basket: list[str], event_id: str) -> list[Op]:
@@ -321,7 +357,7 @@ class Folder:
         return ([["hset", key, tag, reason] for tag in p.dislikes]
                 + [["hdel", key, tag] for tag in p.retracts])
 
-    def _catalog(self, event: ev.CatalogItemUpserted) -> list[Op]:
+    def _catalog(self, event: ev.CatalogItemUpserted, shard: int) -> list[Op]:
         p = event.payload
         fields: list[Any] = ["title", p.title, "category", p.category, "price", p.price,
                              "currency", p.currency, "removed", 0,
@@ -332,13 +368,16 @@ class Folder:
             fields += ["stock", p.stock]
         if p.consumable is not None:
             fields += ["consumable", int(p.consumable)]
-        return [self._catalog_op(event, p.item_id, fields),
-                ["sadd", self.keys.items(self.shard(event)), p.item_id]]
+        return [self._catalog_op(event, p.item_id, fields, shard),
+                ["sadd", self.keys.items(shard), p.item_id]]
 
-    def _catalog_op(self, event: ev.Event, item: str, fields: list[Any]) -> Op:
+    def _catalog_op(self, event: ev.Event, item: str, fields: list[Any],
+                    shard: int | None = None) -> Op:
         """The newer write wins (``hnewer``); an update of an entry that existed is also
-        numbered in the shard's catalog change feed, which the API's item cache follows."""
-        return ["catalog", self.keys.item(item), self.keys.catalog_changes(self.shard(event)),
+        numbered in the shard's catalog change feed, which the API's item cache follows.
+        A catalog event's shard is its item's (``shard``: already worked out)."""
+        shard = self.shard(event) if shard is None else shard
+        return ["catalog", f"{self._hot[shard].tag}:i:{item}", self.keys.catalog_changes(shard),
                 item, event.ts, *fields]
 
 
@@ -364,13 +403,12 @@ class Folder:
                  self.features.exposure_requests_max, self._u(event, "xshown"),
                  f"{event.ts:.17g} ,{','.join(p.items)},"]]
 
-    def _attribution(self, event: ev.AnyEvent) -> list[Op]:
+    def _attribution(self, event: ev.AnyEvent, shard: int, base: str) -> list[Op]:
         """Clicks, carts and orders (``_ATTRIBUTED``), credited inside the script to the
         variants the customer was exposed to (reads their exposures; a no-op for customers
-        without). Customer events only (``fold`` checks)."""
-        prefix = self.keys.experiment_stats_prefix(self.shard(event))
+        without). Customer events only (``fold_sharded`` checks)."""
+        prefix = self._hot[shard].xstats
         window = self.features.attribution_window_h * 3600
-        base = self.keys.user_prefix(_uid(event))
         match event:
             case ev.ProductViewed() if event.payload.request_id:
                 return [["xclick", base + "xp", base + "xreq", prefix,
@@ -424,7 +462,10 @@ class Folder:
 
 
 #: The events whose fold credits experiments (``Folder._attribution``).
-_ATTRIBUTED = (ev.ProductViewed, ev.CartItemAdded, ev.OrderPlaced)
+_ATTRIBUTED = frozenset({ev.ProductViewed, ev.CartItemAdded, ev.OrderPlaced})
+#: Catalog events: the item's state, in the item's shard, even when they name a customer
+#: (who made the change); they say nothing of that customer.
+_ITEM_EVENTS = frozenset({ev.CatalogItemUpserted, ev.CatalogItemRemoved})
 #: Customer events that do not move the customer's first/last seen: engine bookkeeping.
 _NOT_SEEN = frozenset({ev.UserErased, ev.PushDecided, ev.PushItemChanged, ev.PushScheduled})
 

@@ -230,10 +230,20 @@ class CatalogItemUpserted(Event, tag="catalog.item_upserted"):
     needs_user: ClassVar[bool] = False
     payload: CatalogItem
 
+    @property
+    def routing_key(self) -> str:
+        """The item, even when a ``user_id`` says who changed it: an item's state lives
+        in the item's shard."""
+        return self.payload.item_id
+
 
 class CatalogItemRemoved(Event, tag="catalog.item_removed"):
     needs_user: ClassVar[bool] = False
     payload: ItemRemoved
+
+    @property
+    def routing_key(self) -> str:
+        return self.payload.item_id  # as CatalogItemUpserted's
 
 
 class UserErased(Event, tag="user.erased"):

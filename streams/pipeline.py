@@ -150,7 +150,7 @@ class BatchProcessor:
             into = PreparedBatch(0, {}, [], {}, [])
         into.records += len(records)
         batches, letters, users, upserts = into.batches, into.letters, into.users, into.upserts
-        fold, shard_of = self.folder.fold, self.folder.shard
+        fold = self.folder.fold_sharded
         sources: dict[tuple[str, int], str] = {}
         for rec in records:
             try:
@@ -159,7 +159,7 @@ class BatchProcessor:
                 letters.append(DeadLetter.of(exc.reason, rec.topic, rec.partition, rec.offset,
                                              rec.key, rec.value))
                 continue
-            ops = fold(event)
+            shard, ops = fold(event)
             if isinstance(event, CatalogItemUpserted):
                 upserts.append(event)
             elif isinstance(event, CatalogItemRemoved):
@@ -168,7 +168,7 @@ class BatchProcessor:
             if source is None:
                 source = sources[rec.topic, rec.partition] = f"{rec.topic}/{rec.partition}"
             ts = event.ts
-            batches.setdefault((shard_of(event), source), []).append(
+            batches.setdefault((shard, source), []).append(
                 (event.event_id, rec.offset, ts, ops))
             uid = event.user_id
             if uid is not None and ts > users.get(uid, 0.0):

@@ -178,6 +178,28 @@ def test_catalog_updates_are_numbered_per_shard_once_per_event() -> None:
     assert store.data[K.item(same[1])]["removed"] == 1
 
 
+def test_a_catalog_event_naming_who_made_the_change_stays_in_the_items_shard() -> None:
+    # The user_id says who changed the item. The item's state lives in the item's shard
+    # (one hash tag per script call: a Cluster refuses keys of two slots), and the event
+    # says nothing of that person: no first/last seen, no source count.
+    item = "a"
+    user = next(u for u in (f"u{n}" for n in range(40)) if K.shard_of(u) != K.shard_of(item))
+    events: list[ev.AnyEvent] = [
+        ev.CatalogItemUpserted(event_id="c1", occurred_at=at(1), user_id=user,
+                               payload=ev.CatalogItem(item_id=item, title="Mug", price=2.0)),
+        ev.CatalogItemRemoved(event_id="c2", occurred_at=at(2), user_id=user,
+                              payload=ev.ItemRemoved(item_id=item))]
+    for event in events:
+        shard, ops = FOLDER.fold_sharded(event)
+        assert event.routing_key == item and shard == K.shard_of(item) == FOLDER.shard(event)
+        assert ops == FOLDER.fold(event)
+        assert all(op[1].startswith(K.tag(shard) + ":") for op in ops)
+    store = fresh()
+    apply(store, events)
+    assert store.data[K.item(item)]["removed"] == 1 and store.data[K.item(item)]["price"] == 2.0
+    assert not [k for k in store.data if k.startswith(K.user_prefix(user))]
+
+
 def test_dislikes_are_remembered_and_can_be_taken_back() -> None:
     def pref(eid: str, **kw: list[str]) -> ev.PreferenceStated:
         return ev.PreferenceStated(event_id=eid, occurred_at=at(0), user_id="u1",
