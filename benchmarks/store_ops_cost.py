@@ -50,7 +50,7 @@ from feature_store.redis_store import SCRIPT, ShardBatch
 console = Console()
 RUNS = 3
 #: The families worth pricing on the Taobao log (the others are rare there).
-FAMILIES = ("zlog", "session", "catalog", "hspan", "hinc", "zmaxn", "sadd", "xview")
+FAMILIES = ("zlog", "session", "catalog", "seen", "hinc", "zmaxn", "sadd", "xview")
 
 
 def opcodes(script: str) -> list[str]:

@@ -133,6 +133,12 @@ class MemoryStore:
         self._op_hmin(["hmin", o[1], o[2], o[4]])
         self._op_hmax(["hmax", o[1], o[3], o[4]])
 
+    def _op_seen(self, o: Op) -> None:
+        self._op_hspan(["hspan", o[1], "first_seen", "last_seen", o[4]])
+        self._op_hinc(["hinc", o[2], o[3], 1])
+        if len(o) > 5:
+            self._op_sadd(["sadd", o[5], o[6]])
+
     def _op_hset(self, o: Op) -> None:
         self._hash(o[1])[o[2]] = o[3]
 

@@ -59,16 +59,25 @@ OPS.hmin = function(o)
   local old = num(redis.call('HGET', o[2], o[3]), nil)
   if not old or o[4] < old then redis.call('HSET', o[2], o[3], o[4]) end
 end
--- hmin of field o[3] and hmax of field o[4] with the same value, read in one HMGET.
-OPS.hspan = function(o)
-  local both = redis.call('HMGET', o[2], o[3], o[4])
-  local lo, hi, v = num(both[1], nil), num(both[2], nil), o[5]
+-- hmin of field lo and hmax of field hi of hash key with the same value v, in one HMGET.
+local function span(key, lo_field, hi_field, v)
+  local both = redis.call('HMGET', key, lo_field, hi_field)
+  local lo, hi = num(both[1], nil), num(both[2], nil)
   if not lo or v < lo then
-    if not hi or v > hi then redis.call('HSET', o[2], o[3], v, o[4], v)
-    else redis.call('HSET', o[2], o[3], v) end
+    if not hi or v > hi then redis.call('HSET', key, lo_field, v, hi_field, v)
+    else redis.call('HSET', key, lo_field, v) end
   elseif not hi or v > hi then
-    redis.call('HSET', o[2], o[4], v)
+    redis.call('HSET', key, hi_field, v)
   end
+end
+OPS.hspan = function(o) span(o[2], o[3], o[4], o[5]) end
+-- A customer's event: first/last seen (rfm o[2]), its source o[4] counted (o[3]) and,
+-- for the events that make someone a customer, the customer o[7] in the shard's set
+-- o[6]. Once per customer event: one op where three were (an op costs its unpacking).
+OPS.seen = function(o)
+  span(o[2], 'first_seen', 'last_seen', o[5])
+  redis.call('HINCRBYFLOAT', o[3], o[4], 1)
+  if o[6] then redis.call('SADD', o[6], o[7]) end
 end
 OPS.hset = function(o) redis.call('HSET', o[2], o[3], o[4]) end
 OPS.hdel = function(o) redis.call('HDEL', o[2], o[3]) end

@@ -14,7 +14,10 @@ Opcodes
 ``zinc k m d``         score += d
 ``hinc k f d``         field += d (float)
 ``hmax/hmin k f v``    field := max/min(field, v)
-``hspan k f_lo f_hi v`` hmin of f_lo and hmax of f_hi with the same v (first/last seen)
+``hspan k f_lo f_hi v`` hmin of f_lo and hmax of f_hi with the same v (an order's first/last)
+``seen k_rfm k_src source ts [k_users m]`` a customer's event: hspan of first_seen and
+                       last_seen, hinc of the source's count and, for the events that
+                       make a customer (interest, orders), sadd of m: one op, not three
 ``hset k f v``         field := v
 ``hdel k f``           delete field
 ``hnewer k ts f v ...`` set the fields only if ``ts`` >= the stored ``ts`` field
@@ -154,9 +157,11 @@ class Folder:
                if kind in self._weights else self._fold(event))
         if kind in _ATTRIBUTED:
             ops += self._attribution(event, shard, base)
-        if kind not in _NOT_SEEN:
-            ops += [["hspan", base + "rfm", "first_seen", "last_seen", event.ts],
-                    ["hinc", base + "src", event.source, 1]]
+        if kind not in _NOT_SEEN:  # first/last seen, the source counted (store.lua)
+            seen: Op = ["seen", base + "rfm", base + "src", event.source, event.ts]
+            if kind in _MAKE_CUSTOMERS:  # and one of the shard's customers from now on
+                seen += [self._hot[shard].users, uid]
+            ops.append(seen)
         return shard, ops
 
     def _fold(self, event: ev.AnyEvent) -> list[Op]:
@@ -245,7 +250,7 @@ class Folder:
         item, ts, uid = event.payload.item_id, event.ts, _uid(event)
         hot = self._hot[shard]
         weight = self._weights[type(event)]
-        ops: list[Op] = [["sadd", hot.users, uid], self._ia(base, ts, item, weight),
+        ops: list[Op] = [self._ia(base, ts, item, weight),
                          ["zlog", hot.trend, item, forward_log_weight(
                              weight, ts, self.features.trending_half_life_h * 3600)]]
         ops += self._affinity(base, ts, event.payload.category, weight)
@@ -300,8 +305,7 @@ class Folder:
             return ops
         total = round(sum(amounts.values()), 2)
         rfm, order_id = self._u(event, "rfm"), event.payload.order_id
-        ops += [["sadd", self.keys.users(shard), event.user_id],
-                ["hspan", rfm, "first_ts", "last_ts", ts],
+        ops += [["hspan", rfm, "first_ts", "last_ts", ts],
                 ["hinc", rfm, "orders", 1], ["hinc", rfm, "monetary", total],
                 ["hset", self._u(event, "orders"), order_id, total],
                 ["hinc", self._u(event, "spend"), month_of(ts), total]]
@@ -466,6 +470,10 @@ _ATTRIBUTED = frozenset({ev.ProductViewed, ev.CartItemAdded, ev.OrderPlaced})
 #: Catalog events: the item's state, in the item's shard, even when they name a customer
 #: (who made the change); they say nothing of that customer.
 _ITEM_EVENTS = frozenset({ev.CatalogItemUpserted, ev.CatalogItemRemoved})
+#: Customer events that make the customer one of the shard's (``Keys.users``): the
+#: population the sweeps and the demo read. Their ``seen`` op adds them.
+_MAKE_CUSTOMERS = frozenset({ev.ProductViewed, ev.ProductFavorited, ev.CartItemAdded,
+                             ev.OrderPlaced})
 #: Customer events that do not move the customer's first/last seen: engine bookkeeping.
 _NOT_SEEN = frozenset({ev.UserErased, ev.PushDecided, ev.PushItemChanged, ev.PushScheduled})
 
