@@ -100,7 +100,6 @@ def forward_log_weight(weight: float, ts: float, half_life_s: float) -> float:
 
 
 class _ShardKeys(NamedTuple):
-    tag: str
     users: str
     trend: str
     watch: str  # + item id
@@ -125,7 +124,7 @@ class Folder:
     def __post_init__(self) -> None:
         k, m = self.keys, self.model
         object.__setattr__(self, "_hot", [
-            _ShardKeys(k.tag(s), k.users(s), k.trending(s), k.push_watch_prefix(s),
+            _ShardKeys(k.users(s), k.trending(s), k.push_watch_prefix(s),
                        k.co_prefix("view", s), k.experiment_stats_prefix(s))
             for s in range(k.shards)])
         object.__setattr__(self, "_weights", {
@@ -230,7 +229,7 @@ class Folder:
 
     def _trend(self, shard: int, item: str, weight: float, ts: float) -> Op:
         lw = forward_log_weight(weight, ts, self.features.trending_half_life_h * 3600)
-        return ["zlog", self.keys.trending(shard), item, lw]
+        return ["zlog", self._hot[shard].trend, item, lw]
 
     def _ia(self, base: str, ts: float, item: str, weight: float) -> Op:
         lw = forward_log_weight(weight, ts, self.model.half_life_d * 86400)
@@ -250,9 +249,7 @@ class Folder:
         item, ts, uid = event.payload.item_id, event.ts, _uid(event)
         hot = self._hot[shard]
         weight = self._weights[type(event)]
-        ops: list[Op] = [self._ia(base, ts, item, weight),
-                         ["zlog", hot.trend, item, forward_log_weight(
-                             weight, ts, self.features.trending_half_life_h * 3600)]]
+        ops: list[Op] = [self._ia(base, ts, item, weight), self._trend(shard, item, weight, ts)]
         ops += self._affinity(base, ts, event.payload.category, weight)
         # Price drop / back in stock: who watches the item.
         ops.append(["zmaxn", hot.watch + item, uid, ts, self.push.watchers_max])
@@ -381,7 +378,7 @@ class Folder:
         numbered in the shard's catalog change feed, which the API's item cache follows.
         A catalog event's shard is its item's (``shard``: already worked out)."""
         shard = self.shard(event) if shard is None else shard
-        return ["catalog", f"{self._hot[shard].tag}:i:{item}", self.keys.catalog_changes(shard),
+        return ["catalog", self.keys.item(item), self.keys.catalog_changes(shard),
                 item, event.ts, *fields]
 
 
