@@ -8,7 +8,7 @@ get, and kept in memory; then each stage runs alone over all of them, so no stag
 for another and Kafka is out of the picture:
 
 * decode       ``decode_event`` of every record;
-* fold         ``Folder.fold`` + ``Folder.shard`` of every decoded event;
+* fold         ``Folder.fold_sharded`` of every decoded event (its ops and shard);
 * python side  ``BatchProcessor.process`` with a store that keeps the shard batches and
                writes nothing: decode + fold + grouping, the whole Python part;
 * pack         msgpack of those shard batches, as ``RedisStore`` sends them;
@@ -231,7 +231,7 @@ async def stages(w: Workload, client: aioredis.Redis) -> dict[str, Any]:
     out: dict[str, float] = {
         # Each result dropped at once, as a worker drops a batch once it is written.
         "decode": best_of(lambda: each(decode_event, values)),
-        "fold": best_of(lambda: each(lambda e: (folder.fold(e), folder.shard(e)), events)),
+        "fold": best_of(lambda: each(folder.fold_sharded, events)),  # as a worker folds
     }
     out["python_side"], kept = await python_side(s, batches)
     window = s.features.dedupe_window_s
