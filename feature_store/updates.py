@@ -164,12 +164,9 @@ class Folder:
         return shard, ops
 
     def _fold(self, event: ev.AnyEvent) -> list[Op]:
+        """The ops of the events ``fold_sharded`` does not fold itself (interest events and
+        catalog upserts, the bulk of a log, go straight to ``_interest`` and ``_catalog``)."""
         match event:
-            case ev.ProductViewed() | ev.ProductFavorited() | ev.CartItemAdded():
-                return self._interest(event, self.shard(event),
-                                      self.keys.user_prefix(_uid(event)))
-            case ev.CatalogItemUpserted():
-                return self._catalog(event, self.shard(event))
             case ev.CartItemRemoved():
                 return [["hdel", self._u(event, "cart"), event.payload.item_id]]
             case ev.OrderPlaced():

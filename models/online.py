@@ -209,9 +209,10 @@ class UserVectorUpdater:
         solved = [n for n, flat in enumerate(flats) if flat]  # none: erased in this batch
         stored: list[bytes] = []
         if guarded:
-            solved = [n for n in solved if (was := replies[per * n + 2]) is None
-                      or decode_vector(was, art.version) is None]  # else folded already
-            stored = [replies[per * n + 2] or b"" for n in solved]
+            held = replies[2::per]
+            solved = [n for n in solved if held[n] is None
+                      or decode_vector(held[n], art.version) is None]  # else folded already
+            stored = [held[n] or b"" for n in solved]
         if not solved:
             return 0 if guarded else len(ids)
         # Every history end to end, in one run: [member, score, member, score, ...].
