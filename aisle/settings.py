@@ -206,6 +206,13 @@ class ServingSettings(BaseModel):
     # reuses it only while a fresh read returns the same state (same model, same log
     # clock): the customer's next event invalidates it. Entries per process; 0 = off.
     customer_cache_size: int = Field(20_000, ge=0)
+    # A customer's recommendations are answered again, not derived again, while a fresh
+    # read of their stored state returns the same replies, the model is the same, the
+    # answered items' catalog entries are unchanged and the answer is younger than this
+    # (what else it drew on, co-counts and trending, moves over thousands of customers'
+    # events, as for related_cache_ttl_s). A list filled from popular items alone keeps
+    # cache_ttl_s. Kept for customer_cache_size customers. 0 = off.
+    recommendations_cache_ttl_s: float = Field(30.0, ge=0)
     # From this many items in the model up, the API sorts the items by norm after each
     # model loads and scores, per answer, only those that could enter the ALS pool
     # (models/pool.py): the same pool, 19x faster at Taobao's 84,793 items

@@ -543,6 +543,14 @@ class FeatureReader:
         ``offers_only``: leave out what an offers answer never looks at (recent views,
         cart, interactions, the factor vector, the push ledger: ``OFFERS_SKIP``); their
         fields come back empty. On the pipelined connection only: the script reads all."""
+        return self.customer_from(
+            user_id, await self.customer_replies(user_id, views, offers_only))
+
+    async def customer_replies(self, user_id: str, views: int = 20,
+                               offers_only: bool = False) -> list[Any]:
+        """:meth:`customer`'s replies as they came, not parsed: a caller that answered
+        the same replies before may reuse that answer (``serving/service.py``) and
+        skip the parse; :meth:`customer_from` parses them."""
         keys = [self.keys.user(user_id, s) for s in CUSTOMER_KEYS]
         r = None
         if self.fast is not None:
@@ -559,6 +567,11 @@ class FeatureReader:
                     r = await self.fast.transaction(commands)
         if r is None:  # redis-py: one script call (a transaction costs more Python here)
             r = await self._customer_script(keys=keys, args=[views])
+        return r  # type: ignore[no-any-return]
+
+    @staticmethod
+    def customer_from(user_id: str, r: list[Any]) -> CustomerRead:
+        """:meth:`customer_replies` parsed, as :meth:`customer` returns them."""
         rfm = _pairs(r[7])
         state = _flat_state(user_id, r, rfm)
         facts_raw = (rfm, r[8], _pairs(r[9]), _pairs(r[10]), r[11], _scored(r[12]))

@@ -1,4 +1,5 @@
-"""Cached answers that expire without a stampede: stale-while-revalidate, one refresher.
+"""Cached answers: related items that expire without a stampede (stale-while-revalidate,
+one refresher), and each customer's last recommendations (:class:`PerCustomer`).
 
 The related-items answers of product pages are the same for everyone and cached per item.
 Cached with a plain TTL, entries filled together expire together: after the widget's first
@@ -20,8 +21,9 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from feature_store.client import cancel_and_wait
 
@@ -116,3 +118,78 @@ class StaleWhileRevalidate(Generic[K, V]):
         except TimeoutError:
             await cancel_and_wait(task)
         self._task = None
+
+
+def fingerprint(replies: list[Any]) -> int | None:
+    """A digest of a customer's stored state as one read returned it (flat replies:
+    bytes, numbers, None, flat lists of them): two reads that returned the same
+    replies have the same digest. A 64-bit hash, so two different states of one
+    customer share a digest with a chance of 2^-64. None for a shape it does not take
+    (nested lists, RESP3's [member, score] pairs): nothing is reused then."""
+    try:
+        return hash(tuple(tuple(r) if type(r) is list else r for r in replies))
+    except TypeError:
+        return None
+
+
+@dataclass(slots=True)
+class Kept(Generic[V]):
+    state: int                 # fingerprint() of the replies the answer was made from
+    model: str | None          # the model version it was made with
+    until: float               # clock() past which it is not reused
+    answer: V
+    entries: tuple[Any, ...]   # the catalog entries of its items, as they were
+
+
+class PerCustomer(Generic[V]):
+    """A customer's last answers (per request shape: limit, context item), reused while a
+    fresh read of their stored state returns the same replies, the model is the same and
+    the answer is younger than its TTL; the caller also checks the answered items'
+    catalog entries (``Kept.entries``). At most ``max_customers`` customers are kept,
+    the least recently answered dropped first; 0 keeps nothing.
+
+    Unlike :class:`StaleWhileRevalidate` nothing is refreshed in the background: a
+    customer's next event changes the replies, and the request that sees it computes."""
+
+    def __init__(self, max_customers: int, jitter: float = 0.1,
+                 clock: Callable[[], float] = time.monotonic,
+                 rng: random.Random | None = None) -> None:
+        self.max_customers, self.jitter, self._clock = max_customers, jitter, clock
+        self._rng = rng or random.Random()
+        self._kept: dict[str, dict[Hashable, Kept[V]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def get(self, user_id: str, shape: Hashable, state: int | None,
+            model: str | None) -> Kept[V] | None:
+        """The answer kept for this customer and shape if it was made from ``state`` with
+        ``model`` and has not expired; else None."""
+        kept = self._kept.get(user_id, {}).get(shape)
+        if (kept is None or state is None or kept.state != state or kept.model != model
+                or self._clock() >= kept.until):
+            return None
+        self._kept[user_id] = self._kept.pop(user_id)  # to the end: recently answered
+        return kept
+
+    def last(self, user_id: str, shape: Hashable) -> V | None:
+        """The answer kept for this customer and shape, unchecked, while younger than its
+        TTL (the store is away, and nothing can be checked)."""
+        kept = self._kept.get(user_id, {}).get(shape)
+        return kept.answer if kept is not None and self._clock() < kept.until else None
+
+    def put(self, user_id: str, shape: Hashable, state: int | None, model: str | None,
+            ttl_s: float, answer: V, entries: tuple[Any, ...]) -> None:
+        if state is None or ttl_s <= 0 or self.max_customers <= 0:
+            return
+        mine = self._kept.pop(user_id, None)
+        if mine is None:
+            mine = {}
+            if len(self._kept) >= self.max_customers:
+                self._kept.pop(next(iter(self._kept)))  # the least recently answered
+        self._kept[user_id] = mine  # to the end: the most recently answered
+        until = self._clock() + ttl_s * self._rng.uniform(1 - self.jitter, 1 + self.jitter)
+        mine[shape] = Kept(state, model, until, answer, entries)
+
+    def forget(self, user_id: str) -> None:
+        self._kept.pop(user_id, None)

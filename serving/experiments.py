@@ -204,6 +204,12 @@ class ExperimentRegistry:
             self._services[key] = svc
         return svc  # type: ignore[no-any-return]
 
+    def forget(self, user_id: str) -> None:
+        """Drop what the variant services derived for a customer (erasure)."""
+        for svc in self._services.values():
+            if isinstance(svc, RecommendationService):
+                svc.forget(user_id)
+
     async def close(self) -> None:
         """Stop the variant services' background work (the API is stopping)."""
         if self._refreshing is not None:

@@ -335,7 +335,9 @@ async def erase_user(request: Request) -> Response:
     erased = UserErased(event_id=f"erase-{uuid.uuid4().hex}", occurred_at=datetime.now(UTC),
                         user_id=user_id, source="aisle.admin")
     response = await _record(request, erased, "erasure")
-    _state(request).service.forget(user_id)  # this process's per-customer caches
+    state = _state(request)
+    state.service.forget(user_id)  # this process's per-customer caches
+    state.experiments.forget(user_id)  # and its experiment variants' services'
     return response
 
 

@@ -33,7 +33,7 @@ from feature_store.reader import (
 from models.artifacts import ModelArtifact
 from models.online import ModelHolder, decode_vector, user_vector
 from serving.again import own_items, rebuy_reason, resume_reason
-from serving.answer_cache import StaleWhileRevalidate
+from serving.answer_cache import PerCustomer, StaleWhileRevalidate, fingerprint
 from serving.pools import PoolBatch
 from serving.viewed import (
     SimilarToViewed,
@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 FALLBACKS = Counter("aisle_fallback_answers_total",
                     "answers that fell back to popular items after an unexpected error",
                     ["route"])
+ANSWERED = Counter("aisle_recommendations_total",
+                   "recommendations answered, by how: derived, or reused (the customer's "
+                   "last answer, same stored state), or last (the store away)", ["how"])
 T = TypeVar("T")
 WINBACK_SEGMENTS = frozenset({"dormant", "lost", "at_risk"})
 RESTOCK_SLOTS = 3
@@ -188,6 +191,9 @@ class RecommendationService:
         # customer -> ((model version, decay reference), interactions, vector)
         self._vectors: dict[str, tuple[tuple[str, float], Any, np.ndarray]] = {}
         self._histories: dict[str, tuple[str, list[tuple[bytes, float]], Any]] = {}
+        # customer -> their last answers, while their stored state is the same
+        self._answers: PerCustomer[Answer] = PerCustomer(settings.serving.customer_cache_size)
+        self._answered = {how: ANSWERED.labels(how) for how in ("derived", "reused", "last")}
 
     async def _safe(self, call: Awaitable[T], default: T, flags: list[str]) -> T:
         try:
@@ -325,8 +331,23 @@ class RecommendationService:
         flags: list[str] = []
         s = self.settings.serving
         art = self.holder.current
+        model, shape = (art.version if art else None), (limit, context_item)
         # State, facts, offers and the push ledger: one round trip (one hash slot).
-        record = await self._safe(self.reader.customer(user_id), None, flags)
+        replies = await self._safe(self.reader.customer_replies(user_id), None, flags)
+        mark, record = None, None
+        if replies is None:  # the store is away: their last list beats popular items
+            last = self._answers.last(user_id, shape)
+            if last is not None:
+                self._answered["last"].inc()
+                return Answer(last.items, last.model_version, last.strategy, True)
+        else:
+            mark = fingerprint(replies)
+            kept = self._answers.get(user_id, shape, mark, model)
+            if kept is not None and await self._still_listed(kept.answer, kept.entries):
+                self._answered["reused"].inc()
+                return kept.answer
+            record = self.reader.customer_from(user_id, replies)
+        self._answered["derived"].inc()
         state = record.state if record else UserState(user_id, [], {}, {}, {}, {}, [], None, {})
         cands = Candidates()
         vec = self._vector(art, state)
@@ -378,7 +399,23 @@ class RecommendationService:
                                             record.pushed if record else None)
         if art is not None and vec is not None:
             await self._explain_picks(items, art, state, flags)
-        return Answer(items, art.version if art else None, strategy, bool(flags))
+        answer = Answer(items, model, strategy, bool(flags))
+        if not flags and s.recommendations_cache_ttl_s > 0:
+            ttl = s.recommendations_cache_ttl_s if strategy == "personal" else s.cache_ttl_s
+            self._answers.put(user_id, shape, mark, model, ttl, answer,
+                              tuple(self.reader.cached_item(x.item_id) for x in items))
+        return answer
+
+    async def _still_listed(self, answer: Answer, entries: tuple[Any, ...]) -> bool:
+        """Whether the items of a kept answer are listed as they were when it was made
+        (title, price, stock, tags: what its filters and its text used). Read like any
+        answer's catalog entries (from memory, the change feed checked when due); a
+        read that fails says no, and the answer is derived again."""
+        ids = [x.item_id for x in answer.items]
+        flags: list[str] = []
+        now = await self._infos(ids, flags)
+        return not flags and all((n := now.get(i)) is then or (n is not None and n == then)
+                                 for i, then in zip(ids, entries, strict=True))
 
     async def _co_counts_of(self, items: list[str], flags: list[str],
                             ) -> dict[tuple[str, str], dict[str, float]]:
@@ -469,6 +506,7 @@ class RecommendationService:
         keeps nothing of an erased customer in memory."""
         self._vectors.pop(user_id, None)
         self._histories.pop(user_id, None)
+        self._answers.forget(user_id)
         if self.customers is not None:
             self.customers.forget(user_id)
 

@@ -8,7 +8,7 @@ import random
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 
-from serving.answer_cache import StaleWhileRevalidate
+from serving.answer_cache import PerCustomer, StaleWhileRevalidate, fingerprint
 
 
 @dataclass
@@ -153,3 +153,78 @@ async def test_close_stops_the_refresher() -> None:
     await cache.close()
     assert cache._task is None
     assert len(src.calls) < 40
+
+
+# ------------------------------------------------------------ PerCustomer
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def kept_for(max_customers: int = 10) -> tuple[PerCustomer[str], Clock]:
+    clock = Clock()
+    return PerCustomer(max_customers, jitter=0.0, clock=clock), clock
+
+
+def test_a_kept_answer_is_reused_only_for_the_same_state_model_and_shape() -> None:
+    kept, clock = kept_for()
+    kept.put("u1", (10, None), 7, "m1", 30.0, "answer", ("entry",))
+    got = kept.get("u1", (10, None), 7, "m1")
+    assert got is not None and got.answer == "answer" and got.entries == ("entry",)
+    assert kept.get("u1", (10, None), 8, "m1") is None        # their state changed
+    assert kept.get("u1", (10, None), 7, "m2") is None        # a new model
+    assert kept.get("u1", (5, None), 7, "m1") is None         # another limit
+    assert kept.get("u1", (10, "i9"), 7, "m1") is None        # another context item
+    assert kept.get("u2", (10, None), 7, "m1") is None        # another customer
+    assert kept.get("u1", (10, None), None, "m1") is None     # a state it can't digest
+    clock.now += 29.9
+    assert kept.get("u1", (10, None), 7, "m1") is not None
+    clock.now += 0.1
+    assert kept.get("u1", (10, None), 7, "m1") is None        # expired
+
+
+def test_nothing_is_kept_with_no_ttl_no_room_or_no_digest() -> None:
+    for kept, args in ((kept_for()[0], (7, "m", 0.0)), (kept_for(0)[0], (7, "m", 30.0)),
+                       (kept_for()[0], (None, "m", 30.0))):
+        state, model, ttl = args
+        kept.put("u", 1, state, model, ttl, "a", ())
+        assert kept.get("u", 1, state, model) is None and kept.last("u", 1) is None
+        assert len(kept) == 0
+
+
+def test_the_last_answer_is_given_unchecked_until_it_expires() -> None:
+    kept, clock = kept_for()
+    kept.put("u", 1, 7, "m", 30.0, "a", ())
+    assert kept.last("u", 1) == "a" and kept.last("u", 2) is None
+    clock.now += 30.0
+    assert kept.last("u", 1) is None
+
+
+def test_the_least_recently_answered_customer_goes_first_and_forget_drops_all() -> None:
+    kept, _ = kept_for(max_customers=2)
+    kept.put("a", 1, 1, "m", 30.0, "a1", ())
+    kept.put("a", 2, 1, "m", 30.0, "a2", ())  # a second shape: still one customer
+    kept.put("b", 1, 1, "m", 30.0, "b1", ())
+    assert kept.get("a", 1, 1, "m") is not None  # a answered again: b is now the oldest
+    kept.put("c", 1, 1, "m", 30.0, "c1", ())
+    assert kept.last("b", 1) is None and kept.last("a", 2) == "a2" and len(kept) == 2
+    kept.forget("a")
+    assert kept.last("a", 1) is None and kept.last("a", 2) is None and len(kept) == 1
+
+
+def test_the_fingerprint_follows_every_reply() -> None:
+    replies = [[b"i1", b"3.5"], b"vec", None, 3, []]
+    assert fingerprint(replies) == fingerprint([list(r) if isinstance(r, list) else r
+                                                for r in replies])
+    for changed in ([[b"i1", b"3.6"], b"vec", None, 3, []],
+                    [[b"i1", b"3.5"], b"vek", None, 3, []],
+                    [[b"i1", b"3.5"], b"vec", b"", 3, []],
+                    [[b"i1", b"3.5"], b"vec", None, 3, [b"x"]],
+                    [[b"3.5", b"i1"], b"vec", None, 3, []]):
+        assert fingerprint(changed) != fingerprint(replies), changed
+    assert fingerprint([[[b"member", 1.0]]]) is None  # RESP3 pairs: not digested
