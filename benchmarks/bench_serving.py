@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 from rich.console import Console
 
 from aisle.runtime import free_port, wait_for_port
@@ -140,11 +141,16 @@ def open_loop(gen: LoadGenerator, loaded: Loaded, requests: dict[str, list[str]]
     pids = processes(loaded, gen)
     for rate in args.rates:
         for endpoint in ENDPOINTS:
+            how = answered_how(loaded.api_url)
             raw, cpu = measured(pids, lambda rate=rate, endpoint=endpoint: gen.run(
                 mode="open", url=loaded.api_url, paths=requests[endpoint], rate=rate,
                 seconds=args.seconds, connections=args.connections))
             point = open_point(endpoint, raw)
             point["cpu"] = with_api_ms(cpu, point["requests"] - point["unfinished"])
+            if endpoint == "recommendations":
+                after = answered_how(loaded.api_url)
+                point["answered_how"] = {k: after[k] - how.get(k, 0.0) for k in after}
+                console.log(f"recommendations answered: {point['answered_how']}")
             lat = point["latency_ms"]
             if point.get("issued"):
                 console.log(f"{endpoint:>15} @ {rate:g}/s: {point['issued']} answers issued "
@@ -163,6 +169,15 @@ def open_loop(gen: LoadGenerator, loaded: Loaded, requests: dict[str, list[str]]
             # after overloaded recommendations measured their backlog (p99 1.1 s).
             point["drain_s"] = wait_idle(pids["api"])
     return points
+
+
+def answered_how(api_url: str) -> dict[str, float]:
+    """The API's count of recommendations by how they were answered (derived, the
+    customer's kept answer reused, the last one given with the store away): /metrics."""
+    body = httpx.get(f"{api_url}/metrics", timeout=10).text
+    prefix = 'aisle_recommendations_total{how="'
+    return {line[len(prefix):].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in body.splitlines() if line.startswith(prefix)}
 
 
 def peak(gen: LoadGenerator, loaded: Loaded, requests: dict[str, list[str]],
