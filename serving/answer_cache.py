@@ -22,8 +22,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Hashable
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from feature_store.client import cancel_and_wait
 
@@ -132,8 +131,11 @@ def fingerprint(replies: list[Any]) -> int | None:
         return None
 
 
-@dataclass(slots=True)
-class Kept(Generic[V]):
+class Kept(NamedTuple, Generic[V]):
+    """A tuple, not a class instance: a kept answer of plain tuples and strings leaves
+    the garbage collector little to traverse (a full pass walks everything allocated
+    since the last freeze, serving/gc_tuning.py)."""
+
     state: int                 # fingerprint() of the replies the answer was made from
     model: str | None          # the model version it was made with
     until: float               # clock() past which it is not reused

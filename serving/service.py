@@ -192,7 +192,7 @@ class RecommendationService:
         self._vectors: dict[str, tuple[tuple[str, float], Any, np.ndarray]] = {}
         self._histories: dict[str, tuple[str, list[tuple[bytes, float]], Any]] = {}
         # customer -> their last answers, while their stored state is the same
-        self._answers: PerCustomer[Answer] = PerCustomer(settings.serving.customer_cache_size)
+        self._answers: PerCustomer[Packed] = PerCustomer(settings.serving.customer_cache_size)
         self._answered = {how: ANSWERED.labels(how) for how in ("derived", "reused", "last")}
 
     async def _safe(self, call: Awaitable[T], default: T, flags: list[str]) -> T:
@@ -339,13 +339,13 @@ class RecommendationService:
             last = self._answers.last(user_id, shape)
             if last is not None:
                 self._answered["last"].inc()
-                return Answer(last.items, last.model_version, last.strategy, True)
+                return _unpack(last, degraded=True)
         else:
             mark = fingerprint(replies)
             kept = self._answers.get(user_id, shape, mark, model)
             if kept is not None and await self._still_listed(kept.answer, kept.entries):
                 self._answered["reused"].inc()
-                return kept.answer
+                return _unpack(kept.answer)
             record = self.reader.customer_from(user_id, replies)
         self._answered["derived"].inc()
         state = record.state if record else UserState(user_id, [], {}, {}, {}, {}, [], None, {})
@@ -402,16 +402,16 @@ class RecommendationService:
         answer = Answer(items, model, strategy, bool(flags))
         if not flags and s.recommendations_cache_ttl_s > 0:
             ttl = s.recommendations_cache_ttl_s if strategy == "personal" else s.cache_ttl_s
-            self._answers.put(user_id, shape, mark, model, ttl, answer,
+            self._answers.put(user_id, shape, mark, model, ttl, _pack(answer),
                               tuple(self.reader.cached_item(x.item_id) for x in items))
         return answer
 
-    async def _still_listed(self, answer: Answer, entries: tuple[Any, ...]) -> bool:
+    async def _still_listed(self, answer: Packed, entries: tuple[Any, ...]) -> bool:
         """Whether the items of a kept answer are listed as they were when it was made
         (title, price, stock, tags: what its filters and its text used). Read like any
         answer's catalog entries (from memory, the change feed checked when due); a
         read that fails says no, and the answer is derived again."""
-        ids = [x.item_id for x in answer.items]
+        ids = [x[0] for x in answer[0]]
         flags: list[str] = []
         now = await self._infos(ids, flags)
         return not flags and all((n := now.get(i)) is then or (n is not None and n == then)
@@ -676,6 +676,21 @@ class RecommendationService:
             if len(out) >= limit:
                 break
         return out
+
+
+# A kept answer as plain tuples, (items, model version, strategy), an item as Scored's
+# fields: tuples of strings and numbers the garbage collector stops tracking.
+Packed = tuple[tuple[tuple[Any, ...], ...], str | None, str]
+
+
+def _pack(answer: Answer) -> Packed:
+    return (tuple((x.item_id, x.score, x.reason, x.title, x.price, x.category)
+                  for x in answer.items), answer.model_version, answer.strategy)
+
+
+def _unpack(packed: Packed, degraded: bool = False) -> Answer:
+    """A new Answer (callers may reorder its items) from a kept one."""
+    return Answer([Scored(*x) for x in packed[0]], packed[1], packed[2], degraded)
 
 
 def _merge(into: Candidates, other: Candidates) -> None:
