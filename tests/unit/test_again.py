@@ -80,6 +80,12 @@ class FakeReader:
     async def customer(self, user_id: str) -> CustomerRead:
         return CustomerRead(self.user_state, (), ({}, {}), {})
 
+    async def customer_replies(self, user_id: str) -> list[Any]:
+        return [[["not digested"]]]  # nested: fingerprint() is None, nothing is reused
+
+    def customer_from(self, user_id: str, replies: list[Any]) -> CustomerRead:
+        return CustomerRead(self.user_state, (), ({}, {}), {})
+
     async def items(self, ids: list[str]) -> dict[str, ItemInfo]:
         return {i: self.catalog[i] for i in ids if i in self.catalog}
 
