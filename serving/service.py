@@ -341,7 +341,7 @@ class RecommendationService:
                 self._answered["last"].inc()
                 return _unpack(last, degraded=True)
         else:
-            mark = fingerprint(replies)
+            mark = fingerprint(replies) if s.recommendations_cache_ttl_s > 0 else None
             kept = self._answers.get(user_id, shape, mark, model)
             if kept is not None and await self._still_listed(kept.answer, kept.entries):
                 self._answered["reused"].inc()
