@@ -54,6 +54,16 @@ ANSWERED = Counter("aisle_recommendations_total",
                    "recommendations answered, by how: derived, or reused (the customer's "
                    "last answer, same stored state), or last (the store away)", ["how"])
 T = TypeVar("T")
+
+
+def answered_counts() -> dict[str, Any]:
+    """This process's recommendations by how they were answered, and the share reused
+    (the operator's page)."""
+    got = {how: int(ANSWERED.labels(how)._value.get()) for how in ("derived", "reused", "last")}
+    total = sum(got.values())
+    return {**got, "reused_share": round(got["reused"] / total, 4) if total else None}
+
+
 WINBACK_SEGMENTS = frozenset({"dormant", "lost", "at_risk"})
 RESTOCK_SLOTS = 3
 Reason = Callable[[str], str]

@@ -22,6 +22,7 @@ from serving.crm import iso
 from serving.errors import InvalidInput, NotFound
 from serving.ops import OpsSummary
 from serving.routes import _state, json, request_id
+from serving.service import answered_counts
 
 STATIC = Path(__file__).resolve().parent / "static"
 # The widget is fetched on every product page of a shop: let browsers and CDNs keep it a
@@ -92,6 +93,7 @@ async def ops_summary(request: Request) -> Response:
         ops = OpsSummary(state.settings, state.redis, state.customers.keys, state.holder)
         request.app.state.ops = ops
     body = await ops.get({"hits": state.reader.hits, "misses": state.reader.misses})
+    body["recommendations"] = answered_counts()
     body["request_id"] = request_id(request)
     body["served_at"] = time.time()
     return json(body, headers={"Cache-Control": "no-store"})

@@ -101,11 +101,15 @@
     add("items", m.items.toLocaleString());
   }
 
-  function renderCache(c) {
+  function renderCache(c, r) {
     $("hit-rate").textContent = c.hit_rate === null ? "no lookups yet" :
       (c.hit_rate * 100).toFixed(1) + "% hits";
     $("cache-detail").textContent = c.hits.toLocaleString() + " hits, " +
       c.misses.toLocaleString() + " misses (co-occurrence cache of this API process)";
+    $("reused").textContent = !r || r.reused_share === null ? "no recommendations yet" :
+      (r.reused_share * 100).toFixed(1) + "% of " +
+      (r.derived + r.reused + r.last).toLocaleString() +
+      " recommendations reused (the customer's state unchanged since their last answer)";
   }
 
   function renderLatency(lat) {
@@ -220,7 +224,7 @@
       renderLag(s.lag);
       renderDead(s.deadletters);
       renderModel(s.model);
-      renderCache(s.cache);
+      renderCache(s.cache, s.recommendations);
       renderLatency(s.latency);
       $("updated").textContent = new Date(s.served_at * 1000).toISOString().slice(11, 19) + "Z";
       $("error").textContent = "";

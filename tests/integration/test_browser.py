@@ -293,6 +293,7 @@ def test_demo_storefront_shows_a_real_customer(page: Any, stack: Stack) -> None:
 
 def test_ops_page_shows_the_pipeline(page: Any, stack: Stack) -> None:
     httpx.get(f"{stack.api_url}/v1/items/{ITEM}/related")  # some latency to report
+    httpx.get(f"{stack.api_url}/v1/users/ops-page-visitor/recommendations")
     page.goto(f"{stack.api_url}/ops")
     page.wait_for_selector("body[data-loaded='true']")
     partitions = 2 * stack.settings.topics.partitions  # events + catalog
@@ -305,6 +306,8 @@ def test_ops_page_shows_the_pipeline(page: Any, stack: Stack) -> None:
     version = httpx.get(f"{stack.api_url}/readyz").json()["model_version"]
     assert page.locator("#model dd").first.inner_text() == version
     assert "related" in page.locator("#latency").inner_text()
+    reused = page.locator("#reused").inner_text()
+    assert re.match(r"\d+\.\d% of [\d,]+ recommendations reused", reused), reused
     assert page.locator("#no-experiments").inner_text() == "no experiments"
     page.wait_for_function("document.getElementById('rate').textContent !== 'measuring…'")
     page.screenshot(path=str(ARTIFACTS / "ops.png"), full_page=True)

@@ -89,6 +89,17 @@ def test_ops_summary_reports_the_pipeline(client: httpx.Client,
     assert cache["misses"] >= 1
     assert cache["hit_rate"] == round(cache["hits"] / (cache["hits"] + cache["misses"]), 4)
     assert body["latency"]["related"]["count"] >= 1
+    # A customer asked again with nothing changed: their kept answer (a degraded one,
+    # the store late on a busy machine, is not kept: ask until one is reused).
+    before = body["recommendations"]
+    for _ in range(10):
+        client.get("/v1/users/ops-page-customer/recommendations")
+        got = client.get("/v1/ops/summary").json()["recommendations"]
+        if got["reused"] > before["reused"]:
+            break
+    assert got["reused"] > before["reused"] and got["derived"] > before["derived"]
+    total = got["derived"] + got["reused"] + got["last"]
+    assert got["reused_share"] == round(got["reused"] / total, 4)
 
 
 def test_deadletter_tail_is_the_newest_first(settings: Settings) -> None:
