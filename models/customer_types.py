@@ -91,8 +91,13 @@ class RFMScore:
         return f"{self.r}{self.f}{self.m}"
 
 
-@dataclass(frozen=True, slots=True)
-class Replenishment:
+class Replenishment(msgspec.Struct, frozen=True, gc=False):
+    """Untracked by the garbage collector (``gc=False``: it holds only strings and
+    numbers, so it can be in no cycle). A buyer's profile holds ~20 of these (990 Online
+    Retail customers: 21,251), kept in the API's per-customer cache; as frozen dataclass
+    instances they were half of the objects a full GC pass walked after a first-visit
+    pass (21,251 of 42,920)."""
+
     item_id: str
     interval_days: float
     last_purchase_ts: float
