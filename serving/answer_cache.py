@@ -132,9 +132,10 @@ def fingerprint(replies: list[Any]) -> int | None:
 
 
 class Kept(NamedTuple, Generic[V]):
-    """A tuple, not a class instance: a kept answer of plain tuples and strings leaves
-    the garbage collector little to traverse (a full pass walks everything allocated
-    since the last freeze, serving/gc_tuning.py)."""
+    """One per customer and shape. The answer in it should be plain tuples of strings and
+    numbers (serving/service.py packs it so), which the garbage collector stops tracking:
+    a full pass walks everything allocated since the last freeze (serving/gc_tuning.py).
+    This tuple itself, a subclass, stays tracked."""
 
     state: int                 # fingerprint() of the replies the answer was made from
     model: str | None          # the model version it was made with

@@ -53,13 +53,14 @@ FALLBACKS = Counter("aisle_fallback_answers_total",
 ANSWERED = Counter("aisle_recommendations_total",
                    "recommendations answered, by how: derived, or reused (the customer's "
                    "last answer, same stored state), or last (the store away)", ["how"])
+_ANSWERED = {how: ANSWERED.labels(how) for how in ("derived", "reused", "last")}
 T = TypeVar("T")
 
 
 def answered_counts() -> dict[str, Any]:
     """This process's recommendations by how they were answered, and the share reused
     (the operator's page)."""
-    got = {how: int(ANSWERED.labels(how)._value.get()) for how in ("derived", "reused", "last")}
+    got = {how: int(child._value.get()) for how, child in _ANSWERED.items()}
     total = sum(got.values())
     return {**got, "reused_share": round(got["reused"] / total, 4) if total else None}
 
@@ -203,7 +204,6 @@ class RecommendationService:
         self._histories: dict[str, tuple[str, list[tuple[bytes, float]], Any]] = {}
         # customer -> their last answers, while their stored state is the same
         self._answers: PerCustomer[Packed] = PerCustomer(settings.serving.customer_cache_size)
-        self._answered = {how: ANSWERED.labels(how) for how in ("derived", "reused", "last")}
 
     async def _safe(self, call: Awaitable[T], default: T, flags: list[str]) -> T:
         try:
@@ -348,16 +348,16 @@ class RecommendationService:
         if replies is None:  # the store is away: their last list beats popular items
             last = self._answers.last(user_id, shape)
             if last is not None:
-                self._answered["last"].inc()
+                _ANSWERED["last"].inc()
                 return _unpack(last, degraded=True)
         else:
             mark = fingerprint(replies) if s.recommendations_cache_ttl_s > 0 else None
             kept = self._answers.get(user_id, shape, mark, model)
             if kept is not None and await self._still_listed(kept.answer, kept.entries):
-                self._answered["reused"].inc()
+                _ANSWERED["reused"].inc()
                 return _unpack(kept.answer)
             record = self.reader.customer_from(user_id, replies)
-        self._answered["derived"].inc()
+        _ANSWERED["derived"].inc()
         state = record.state if record else UserState(user_id, [], {}, {}, {}, {}, [], None, {})
         cands = Candidates()
         vec = self._vector(art, state)
