@@ -8,7 +8,7 @@ counts anything twice.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib.resources import files
 from typing import Any
 
@@ -45,6 +45,16 @@ async def applied_total(client: Any, keys: Keys) -> int:
     return sum_applied(await pipe.execute())
 
 SCRIPT = files("feature_store").joinpath("store.lua").read_text()
+#: Drop a source's watermark in one shard when it is at or past the log's end: no offset
+#: of the log it was kept for can be (see :meth:`RedisStore.drop_replaced_logs`).
+_DROP_REPLACED = """
+local w = redis.call('HGET', KEYS[1], ARGV[1])
+if w and tonumber(w) >= tonumber(ARGV[2]) then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return tonumber(w)
+end
+return -1
+"""
 ShardBatch = tuple[int, str, Sequence[BatchEvent]]
 _pack = msgspec.msgpack.Encoder().encode
 
@@ -101,6 +111,30 @@ class RedisStore:
             # routes this by its declared keys (one slot, by the key layout).
             pipe.execute_command(*self.command(sha, shard, source, batch))
         return list(await pipe.execute())
+
+    async def drop_replaced_logs(self, ends: Mapping[str, int]) -> dict[str, int]:
+        """Forget the watermarks kept for an earlier log of a source.
+
+        ``ends`` maps a source (``topic/partition``) to its log's end offset as a fetch
+        just reported it. Every offset applied from the log now under that name is below
+        its end, so a watermark at or past the end was kept for another log of the same
+        name: a broker that lost its log (the embedded one keeps it in memory), a topic
+        deleted and created again, by whichever client came first (Tansu, like Kafka with
+        ``auto.create.topics.enable``, creates a topic a consumer or producer asks for).
+        Kept, it would take the new log's first offsets for ones already applied.
+        Returns the dropped watermarks, the highest per source, for the log."""
+        if not ends:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        calls = [(source, shard) for source in ends for shard in range(self.keys.shards)]
+        for source, shard in calls:
+            pipe.execute_command("EVAL", _DROP_REPLACED, 1, self.keys.watermarks(shard),
+                                 source, ends[source])
+        dropped: dict[str, int] = {}
+        for (source, _), old in zip(calls, await pipe.execute(), strict=True):
+            if int(old) >= 0:
+                dropped[source] = max(dropped.get(source, -1), int(old))
+        return dropped
 
     async def dump(self, include_derived: bool = False) -> dict[str, Any]:
         """Every key of this prefix in canonical form (model and control keys excluded;

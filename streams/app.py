@@ -158,6 +158,8 @@ def build_app(settings: Settings) -> faust.App:
         while True:
             batch = await consumer.next_batch()
             try:
+                if batch.ends:
+                    await retried(lambda b=batch: processor.forget_replaced_logs(b.ends))
                 prepared = await processor.prepare_yielding(batch.records)
                 if writing is not None:
                     await asyncio.shield(writing)
@@ -175,6 +177,8 @@ def build_app(settings: Settings) -> faust.App:
         while True:
             batch = await consumer.next_batch()
             try:
+                if batch.ends:
+                    await retried(lambda b=batch: processor.forget_replaced_logs(b.ends))
                 prepared = await processor.prepare_yielding(batch.records)
                 done = await writer.write(prepared)
             except BaseException:

@@ -52,6 +52,10 @@ class FetchedBatch:
 
     records: list[Record]
     spans: dict[TP, tuple[int, int]] = field(default_factory=dict)
+    #: Partitions this batch is the first of since they were assigned, with the log end
+    #: the fetch reported: the agent checks their watermarks against it before applying
+    #: (``BatchProcessor.forget_replaced_logs``).
+    ends: dict[TP, int] = field(default_factory=dict)
 
 
 class ShortWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -85,6 +89,13 @@ class BatchConsumer(faust_aiokafka.Consumer):
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._log_checked: set[TP] = set()
+
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        # A partition given (again) may be a new log under the old name: its first batch
+        # carries the log end, checked against the store's watermarks (FetchedBatch.ends).
+        self._log_checked.difference_update(assigned)
+        await super().on_partitions_assigned(assigned, generation_id)
 
     async def next_batch(self) -> FetchedBatch:
         return await self._batch_queue.get()
@@ -193,6 +204,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
     def _to_batch(self, records: Any, active: set[TP] | None) -> FetchedBatch | None:
         out: list[Record] = []
         spans: dict[TP, tuple[int, int]] = {}
+        ends: dict[TP, int] = {}
         read_offset = self._read_offset
         for tp, recs in records.items():
             if not recs or not (active is None or tp in active
@@ -214,8 +226,12 @@ class BatchConsumer(faust_aiokafka.Consumer):
             # again harmlessly: acks are a set).
             spans[tp] = (first if last_read is None else min(first, last_read), last)
             read_offset[tp] = last
-            self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
-        return FetchedBatch(out, spans) if out else None
+            highwater = self.highwater(tp)
+            self.app.monitor.track_tp_end_offset(tp, highwater)
+            if highwater is not None and tp not in self._log_checked:
+                ends[tp] = highwater
+                self._log_checked.add(tp)
+        return FetchedBatch(out, spans, ends) if out else None
 
 
 class BatchTransport(faust_aiokafka.Transport):

@@ -11,7 +11,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from feature_store.keys import Keys
@@ -119,6 +119,18 @@ class BatchProcessor:
         lock = self.keys.control("rebuild")
         while await self.store.client.exists(lock):
             await asyncio.sleep(0.2)
+
+    async def forget_replaced_logs(self, ends: Mapping[tuple[str, int], int]) -> dict[str, int]:
+        """Before the first batch of a partition this worker was just given: drop the
+        watermarks an earlier log of that name left (``RedisStore.drop_replaced_logs``).
+        ``ends`` maps (topic, partition) to the log end its fetch reported."""
+        dropped = await self.store.drop_replaced_logs(
+            {f"{topic}/{partition}": end for (topic, partition), end in ends.items()})
+        for source, old in dropped.items():
+            log.warning("%s: the log ends below the watermark %d kept for it, so it is a new "
+                        "log (a broker that lost its log, a topic made again): watermark "
+                        "dropped, its events are applied from offset 0", source, old)
+        return dropped
 
     async def process(self, records: Sequence[Record]) -> BatchResult:
         started = time.perf_counter()

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from aisle.replay import replay_file
 from aisle.runtime import start_broker, start_store
@@ -395,11 +396,27 @@ def broker_outage(servers: dict[str, str],
             outage.facts["worker_alive_during"] = stack.workers[0].proc.poll() is None
 
             broker.restart()
+            # Another client makes the topics first (Tansu, like Kafka with
+            # auto.create.topics.enable, creates a topic a producer or consumer asks
+            # for), so ensure_topics finds them there and has nothing to forget: the
+            # worker itself must tell the new logs from the old ones.
+            asyncio.run(create_topics_elsewhere(stack.settings))
             asyncio.run(ensure_topics(stack.settings))
         yield outage
     finally:
         stack.stop()
         broker.stop()
+
+
+async def create_topics_elsewhere(settings: Settings) -> None:
+    t = settings.topics
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, t.partitions, 1)
+                                   for name in (t.events, t.catalog, t.deadletter, t.push)])
+    finally:
+        await admin.close()
 
 
 def post_until_answered(api: httpx.Client, doc: dict[str, Any],
