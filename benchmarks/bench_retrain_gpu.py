@@ -45,7 +45,8 @@ Checks (``checks`` in the JSON; each can fail):
 
 The stored ``results/retrain_gpu.json`` was taken before ``models.als`` applied alpha
 itself for the GPU: in it ``gpu_project_path`` is that old, alpha-less path and
-``gpu_alpha_applied`` is what ``fit_als(device="gpu")`` does since.
+``gpu_alpha_applied`` is what ``fit_als(device="gpu")`` does since. ``results/
+retrain_gpu_h200.json`` (an H200, session 22) is the first run of that path itself.
 """
 
 from __future__ import annotations
