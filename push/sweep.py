@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
+import time
+import uuid
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import redis.asyncio as aioredis
 
@@ -21,7 +25,7 @@ from feature_store.keys import Keys
 from feature_store.reader import FeatureReader
 from models.customer import SegmentRules, build_profile, load_segment_rules
 from models.customer_types import CustomerFacts, PopulationStats, RFMThresholds
-from models.population import all_customers, load_stats, read_all_facts
+from models.population import load_stats, read_all_facts
 from streams import events as ev
 from streams.topics import EventProducer
 
@@ -55,22 +59,91 @@ def sweep_events(facts: CustomerFacts, stats: PopulationStats, clock: float,
         for reason, ref, due in found]
 
 
-async def sweep(settings: Settings, client: aioredis.Redis, producer: EventProducer) -> int:
-    """One sweep over every customer (one worker at a time); returns events written."""
+#: Customers read per step of a shard's sweep: the memory a sweep holds at a time.
+SCAN_COUNT = 500
+#: How long a shard's claim lasts when the sweep is not on a schedule (a direct call).
+CLAIM_S = 600
+
+
+class SweepResult(NamedTuple):
+    customers: int  # swept by this call (shards another worker held are not counted)
+    found: int      # triggers their profiles imply
+    written: int    # of those, the ones the store had not applied yet: produced
+
+
+async def sweep(settings: Settings, client: aioredis.Redis, producer: EventProducer,
+                interval_s: float = 0.0) -> SweepResult:
+    """One pass over every customer, shard by shard.
+
+    Each state shard is claimed (``push-sweep:<shard>``, SET NX) before it is swept, so
+    the workers of a group split a pass between them: a worker skips a shard another
+    holds. With ``interval_s`` (the workers' timer) a claim is kept until 90% of the
+    interval after this pass began, so across all workers each shard is swept once per
+    interval, not once per worker; a direct call (``interval_s`` 0) frees each claim
+    when its shard is done. A shard is read ``SCAN_COUNT`` customers at a time (SSCAN),
+    so a sweep holds that many customers' facts, not the population's.
+
+    A trigger keeps being found pass after pass until it no longer holds; its event id
+    is derived from it, so the store's event-id dedupe (the shard's ``seen`` window)
+    already knows the ones applied. Those are not produced again: on Online Retail a
+    pass found 99,874 triggers for 4,334 customers, all of them re-sent every
+    ``sweep_interval_s`` before, for the worker to drop as duplicates.
+    """
     keys = Keys(settings.features.key_prefix, settings.features.shards)
-    lock = keys.control("push-sweep-lock")
-    if not await client.set(lock, b"1", nx=True, ex=600):
-        return 0
-    try:
-        reader = FeatureReader(client, keys, ttl=600.0)
-        clock = await reader.clock()
-        stats = await load_stats(client, keys) or EMPTY
-        facts = await read_all_facts(reader, await all_customers(client, keys))
-        rules = load_segment_rules()
+    reader = FeatureReader(client, keys, ttl=600.0)
+    clock = await reader.clock()
+    stats = await load_stats(client, keys) or EMPTY
+    rules = load_segment_rules()
+    keep_s = interval_s * 0.9
+    began = time.monotonic()
+    token = uuid.uuid4().hex.encode()
+    start = random.randrange(keys.shards)  # workers ticking together start apart
+    total = SweepResult(0, 0, 0)
+    for n in range(keys.shards):
+        shard = (start + n) % keys.shards
+        claim = keys.control(f"push-sweep:{shard}")
+        if not await client.set(claim, token, nx=True, ex=max(int(keep_s), CLAIM_S)):
+            continue
+        swept = False
+        try:
+            done = await _sweep_shard(settings, client, producer, reader, keys, shard,
+                                      stats, clock, rules)
+            total = SweepResult(*(a + b for a, b in zip(total, done, strict=True)))
+            swept = True
+        finally:
+            left = keep_s - (time.monotonic() - began)
+            if swept and left >= 1:
+                await client.expire(claim, int(left))
+            else:  # a direct call, a pass that outlasted its interval, a failed shard
+                await _release(client, claim, token)
+    if total.customers:
+        log.info("push sweep: %d customers, %d triggers, %d new", *total)
+    return total
+
+
+async def _sweep_shard(settings: Settings, client: aioredis.Redis, producer: EventProducer,
+                       reader: FeatureReader, keys: Keys, shard: int, stats: PopulationStats,
+                       clock: float, rules: SegmentRules) -> SweepResult:
+    customers = found = written = 0
+    cursor: int | bytes = 0
+    while True:
+        cursor, members = await client.sscan(keys.users(shard), cursor, count=SCAN_COUNT)
+        users = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+        facts = await read_all_facts(reader, users)
         events = [e for f in facts for e in sweep_events(f, stats, clock, settings, rules)]
-        for start in range(0, len(events), 1000):
-            await producer.send_events(events[start:start + 1000])
-        log.info("push sweep: %d customers, %d triggers", len(facts), len(events))
-        return len(events)
-    finally:
-        await client.delete(lock)
+        found += len(events)
+        if events:  # every customer here is of this shard, and so are their events
+            applied = await client.zmscore(keys.seen(shard), [e.event_id for e in events])
+            events = [e for e, score in zip(events, applied, strict=True) if score is None]
+        for first in range(0, len(events), 1000):
+            await producer.send_events(events[first:first + 1000])
+        customers, written = customers + len(users), written + len(events)
+        if not int(cursor):
+            return SweepResult(customers, found, written)
+
+
+async def _release(client: aioredis.Redis, claim: str, token: bytes) -> None:
+    """Delete the claim if it is still this sweep's (one that outlived its expiry may
+    have been taken by another worker since)."""
+    if await client.get(claim) == token:
+        await client.delete(claim)

@@ -246,7 +246,8 @@ def build_app(settings: Settings) -> faust.App:
             if processor.producer is None:
                 return
             try:
-                await push_sweep(settings, processor.store.client, processor.producer)
+                await push_sweep(settings, processor.store.client, processor.producer,
+                                 settings.push.sweep_interval_s)
             except Exception:  # the next sweep finds the same triggers
                 log.exception("push sweep failed")
 
