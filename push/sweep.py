@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 
 from aisle.settings import Settings
 from feature_store.keys import Keys
+from feature_store.multiplexed import pipelined
 from feature_store.reader import FeatureReader
 from models.customer import SegmentRules, build_profile, load_segment_rules
 from models.customer_types import CustomerFacts, PopulationStats, RFMThresholds
@@ -90,7 +91,18 @@ async def sweep(settings: Settings, client: aioredis.Redis, producer: EventProdu
     ``sweep_interval_s`` before, for the worker to drop as duplicates.
     """
     keys = Keys(settings.features.key_prefix, settings.features.shards)
-    reader = FeatureReader(client, keys, ttl=600.0)
+    # The facts over the pipelined connection, as the population sweep reads them.
+    fast = pipelined(client)
+    try:
+        return await _sweep(settings, client, producer, interval_s, keys,
+                            FeatureReader(client, keys, ttl=600.0, fast=fast))
+    finally:
+        if fast is not None:
+            await fast.close()
+
+
+async def _sweep(settings: Settings, client: aioredis.Redis, producer: EventProducer,
+                 interval_s: float, keys: Keys, reader: FeatureReader) -> SweepResult:
     clock = await reader.clock()
     stats = await load_stats(client, keys) or EMPTY
     rules = load_segment_rules()
