@@ -17,7 +17,6 @@ afternoon is not a cycle of half an hour.
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -100,20 +99,6 @@ def population_cycles(purchases_by_customer: Iterable[Sequence[Purchase]],
     return item_cycles, cat_cycles
 
 
-def _interval(item: str, own_gaps: list[float], category: str | None, stats: PopulationStats,
-              repeat_items: set[str] | None) -> tuple[float, str] | None:
-    """The cycle to predict ``item`` with and its basis, or None if it is not a rebuy."""
-    if own_gaps:
-        return statistics.median(own_gaps), "customer"
-    if item in stats.item_cycle_days:
-        return stats.item_cycle_days[item], "population"
-    # A category's rhythm only speaks for items known to be rebought at all.
-    known_rebuy = repeat_items is not None and item in repeat_items
-    if known_rebuy and category is not None and category in stats.category_cycle_days:
-        return stats.category_cycle_days[category], "category"
-    return None
-
-
 def replenishments(facts: CustomerFacts, stats: PopulationStats, clock: float,
                    due_within_days: float = 7.0, repeat_items: set[str] | None = None,
                    max_overdue_intervals: float = 3.0) -> list[Replenishment]:
@@ -126,21 +111,50 @@ def replenishments(facts: CustomerFacts, stats: PopulationStats, clock: float,
     its category has a cycle (``category``). Items more than ``max_overdue_intervals``
     intervals past their run-out are left out: the customer has moved on.
     """
+    # One pass over the purchases, then per item: most items are bought on one trip and
+    # have no cycle of their own, so their fate is two dict lookups (no gaps, no median).
     times: dict[str, list[float]] = {}
     category: dict[str, str | None] = {}
     for p in facts.purchases:
-        times.setdefault(p.item_id, []).append(p.ts)
-        if category.get(p.item_id) is None:
-            category[p.item_id] = p.category
+        item = p.item_id
+        stamps = times.get(item)
+        if stamps is None:
+            times[item] = [p.ts]
+            category[item] = p.category
+        else:
+            stamps.append(p.ts)
+            if category[item] is None:
+                category[item] = p.category
     horizon = clock + due_within_days * DAY_S
+    item_cycles, category_cycles = stats.item_cycle_days, stats.category_cycle_days
     due: list[Replenishment] = []
     for item, stamps in times.items():
-        last = max(stamps)
-        gaps = trip_gaps_days(stamps) if len(stamps) > 1 else []
-        found = _interval(item, gaps, category[item], stats, repeat_items)
-        if found is None:
-            continue
-        interval, basis = found
+        interval: float | None = None
+        if len(stamps) > 1:
+            stamps.sort()
+            last = stamps[-1]
+            gaps = sorted(g for g in ((b - a) / DAY_S for a, b in
+                                      zip(stamps, stamps[1:], strict=False))
+                          if g >= SAME_TRIP_DAYS)
+            if gaps:  # the customer's own median gap, as statistics.median takes it
+                n = len(gaps)
+                half = n // 2
+                interval = gaps[half] if n % 2 else (gaps[half - 1] + gaps[half]) / 2
+                basis = "customer"
+        else:
+            last = stamps[0]
+        if interval is None:
+            interval = item_cycles.get(item)
+            if interval is not None:
+                basis = "population"
+            # A category's rhythm only speaks for items known to be rebought at all.
+            elif repeat_items is not None and item in repeat_items:
+                cat = category[item]
+                if cat is not None:
+                    interval = category_cycles.get(cat)
+                    basis = "category"
+            if interval is None:
+                continue
         runout = last + interval * DAY_S
         if runout <= horizon and clock - runout <= max_overdue_intervals * interval * DAY_S:
             due.append(Replenishment(item_id=item, interval_days=interval,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from models.customer_types import CustomerFacts, PopulationStats, Purchase, RFMThresholds
 from models.replenishment import population_cycles, replenishments
@@ -114,3 +116,48 @@ def test_sorted_by_runout_then_item() -> None:
     due = replenishments(c, stats({"a": 5.0, "b": 5.0, "c": 2.0}), clock=6 * DAY,
                          due_within_days=1)
     assert [r.item_id for r in due] == ["c", "a", "b"]
+
+
+# ---------------------------------------------------------------- against a plain reference
+
+
+def reference(facts: CustomerFacts, st_: PopulationStats, clock: float, within: float,
+              repeat: set[str] | None, overdue: float) -> list[tuple[str, float, float, str]]:
+    """The rule as the docstring states it, written the obvious way."""
+    import statistics
+
+    from models.replenishment import trip_gaps_days
+
+    out = []
+    for item in {p.item_id for p in facts.purchases}:
+        mine = [p for p in facts.purchases if p.item_id == item]
+        last = max(p.ts for p in mine)
+        gaps = trip_gaps_days(p.ts for p in mine)
+        cat = next((p.category for p in mine if p.category is not None), None)
+        if gaps:
+            interval, basis = statistics.median(gaps), "customer"
+        elif item in st_.item_cycle_days:
+            interval, basis = st_.item_cycle_days[item], "population"
+        elif repeat is not None and item in repeat and cat in st_.category_cycle_days:
+            interval, basis = st_.category_cycle_days[cat], "category"
+        else:
+            continue
+        runout = last + interval * DAY
+        if runout <= clock + within * DAY and clock - runout <= overdue * interval * DAY:
+            out.append((item, interval, runout, basis))
+    return sorted(out, key=lambda r: (r[2], r[0]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(st.tuples(st.sampled_from("abcdef"), st.floats(0, 400),
+                                st.sampled_from([None, "x", "y"])), min_size=1, max_size=30),
+       clock_day=st.floats(0, 600), repeat=st.one_of(st.none(), st.sets(st.sampled_from("abcdef"))))
+def test_replenishments_match_the_plain_reference(
+        lines: list[tuple[str, float, str | None]], clock_day: float,
+        repeat: set[str] | None) -> None:
+    facts = customer(buys(*lines))
+    population = stats({"b": 12.0, "e": 3.5}, {"x": 20.0, "y": 45.0})
+    clock = clock_day * DAY
+    got = [(r.item_id, r.interval_days, r.runout_ts, r.basis)
+           for r in replenishments(facts, population, clock, 7.0, repeat, 3.0)]
+    assert got == reference(facts, population, clock, 7.0, repeat, 3.0)
