@@ -35,8 +35,16 @@ EMPTY = PopulationStats(rfm=RFMThresholds((), (), (), as_of=0.0, customers=0), c
                         item_cycle_days={}, category_cycle_days={}, as_of=0.0)
 
 
-def sweep_events(facts: CustomerFacts, stats: PopulationStats, clock: float,
-                 settings: Settings, rules: SegmentRules) -> list[ev.PushScheduled]:
+class Trigger(NamedTuple):
+    event_id: str  # derived from the trigger: the same trigger, the same id
+    user_id: str
+    reason: str
+    ref: str
+    due: float
+
+
+def sweep_triggers(facts: CustomerFacts, stats: PopulationStats, clock: float,
+                   settings: Settings, rules: SegmentRules) -> list[Trigger]:
     """The push triggers one customer's profile implies at ``clock``."""
     if facts.orders == 0:
         return []
@@ -51,13 +59,24 @@ def sweep_events(facts: CustomerFacts, stats: PopulationStats, clock: float,
     if t.next_tier and t.gap is not None and 0 < t.gap <= s.tier_gap_max:
         month = datetime.fromtimestamp(clock, UTC).strftime("%Y-%m")
         found.append(("tier_nudge", f"{t.next_tier}@{month}@{t.gap:.2f}", clock))
+    user = facts.user_id
+    return [Trigger("ps-" + hashlib.blake2b(f"{user}|{reason}|{ref}".encode(),
+                                            digest_size=12).hexdigest(), user, reason, ref, due)
+            for reason, ref, due in found]
+
+
+def trigger_events(triggers: list[Trigger], clock: float) -> list[ev.PushScheduled]:
     when = datetime.fromtimestamp(clock, UTC)
     return [ev.PushScheduled(
-        event_id="ps-" + hashlib.blake2b(f"{facts.user_id}|{reason}|{ref}".encode(),
-                                         digest_size=12).hexdigest(),
-        user_id=facts.user_id, occurred_at=when, source="aisle.push",
-        payload=ev.PushSchedule(reason=reason, ref=ref, due_ts=due))  # type: ignore[arg-type]
-        for reason, ref, due in found]
+        event_id=t.event_id, user_id=t.user_id, occurred_at=when, source="aisle.push",
+        payload=ev.PushSchedule(reason=t.reason, ref=t.ref, due_ts=t.due))  # type: ignore[arg-type]
+        for t in triggers]
+
+
+def sweep_events(facts: CustomerFacts, stats: PopulationStats, clock: float,
+                 settings: Settings, rules: SegmentRules) -> list[ev.PushScheduled]:
+    """:func:`sweep_triggers` as the events a sweep writes."""
+    return trigger_events(sweep_triggers(facts, stats, clock, settings, rules), clock)
 
 
 #: Customers read per step of a shard's sweep: the memory a sweep holds at a time.
@@ -142,11 +161,12 @@ async def _sweep_shard(settings: Settings, client: aioredis.Redis, producer: Eve
         cursor, members = await client.sscan(keys.users(shard), cursor, count=SCAN_COUNT)
         users = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
         facts = await read_all_facts(reader, users)
-        events = [e for f in facts for e in sweep_events(f, stats, clock, settings, rules)]
-        found += len(events)
-        if events:  # every customer here is of this shard, and so are their events
-            applied = await client.zmscore(keys.seen(shard), [e.event_id for e in events])
-            events = [e for e, score in zip(events, applied, strict=True) if score is None]
+        triggers = [t for f in facts for t in sweep_triggers(f, stats, clock, settings, rules)]
+        found += len(triggers)
+        if triggers:  # every customer here is of this shard, and so are their events
+            applied = await client.zmscore(keys.seen(shard), [t.event_id for t in triggers])
+            triggers = [t for t, score in zip(triggers, applied, strict=True) if score is None]
+        events = trigger_events(triggers, clock)
         for first in range(0, len(events), 1000):
             await producer.send_events(events[first:first + 1000])
         customers, written = customers + len(users), written + len(events)
