@@ -45,6 +45,9 @@ class WorkerSettings(BaseModel):
     # Population stats (RFM quintiles, churn rhythm, repurchase cycles) and the lifecycle
     # sweep, at least this often; 0 disables the schedule (run `aisle stats` instead).
     population_interval_s: float = Field(300.0, ge=0)
+    # The stats come from at most about this many customers, picked by a hash of their
+    # id (the lifecycle sweep still reads everyone): bounds a refresh's memory at scale.
+    population_sample_max: int = Field(200_000, ge=1)
     # How often workers check whether the stats are due sooner: none published yet, or
     # the log's clock moved a day past them (a replay, a backfill; streams/timers.py).
     population_check_s: float = Field(10.0, gt=0)

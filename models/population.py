@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 import msgspec
@@ -117,25 +118,70 @@ def decode_stats(raw: bytes) -> PopulationStats:
     return msgspec.json.decode(raw, type=PopulationStats)
 
 
+#: Customers read per step of a refresh: with the stats' sample, what it holds at a time.
+SCAN_COUNT = 500
+#: The stats are computed from at most about this many customers, chosen by a hash of
+#: their id (the same ones refresh after refresh; ``worker.population_sample_max``).
+#: Both datasets here are below it, so
+#: their stats come from everyone; past it the quintile edges and the churn fit barely
+#: move, while an item's repurchase cycle needs ``min_repeaters`` of its rebuyers in the
+#: sample (see docs/scaling.md).
+SAMPLE_MAX = 200_000
+
+Emit = Callable[[list[LifecycleChanged]], Awaitable[None]]
+
+
+def in_sample(user_id: str, share: float) -> bool:
+    """Whether the customer's facts feed the stats, when ``share`` of all are taken."""
+    return share >= 1.0 or zlib.crc32(user_id.encode()) < share * 2**32
+
+
 async def refresh(client: aioredis.Redis, keys: Keys, rules: SegmentRules,
-                  ) -> tuple[PopulationStats, list[LifecycleChanged]]:
-    """Recompute and publish the population stats; return lifecycle events to produce."""
+                  emit: Emit | None = None, sample_max: int = SAMPLE_MAX,
+                  ) -> tuple[PopulationStats, int]:
+    """Recompute and publish the population stats, and hand ``emit`` the lifecycle
+    transitions the log does not hold yet, ``SCAN_COUNT`` customers at a time; returns
+    the stats and how many transitions were found.
+
+    One pass, shard by shard (SSCAN): each step reads its customers' facts, finds their
+    transitions and keeps only the facts of the stats' sample, so a refresh holds the
+    sample and one step, not the population."""
     started = time.perf_counter()
     # Every customer's facts over the pipelined connection: redis-py's pipeline machinery
     # was most of the sweep's CPU (benchmarks/README.md, session 14).
     fast = pipelined(client)
     reader = FeatureReader(client, keys, ttl=600.0, fast=fast)
+    customers = found = 0
+    sample: list[CustomerFacts] = []
     try:
         clock = await reader.clock()
-        users = await all_customers(client, keys)
-        facts = await read_all_facts(reader, users)
+        pipe = client.pipeline(transaction=False)
+        for shard in range(keys.shards):
+            pipe.scard(keys.users(shard))
+        share = sample_max / max(1, sum(int(n) for n in await pipe.execute()))
+        for shard in range(keys.shards):
+            cursor: int | bytes = 0
+            while True:
+                cursor, members = await client.sscan(keys.users(shard), cursor,
+                                                     count=SCAN_COUNT)
+                users = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+                facts = await read_all_facts(reader, users)
+                sample += [f for f in facts if in_sample(f.user_id, share)]
+                recorded = await recorded_transitions(client, keys, users)
+                events = [e for f in facts
+                          for e in lifecycle_events(f, recorded[f.user_id], clock, rules)]
+                if emit is not None and events:
+                    await emit(events)
+                customers, found = customers + len(users), found + len(events)
+                if not int(cursor):
+                    break
     finally:
         if fast is not None:
             await fast.close()
-    stats = await asyncio.to_thread(compute_stats, facts, clock)
+    # The sample in one order whatever the scan's: the stats do not depend on it.
+    sample.sort(key=lambda f: f.user_id)
+    stats = await asyncio.to_thread(compute_stats, sample, clock)
     await publish_stats(client, keys, stats)
-    recorded = await recorded_transitions(client, keys, users)
-    events = [e for f in facts for e in lifecycle_events(f, recorded[f.user_id], clock, rules)]
-    log.info("population: %d customers, %d lifecycle transitions, %.1fs", len(users),
-             len(events), time.perf_counter() - started)
-    return stats, events
+    log.info("population: %d customers (stats from %d), %d lifecycle transitions, %.1fs",
+             customers, len(sample), found, time.perf_counter() - started)
+    return stats, found

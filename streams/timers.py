@@ -26,6 +26,7 @@ from models.artifacts import load_current
 from models.customer import load_segment_rules
 from models.population import refresh
 from models.train import TrainingBusy, read_ref_ts, refresh_items_once, train_once
+from streams.events import LifecycleChanged
 from streams.lag import group_lag
 from streams.topics import EventProducer
 
@@ -57,13 +58,16 @@ async def refresh_population(settings: Settings, client: aioredis.Redis,
         return 0
     try:
         started = time.time()
-        stats, events = await refresh(client, keys, load_segment_rules())
-        if producer is not None and events:
-            for start in range(0, len(events), 1000):
-                await producer.send_events(events[start:start + 1000])
+
+        async def emit(events: list[LifecycleChanged]) -> None:
+            if producer is not None:
+                await producer.send_events(events)
+
+        stats, found = await refresh(client, keys, load_segment_rules(), emit,
+                                     settings.worker.population_sample_max)
         await client.set(keys.control(POPULATION_AT), msgspec.json.encode(
             {"at": time.time(), "as_of": stats.as_of, "took_s": time.time() - started}))
-        return len(events)
+        return found
     finally:
         await client.delete(lock)
 

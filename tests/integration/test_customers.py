@@ -14,6 +14,17 @@ from aisle.replay import replay_file
 from aisle.stack import Stack
 from feature_store.client import open_redis, open_redis_sync
 from feature_store.keys import Keys
+from feature_store.reader import FeatureReader
+from models.customer import load_segment_rules
+from models.population import (
+    all_customers,
+    in_sample,
+    load_stats,
+    publish_stats,
+    read_all_facts,
+    refresh,
+)
+from streams.events import LifecycleChanged
 from streams.lag import wait_caught_up
 from streams.timers import refresh_population
 from streams.topics import EventProducer
@@ -165,3 +176,54 @@ def test_dislikes_filter_offers_recommendations_and_related(api, stack) -> None:
     # Without the customer, related items may include them: the filter is personal.
     plain = api.get("/v1/items/84879/related", params={"limit": 50}).json()
     assert {i["item_id"] for i in plain["items"]} & set(polyester)
+
+
+def test_the_stats_come_from_a_stable_sample_and_the_transitions_from_everyone(
+        api: httpx.Client, stack: Stack) -> None:
+    """A refresh past ``sample_max`` customers computes the stats from the customers its
+    id hash picks (the same ones each time) and still finds the lifecycle transitions of
+    a customer outside the sample. The store's own stats are put back afterwards."""
+    s = stack.settings
+    keys = Keys(s.features.key_prefix, s.features.shards)
+    rules = load_segment_rules()
+    store = open_redis_sync(s)
+    share = 200 / sum(int(store.scard(keys.users(n))) for n in range(keys.shards))
+    # A customer the sample leaves out, last seen buying 200 days ago: not yet swept.
+    user = next(u for u in (uid("gone") for _ in range(1000)) if not in_sample(u, share))
+    old = clock_of(api) - timedelta(days=200)
+    post(api, [{"type": "order.placed", "event_id": uid("e"), "user_id": user,
+                "occurred_at": at(old), "payload": {"order_id": uid("o"), "lines": [
+                    {"item_id": "22423", "quantity": 1, "unit_price": 12.75}]}}])
+    eventually(lambda: store.hget(keys.user(user, "rfm"), "orders"))
+
+    async def go() -> None:
+        client = open_redis(s)
+        try:
+            kept = await load_stats(client, keys)
+            assert kept is not None
+            everyone = await all_customers(client, keys)
+            facts = await read_all_facts(FeatureReader(client, keys, ttl=600.0), everyone)
+            buyers = {f.user_id for f in facts if f.orders > 0}
+            whole, _ = await refresh(client, keys, rules)
+            assert whole.rfm.customers == len(buyers)
+            share = 200 / len(everyone)
+            picked = {u for u in buyers if in_sample(u, share)}
+            assert 0 < len(picked) < len(buyers) // 2 and user not in picked
+            emitted: list[LifecycleChanged] = []
+
+            async def collect(events: list[LifecycleChanged]) -> None:
+                emitted.extend(events)
+
+            part, found = await refresh(client, keys, rules, collect, sample_max=200)
+            assert part.rfm.customers == len(picked)
+            assert found == len(emitted) and user in {e.user_id for e in emitted}
+            again, _ = await refresh(client, keys, rules, sample_max=200)
+            assert again.rfm == part.rfm and again.item_cycle_days == part.item_cycle_days
+            await publish_stats(client, keys, kept)
+        finally:
+            await client.aclose()
+
+    try:
+        asyncio.run(go())
+    finally:
+        store.close()
