@@ -318,17 +318,7 @@ def test_sweep_finds_replenishment_and_tier_nudges(stack: Stack, store: redis.Re
     one runs out tomorrow (replenish), and 270 spent is 30 short of silver (300): the
     saved teapot (30.00 since its price drop) closes the gap (tier nudge)."""
     s = stack.settings
-    clock = clock_of(store, s)
-    user = uid("rep")
-    send(s, [catalog("p5", "Hamper", minutes=0, price=135.0, stock=50)])
-    send(s, [ev("order.placed", user, clock - timedelta(days=d), {
-                "order_id": uid("o"), "lines": [
-                    {"item_id": "p5", "quantity": 1, "unit_price": 135.0}]})
-             for d in (19, 9)]
-             + [ev("product.favorited", user, clock - timedelta(days=1), {"item_id": "p3"})])
-    k = Keys(s.features.key_prefix, s.features.shards)
-    eventually(lambda: store.hlen(k.user(user, "orders")) == 2 and
-               store.zcard(k.user(user, "fav")) == 1, timeout=20)
+    user = _hamper_buyer(s, store, uid("rep"), saves="p3")
     first = _sweep(s)
     assert first.written >= 2 and first.written == first.found
     got = eventually(lambda: len(candidates(s, {user})) == 2 and candidates(s, {user}),
@@ -353,15 +343,8 @@ def test_a_scheduled_sweep_is_split_between_workers_and_runs_once_per_interval(
     most of the interval: two workers ticking at once sweep each customer once between
     them, and another tick within the interval sweeps nothing."""
     s = stack.settings
-    clock = clock_of(store, s)
-    user = uid("rep2")
-    send(s, [catalog("p5", "Hamper", minutes=0, price=135.0, stock=50)])
-    send(s, [ev("order.placed", user, clock - timedelta(days=d), {
-                "order_id": uid("o"), "lines": [
-                    {"item_id": "p5", "quantity": 1, "unit_price": 135.0}]})
-             for d in (19, 9)])
+    _hamper_buyer(s, store, uid("rep2"))
     k = Keys(s.features.key_prefix, s.features.shards)
-    eventually(lambda: store.hlen(k.user(user, "orders")) == 2, timeout=20)
     whole = _sweep(s)
     assert whole.customers >= 1 and whole.found >= 1
     claims = [k.control(f"push-sweep:{shard}") for shard in range(s.features.shards)]
@@ -380,6 +363,23 @@ def test_a_scheduled_sweep_is_split_between_workers_and_runs_once_per_interval(
     store.delete(*claims)
     assert _sweep(s, interval_s=300).customers == whole.customers  # the next interval
     store.delete(*claims)
+
+
+def _hamper_buyer(s: Settings, store: redis.Redis, user: str, saves: str | None = None) -> str:
+    """A customer who bought the 135.00 hamper 19 and 9 days ago (and saved ``saves``
+    yesterday), applied by the worker."""
+    clock = clock_of(store, s)
+    send(s, [catalog("p5", "Hamper", minutes=0, price=135.0, stock=50)])
+    send(s, [ev("order.placed", user, clock - timedelta(days=d), {
+                "order_id": uid("o"), "lines": [
+                    {"item_id": "p5", "quantity": 1, "unit_price": 135.0}]})
+             for d in (19, 9)]
+             + ([ev("product.favorited", user, clock - timedelta(days=1), {"item_id": saves})]
+                if saves else []))
+    k = Keys(s.features.key_prefix, s.features.shards)
+    eventually(lambda: store.hlen(k.user(user, "orders")) == 2 and
+               store.zcard(k.user(user, "fav")) == (1 if saves else 0), timeout=20)
+    return user
 
 
 async def _sweep_async(settings: Settings, interval_s: float = 0.0) -> SweepResult:
