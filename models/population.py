@@ -2,7 +2,8 @@
 
 RFM quintile edges, the BG/NBD rhythm parameters and item/category repurchase cycles are
 properties of the whole customer base, not of one event, so they are recomputed from
-every customer's stored facts (on the log's clock) and published as one document that
+the stored facts of every customer (of a stable sample past ``SAMPLE_MAX``; on the log's
+clock) and published as one document that
 the API and workers read. The same sweep records lifecycle transitions as
 ``lifecycle.changed`` events, with deterministic ids, so the log keeps when each customer
 entered each stage and a repeated sweep adds nothing.
@@ -122,10 +123,9 @@ def decode_stats(raw: bytes) -> PopulationStats:
 SCAN_COUNT = 500
 #: The stats are computed from at most about this many customers, chosen by a hash of
 #: their id (the same ones refresh after refresh; ``worker.population_sample_max``).
-#: Both datasets here are below it, so
-#: their stats come from everyone; past it the quintile edges and the churn fit barely
-#: move, while an item's repurchase cycle needs ``min_repeaters`` of its rebuyers in the
-#: sample (see docs/scaling.md).
+#: Both datasets here are below it, so their stats come from everyone; past it the
+#: quintile edges and the churn fit barely move, while an item's repurchase cycle needs
+#: ``min_repeaters`` of its rebuyers in the sample (see docs/scaling.md).
 SAMPLE_MAX = 200_000
 
 Emit = Callable[[list[LifecycleChanged]], Awaitable[None]]
