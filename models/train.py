@@ -8,8 +8,10 @@ customer (whose keys are gone) is excluded from every later retrain by construct
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -19,6 +21,7 @@ from implicit.nearest_neighbours import ItemItemRecommender
 from aisle.settings import Settings
 from feature_store.client import open_redis
 from feature_store.keys import Keys
+from feature_store.lease import Lease
 from feature_store.redis_store import applied_total
 from feature_store.snapshot import read_interactions
 from models.als import ALSParams, fit_als, resolve_device, similar_items
@@ -187,10 +190,18 @@ def fit_artifact(inter: Interactions, ref_ts: float, params: ALSParams, top_k: i
     )
 
 
-async def take_training_lock(client: aioredis.Redis, keys: Keys) -> None:
-    """One training run at a time (retrain or item refresh), across workers."""
-    if not await client.set(keys.control("train"), b"1", nx=True, ex=LOCK_TTL_S):
+@contextlib.asynccontextmanager
+async def training_lock(client: aioredis.Redis, keys: Keys) -> AsyncIterator[None]:
+    """One training run at a time (retrain or item refresh), across workers: a lease
+    renewed while the run lasts (a CPU retrain at scale outlasts any fixed TTL)."""
+    lease = Lease(client, keys.control("train"), LOCK_TTL_S)
+    if not await lease.acquire():
         raise TrainingBusy("another training run holds the lock")
+    try:
+        async with lease.kept():
+            yield
+    finally:
+        await lease.release()
 
 
 async def train_once(settings: Settings, client: aioredis.Redis | None = None,
@@ -199,36 +210,39 @@ async def train_once(settings: Settings, client: aioredis.Redis | None = None,
     own = client is None
     client = client or open_redis(settings)
     keys = Keys(settings.features.key_prefix, settings.features.shards)
-    await take_training_lock(client, keys)
     try:
-        started = time.perf_counter()
-        m, f = settings.model, settings.features
-        (inter, ref_ts), consumable = await asyncio.gather(
-            read_matrix(client, keys, m.half_life_d * 86400),
-            read_consumable(client, keys, f.consumable_rebuy_share, f.consumable_min_buyers))
-        if not inter.user_ids or inter.matrix.nnz == 0:
-            raise ValueError("no interactions in the store yet: replay or send events first")
-        read_s = time.perf_counter() - started
-        params = ALSParams(factors=m.factors, regularization=m.regularization,
-                           iterations=m.iterations, alpha=m.alpha, seed=m.seed)
-        art = await asyncio.to_thread(fit_artifact, inter, ref_ts, params, m.top_k_similar,
-                                      consumable, m.similar_min_support, device,
-                                      m.knn_neighbours)
-        if events_applied is None:
-            events_applied = await applied_total(client, keys)
-        art.stats["events_applied"] = events_applied
-        await publish_model(client, settings.features.key_prefix, art, keep=m.keep_versions)
-        art.stats.update(read_s=round(read_s, 3),
-                         total_s=round(time.perf_counter() - started, 3))
-        log.info("trained and published %s: %s", art.version, art.stats)
-        if m.refold_customers:
-            await _refold(client, keys, art, m.half_life_d * 86400)
-        return art
+        async with training_lock(client, keys):
+            return await _train(settings, client, keys, device, events_applied)
     finally:
-        await client.delete(keys.control("train"))
         if own:
             await client.aclose()
 
+
+async def _train(settings: Settings, client: aioredis.Redis, keys: Keys, device: str,
+                 events_applied: int | None) -> ModelArtifact:
+    started = time.perf_counter()
+    m, f = settings.model, settings.features
+    (inter, ref_ts), consumable = await asyncio.gather(
+        read_matrix(client, keys, m.half_life_d * 86400),
+        read_consumable(client, keys, f.consumable_rebuy_share, f.consumable_min_buyers))
+    if not inter.user_ids or inter.matrix.nnz == 0:
+        raise ValueError("no interactions in the store yet: replay or send events first")
+    read_s = time.perf_counter() - started
+    params = ALSParams(factors=m.factors, regularization=m.regularization,
+                       iterations=m.iterations, alpha=m.alpha, seed=m.seed)
+    art = await asyncio.to_thread(fit_artifact, inter, ref_ts, params, m.top_k_similar,
+                                  consumable, m.similar_min_support, device,
+                                  m.knn_neighbours)
+    if events_applied is None:
+        events_applied = await applied_total(client, keys)
+    art.stats["events_applied"] = events_applied
+    await publish_model(client, settings.features.key_prefix, art, keep=m.keep_versions)
+    art.stats.update(read_s=round(read_s, 3),
+                     total_s=round(time.perf_counter() - started, 3))
+    log.info("trained and published %s: %s", art.version, art.stats)
+    if m.refold_customers:
+        await _refold(client, keys, art, m.half_life_d * 86400)
+    return art
 
 
 async def _refold(client: aioredis.Redis, keys: Keys, art: ModelArtifact,
@@ -282,38 +296,40 @@ async def refresh_items_once(settings: Settings, client: aioredis.Redis,
     retrain schedule keeps counting from it). Holds the training lock; None when there
     is no model or nothing newer than it."""
     keys = Keys(settings.features.key_prefix, settings.features.shards)
-    await take_training_lock(client, keys)
-    try:
-        started = time.perf_counter()
-        current = await load_current(client, settings.features.key_prefix)
-        ref_ts = await read_ref_ts(client, keys)
-        if current is None or ref_ts <= current.ref_ts:
-            return None
-        m = settings.model
-        half_life_s = m.half_life_d * 86400
-        histories = await read_interactions(client, keys, "ia")
-        least = min(w for w in (m.weight_view, m.weight_favorite, m.weight_cart,
-                                m.weight_purchase, m.weight_review_good) if w > 0)
-        touched = touched_since(histories, current.ref_ts, half_life_s, least)
-        if not touched:
-            return None
-        inter = interactions_from_histories(histories, ref_ts, half_life_s)
-        factors, n = await asyncio.to_thread(refresh_item_factors, current, inter, touched)
-        stats = {**current.stats, "refreshed_items": n, "refreshed_from": current.version,
-                 "refresh_s": round(time.perf_counter() - started, 3)}
-        if events_applied is not None:
-            stats["refreshed_at_events"] = events_applied
-        art = ModelArtifact(
-            version=new_version(), created_at=time.time(), ref_ts=ref_ts,
-            params=current.params, item_ids=current.item_ids, item_factors=factors,
-            similar_ids=current.similar_ids, similar_scores=current.similar_scores,
-            consumable=current.consumable, stats=stats, knn_ids=current.knn_ids,
-            knn_scores=current.knn_scores)
-        await publish_model(client, settings.features.key_prefix, art, keep=m.keep_versions)
-        log.info("refreshed %d item factors of %s as %s in %.2fs", n, current.version,
-                 art.version, stats["refresh_s"])
-        if m.refold_customers:
-            await _refold(client, keys, art, half_life_s)
-        return art
-    finally:
-        await client.delete(keys.control("train"))
+    async with training_lock(client, keys):
+        return await _refresh_items(settings, client, keys, events_applied)
+
+
+async def _refresh_items(settings: Settings, client: aioredis.Redis, keys: Keys,
+                         events_applied: int | None) -> ModelArtifact | None:
+    started = time.perf_counter()
+    current = await load_current(client, settings.features.key_prefix)
+    ref_ts = await read_ref_ts(client, keys)
+    if current is None or ref_ts <= current.ref_ts:
+        return None
+    m = settings.model
+    half_life_s = m.half_life_d * 86400
+    histories = await read_interactions(client, keys, "ia")
+    least = min(w for w in (m.weight_view, m.weight_favorite, m.weight_cart,
+                            m.weight_purchase, m.weight_review_good) if w > 0)
+    touched = touched_since(histories, current.ref_ts, half_life_s, least)
+    if not touched:
+        return None
+    inter = interactions_from_histories(histories, ref_ts, half_life_s)
+    factors, n = await asyncio.to_thread(refresh_item_factors, current, inter, touched)
+    stats = {**current.stats, "refreshed_items": n, "refreshed_from": current.version,
+             "refresh_s": round(time.perf_counter() - started, 3)}
+    if events_applied is not None:
+        stats["refreshed_at_events"] = events_applied
+    art = ModelArtifact(
+        version=new_version(), created_at=time.time(), ref_ts=ref_ts,
+        params=current.params, item_ids=current.item_ids, item_factors=factors,
+        similar_ids=current.similar_ids, similar_scores=current.similar_scores,
+        consumable=current.consumable, stats=stats, knn_ids=current.knn_ids,
+        knn_scores=current.knn_scores)
+    await publish_model(client, settings.features.key_prefix, art, keep=m.keep_versions)
+    log.info("refreshed %d item factors of %s as %s in %.2fs", n, current.version,
+             art.version, stats["refresh_s"])
+    if m.refold_customers:
+        await _refold(client, keys, art, half_life_s)
+    return art

@@ -14,7 +14,6 @@ import hashlib
 import logging
 import random
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import NamedTuple
 
@@ -22,6 +21,7 @@ import redis.asyncio as aioredis
 
 from aisle.settings import Settings
 from feature_store.keys import Keys
+from feature_store.lease import Lease
 from feature_store.multiplexed import pipelined
 from feature_store.reader import FeatureReader
 from models.customer import SegmentRules, build_profile, load_segment_rules
@@ -81,7 +81,7 @@ def sweep_events(facts: CustomerFacts, stats: PopulationStats, clock: float,
 
 #: Customers read per step of a shard's sweep: the memory a sweep holds at a time.
 SCAN_COUNT = 500
-#: How long a shard's claim lasts when the sweep is not on a schedule (a direct call).
+#: A shard's claim while it is swept (renewed every third of it, as long as that takes).
 CLAIM_S = 600
 
 
@@ -127,26 +127,26 @@ async def _sweep(settings: Settings, client: aioredis.Redis, producer: EventProd
     rules = load_segment_rules()
     keep_s = interval_s * 0.9
     began = time.monotonic()
-    token = uuid.uuid4().hex.encode()
     start = random.randrange(keys.shards)  # workers ticking together start apart
     total = SweepResult(0, 0, 0)
     for n in range(keys.shards):
         shard = (start + n) % keys.shards
-        claim = keys.control(f"push-sweep:{shard}")
-        if not await client.set(claim, token, nx=True, ex=max(int(keep_s), CLAIM_S)):
+        claim = Lease(client, keys.control(f"push-sweep:{shard}"), CLAIM_S)
+        if not await claim.acquire():
             continue
         swept = False
         try:
-            done = await _sweep_shard(settings, client, producer, reader, keys, shard,
-                                      stats, clock, rules)
+            async with claim.kept():
+                done = await _sweep_shard(settings, client, producer, reader, keys, shard,
+                                          stats, clock, rules)
             total = SweepResult(*(a + b for a, b in zip(total, done, strict=True)))
             swept = True
         finally:
             left = keep_s - (time.monotonic() - began)
             if swept and left >= 1:
-                await client.expire(claim, int(left))
+                await claim.renew(left)
             else:  # a direct call, a pass that outlasted its interval, a failed shard
-                await _release(client, claim, token)
+                await claim.release()
     if total.customers:
         log.info("push sweep: %d customers, %d triggers, %d new", *total)
     return total
@@ -172,10 +172,3 @@ async def _sweep_shard(settings: Settings, client: aioredis.Redis, producer: Eve
         customers, written = customers + len(users), written + len(events)
         if not int(cursor):
             return SweepResult(customers, found, written)
-
-
-async def _release(client: aioredis.Redis, claim: str, token: bytes) -> None:
-    """Delete the claim if it is still this sweep's (one that outlived its expiry may
-    have been taken by another worker since)."""
-    if await client.get(claim) == token:
-        await client.delete(claim)

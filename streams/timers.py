@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from aisle.settings import Settings
 from feature_store.client import open_redis
 from feature_store.keys import Keys
+from feature_store.lease import Lease
 from feature_store.redis_store import applied_total
 from models.artifacts import load_current
 from models.customer import load_segment_rules
@@ -53,8 +54,9 @@ async def refresh_population(settings: Settings, client: aioredis.Redis,
                              producer: EventProducer | None) -> int:
     """Recompute population stats; record new lifecycle transitions as events."""
     keys = Keys(settings.features.key_prefix, settings.features.shards)
-    lock = keys.control("population-lock")
-    if not await client.set(lock, b"1", nx=True, ex=600):
+    # A lease renewed while the refresh runs: at 50M customers it takes hours.
+    lease = Lease(client, keys.control("population-lock"), 600)
+    if not await lease.acquire():
         return 0
     try:
         started = time.time()
@@ -63,13 +65,14 @@ async def refresh_population(settings: Settings, client: aioredis.Redis,
             if producer is not None:
                 await producer.send_events(events)
 
-        stats, found = await refresh(client, keys, load_segment_rules(), emit,
-                                     settings.worker.population_sample_max)
+        async with lease.kept():
+            stats, found = await refresh(client, keys, load_segment_rules(), emit,
+                                         settings.worker.population_sample_max)
         await client.set(keys.control(POPULATION_AT), msgspec.json.encode(
             {"at": time.time(), "as_of": stats.as_of, "took_s": time.time() - started}))
         return found
     finally:
-        await client.delete(lock)
+        await lease.release()
 
 
 async def population_due(settings: Settings, client: aioredis.Redis,
