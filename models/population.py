@@ -15,8 +15,9 @@ import asyncio
 import logging
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -136,52 +137,114 @@ def in_sample(user_id: str, share: float) -> bool:
     return share >= 1.0 or zlib.crc32(user_id.encode()) < share * 2**32
 
 
+Claim = Callable[[int], Awaitable[bool]]
+
+
 async def refresh(client: aioredis.Redis, keys: Keys, rules: SegmentRules,
                   emit: Emit | None = None, sample_max: int = SAMPLE_MAX,
-                  ) -> tuple[PopulationStats, int]:
+                  claim: Claim | None = None) -> tuple[PopulationStats, int]:
     """Recompute and publish the population stats, and hand ``emit`` the lifecycle
     transitions the log does not hold yet, ``SCAN_COUNT`` customers at a time; returns
-    the stats and how many transitions were found.
+    the stats and how many transitions this call found.
 
     One pass, shard by shard (SSCAN): each step reads its customers' facts, finds their
     transitions and keeps only the facts of the stats' sample, so a refresh holds the
-    sample and one step, not the population."""
+    sample and one step, not the population. With ``claim``, a shard it refuses is
+    another worker's to find transitions in (:func:`sweep_lifecycle`): of that shard,
+    this refresh reads only the sample's customers."""
     started = time.perf_counter()
-    # Every customer's facts over the pipelined connection: redis-py's pipeline machinery
-    # was most of the sweep's CPU (benchmarks/README.md, session 14).
-    fast = pipelined(client)
-    reader = FeatureReader(client, keys, ttl=600.0, fast=fast)
-    customers = found = 0
+    pass_ = await _Pass.start(client, keys, rules, emit)
+    customers = 0
     sample: list[CustomerFacts] = []
     try:
-        clock = await reader.clock()
         pipe = client.pipeline(transaction=False)
         for shard in range(keys.shards):
             pipe.scard(keys.users(shard))
         share = sample_max / max(1, sum(int(n) for n in await pipe.execute()))
         for shard in range(keys.shards):
-            cursor: int | bytes = 0
-            while True:
-                cursor, members = await client.sscan(keys.users(shard), cursor,
-                                                     count=SCAN_COUNT)
-                users = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
-                facts = await read_all_facts(reader, users)
+            mine = claim is None or await claim(shard)
+            async for users in _scan(client, keys, shard):
+                if not mine:  # its transitions are another worker's: the sample only
+                    users = [u for u in users if in_sample(u, share)]
+                facts = await read_all_facts(pass_.reader, users)
                 sample += [f for f in facts if in_sample(f.user_id, share)]
-                recorded = await recorded_transitions(client, keys, users)
-                events = [e for f in facts
-                          for e in lifecycle_events(f, recorded[f.user_id], clock, rules)]
-                if emit is not None and events:
-                    await emit(events)
-                customers, found = customers + len(users), found + len(events)
-                if not int(cursor):
-                    break
+                if mine:
+                    await pass_.transitions(facts)
+                    customers += len(users)
     finally:
-        if fast is not None:
-            await fast.close()
+        await pass_.close()
     # The sample in one order whatever the scan's: the stats do not depend on it.
     sample.sort(key=lambda f: f.user_id)
-    stats = await asyncio.to_thread(compute_stats, sample, clock)
+    stats = await asyncio.to_thread(compute_stats, sample, pass_.clock)
     await publish_stats(client, keys, stats)
-    log.info("population: %d customers (stats from %d), %d lifecycle transitions, %.1fs",
-             customers, len(sample), found, time.perf_counter() - started)
+    found = pass_.found
+    log.info("population: stats from %d customers; %d customers' lifecycle, %d "
+             "transitions; %.1fs", len(sample), customers, found,
+             time.perf_counter() - started)
     return stats, found
+
+
+async def sweep_lifecycle(client: aioredis.Redis, keys: Keys, rules: SegmentRules,
+                          emit: Emit | None, claim: Claim) -> int:
+    """Lifecycle transitions of the shards this worker claims while another one holds
+    the refresh: the workers split that part of a refresh between them. Returns how
+    many transitions it found."""
+    pass_ = await _Pass.start(client, keys, rules, emit)
+    try:
+        for shard in range(keys.shards):
+            if await claim(shard):
+                async for users in _scan(client, keys, shard):
+                    await pass_.transitions(await read_all_facts(pass_.reader, users))
+    finally:
+        await pass_.close()
+    return pass_.found
+
+
+async def _scan(client: aioredis.Redis, keys: Keys, shard: int) -> AsyncIterator[list[str]]:
+    """A shard's customers, ``SCAN_COUNT`` at a time."""
+    cursor: int | bytes = 0
+    while True:
+        cursor, members = await client.sscan(keys.users(shard), cursor, count=SCAN_COUNT)
+        yield sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+        if not int(cursor):
+            return
+
+
+class _Pass:
+    """What a refresh and a helper share: the reader on the pipelined connection, the
+    log's clock, and the transitions found and handed to ``emit``."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys, rules: SegmentRules,
+                 emit: Emit | None, fast: Any, reader: FeatureReader) -> None:
+        self.client, self.keys, self.rules, self.emit = client, keys, rules, emit
+        self.fast, self.reader = fast, reader
+        self.clock = 0.0
+        self.found = 0
+
+    @classmethod
+    async def start(cls, client: aioredis.Redis, keys: Keys, rules: SegmentRules,
+                    emit: Emit | None) -> _Pass:
+        # Every customer's facts over the pipelined connection: redis-py's pipeline
+        # machinery was most of the sweep's CPU (benchmarks/README.md, session 14).
+        fast = pipelined(client)
+        self = cls(client, keys, rules, emit, fast,
+                   FeatureReader(client, keys, ttl=600.0, fast=fast))
+        try:
+            self.clock = await self.reader.clock()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def transitions(self, facts: list[CustomerFacts]) -> None:
+        recorded = await recorded_transitions(self.client, self.keys,
+                                              [f.user_id for f in facts])
+        events = [e for f in facts
+                  for e in lifecycle_events(f, recorded[f.user_id], self.clock, self.rules)]
+        if self.emit is not None and events:
+            await self.emit(events)
+        self.found += len(events)
+
+    async def close(self) -> None:
+        if self.fast is not None:
+            await self.fast.close()

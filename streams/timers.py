@@ -25,7 +25,7 @@ from feature_store.lease import Lease
 from feature_store.redis_store import applied_total
 from models.artifacts import load_current
 from models.customer import load_segment_rules
-from models.population import refresh
+from models.population import refresh, sweep_lifecycle
 from models.train import TrainingBusy, read_ref_ts, refresh_items_once, train_once
 from streams.events import LifecycleChanged
 from streams.lag import group_lag
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 # seconds}. Small, so every worker may read it every few seconds (the stats document
 # runs to megabytes with a large catalog's repurchase cycles).
 POPULATION_AT = "population-at"
+# The refresh in progress (its lease's token): helpers claim its shards' lifecycle part.
+POPULATION_RUN = "population-run"
 # Recency and run-out dates are counted in days: stats a day of log time behind the
 # store are stale. In real time that is a day, and the wall-clock interval rules; while
 # a replay or a backfill moves the clock by months a minute, it brings the stats along,
@@ -50,29 +52,50 @@ POPULATION_MAX_DUTY = 0.2
 POPULATION_CAUGHT_UP = 1000
 
 
+#: How long a refresh's claim on a shard's lifecycle transitions lasts: the run is over
+#: long before; a shard whose worker died mid-way waits for the next refresh.
+LIFECYCLE_CLAIM_S = 86400
+
+
 async def refresh_population(settings: Settings, client: aioredis.Redis,
                              producer: EventProducer | None) -> int:
-    """Recompute population stats; record new lifecycle transitions as events."""
+    """Recompute population stats and record new lifecycle transitions as events; while
+    another worker holds the refresh, find the transitions of the shards nobody has
+    claimed yet instead (the workers split that part). Returns transitions found."""
     keys = Keys(settings.features.key_prefix, settings.features.shards)
+    rules = load_segment_rules()
+
+    async def emit(events: list[LifecycleChanged]) -> None:
+        if producer is not None:
+            await producer.send_events(events)
+
     # A lease renewed while the refresh runs: at 50M customers it takes hours.
     lease = Lease(client, keys.control("population-lock"), 600)
     if not await lease.acquire():
-        return 0
+        run = await client.get(keys.control(POPULATION_RUN))
+        if run is None or not await client.exists(lease.key):
+            return 0
+        return await sweep_lifecycle(client, keys, rules, emit,
+                                     lambda shard: _claim(client, keys, run, shard))
     try:
         started = time.time()
-
-        async def emit(events: list[LifecycleChanged]) -> None:
-            if producer is not None:
-                await producer.send_events(events)
-
+        run = lease.token
+        await client.set(keys.control(POPULATION_RUN), run, ex=LIFECYCLE_CLAIM_S)
         async with lease.kept():
-            stats, found = await refresh(client, keys, load_segment_rules(), emit,
-                                         settings.worker.population_sample_max)
+            stats, found = await refresh(client, keys, rules, emit,
+                                         settings.worker.population_sample_max,
+                                         lambda shard: _claim(client, keys, run, shard))
         await client.set(keys.control(POPULATION_AT), msgspec.json.encode(
             {"at": time.time(), "as_of": stats.as_of, "took_s": time.time() - started}))
         return found
     finally:
         await lease.release()
+
+
+async def _claim(client: aioredis.Redis, keys: Keys, run: bytes, shard: int) -> bool:
+    """This worker finds the transitions of ``shard`` in refresh ``run``, if nobody has."""
+    name = keys.control(f"lifecycle:{run.decode() if isinstance(run, bytes) else run}:{shard}")
+    return bool(await client.set(name, b"1", nx=True, ex=LIFECYCLE_CLAIM_S))
 
 
 async def population_due(settings: Settings, client: aioredis.Redis,

@@ -14,6 +14,7 @@ from aisle.replay import replay_file
 from aisle.stack import Stack
 from feature_store.client import open_redis, open_redis_sync
 from feature_store.keys import Keys
+from feature_store.lease import Lease
 from feature_store.reader import FeatureReader
 from models.customer import load_segment_rules
 from models.population import (
@@ -219,6 +220,65 @@ def test_the_stats_come_from_a_stable_sample_and_the_transitions_from_everyone(
             assert found == len(emitted) and user in {e.user_id for e in emitted}
             again, _ = await refresh(client, keys, rules, sample_max=200)
             assert again.rfm == part.rfm and again.item_cycle_days == part.item_cycle_days
+            await publish_stats(client, keys, kept)
+        finally:
+            await client.aclose()
+
+    try:
+        asyncio.run(go())
+    finally:
+        store.close()
+
+
+def test_the_workers_split_a_refresh_s_lifecycle_part(api: httpx.Client, stack: Stack) -> None:
+    """While one worker holds the refresh, another finds the lifecycle transitions of the
+    shards nobody has claimed, each shard once per refresh; the holder skips what it did
+    not claim and still computes the stats from everyone."""
+    from streams.timers import POPULATION_RUN, _claim
+
+    s = stack.settings
+    keys = Keys(s.features.key_prefix, s.features.shards)
+    store = open_redis_sync(s)
+    old = clock_of(api) - timedelta(days=200)
+    lapsed = [uid("lapsed") for _ in range(12)]  # spread over the shards
+    post(api, [{"type": "order.placed", "event_id": uid("e"), "user_id": u,
+                "occurred_at": at(old), "payload": {"order_id": uid("o"), "lines": [
+                    {"item_id": "22423", "quantity": 1, "unit_price": 12.75}]}}
+               for u in lapsed])
+    eventually(lambda: all(store.hget(keys.user(u, "rfm"), "orders") for u in lapsed))
+
+    async def go() -> None:
+        client = open_redis(s)
+        try:
+            kept = await load_stats(client, keys)
+            # Nothing is produced (no producer), so every call finds the same ones.
+            whole = await refresh_population(s, client, None)
+            assert whole >= len(lapsed)
+            everyone = await load_stats(client, keys)
+            assert everyone is not None
+            # Another worker holds the refresh of run "r1": this one helps.
+            holder = Lease(client, keys.control("population-lock"), 60)
+            assert await holder.acquire()
+            await client.set(keys.control(POPULATION_RUN), b"r1")
+            assert await refresh_population(s, client, None) == whole
+            assert await refresh_population(s, client, None) == 0  # every shard claimed
+            await holder.release()
+            # The holder of run "r2" meets half its shards claimed by helpers.
+            half = range(0, keys.shards, 2)
+            for shard in half:
+                assert await _claim(client, keys, b"r2", shard)
+            found = {}
+
+            async def collect(events: list[LifecycleChanged]) -> None:
+                for e in events:
+                    found[e.user_id] = True
+
+            stats, n = await refresh(client, keys, load_segment_rules(), collect,
+                                     claim=lambda shard: _claim(client, keys, b"r2", shard))
+            assert 0 < n < whole
+            assert all(keys.shard_of(u) not in half for u in found)
+            assert stats.rfm == everyone.rfm  # the stats still from every customer
+            assert kept is not None
             await publish_stats(client, keys, kept)
         finally:
             await client.aclose()
