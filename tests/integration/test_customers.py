@@ -4,6 +4,7 @@ real broker, worker and API."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -179,6 +180,19 @@ def test_dislikes_filter_offers_recommendations_and_related(api, stack) -> None:
     assert {i["item_id"] for i in plain["items"]} & set(polyester)
 
 
+def lapsed_buyers(api: httpx.Client, stack: Stack, users: list[str]) -> None:
+    """Each of ``users`` bought once, 200 days before the log's clock; applied."""
+    s = stack.settings
+    keys = Keys(s.features.key_prefix, s.features.shards)
+    old = clock_of(api) - timedelta(days=200)
+    post(api, [{"type": "order.placed", "event_id": uid("e"), "user_id": u,
+                "occurred_at": at(old), "payload": {"order_id": uid("o"), "lines": [
+                    {"item_id": "22423", "quantity": 1, "unit_price": 12.75}]}}
+               for u in users])
+    with contextlib.closing(open_redis_sync(s)) as store:
+        eventually(lambda: all(store.hget(keys.user(u, "rfm"), "orders") for u in users))
+
+
 def test_the_stats_come_from_a_stable_sample_and_the_transitions_from_everyone(
         api: httpx.Client, stack: Stack) -> None:
     """A refresh past ``sample_max`` customers computes the stats from the customers its
@@ -187,15 +201,11 @@ def test_the_stats_come_from_a_stable_sample_and_the_transitions_from_everyone(
     s = stack.settings
     keys = Keys(s.features.key_prefix, s.features.shards)
     rules = load_segment_rules()
-    store = open_redis_sync(s)
-    share = 200 / sum(int(store.scard(keys.users(n))) for n in range(keys.shards))
+    with contextlib.closing(open_redis_sync(s)) as store:
+        share = 200 / sum(int(store.scard(keys.users(n))) for n in range(keys.shards))
     # A customer the sample leaves out, last seen buying 200 days ago: not yet swept.
     user = next(u for u in (uid("gone") for _ in range(1000)) if not in_sample(u, share))
-    old = clock_of(api) - timedelta(days=200)
-    post(api, [{"type": "order.placed", "event_id": uid("e"), "user_id": user,
-                "occurred_at": at(old), "payload": {"order_id": uid("o"), "lines": [
-                    {"item_id": "22423", "quantity": 1, "unit_price": 12.75}]}}])
-    eventually(lambda: store.hget(keys.user(user, "rfm"), "orders"))
+    lapsed_buyers(api, stack, [user])
 
     async def go() -> None:
         client = open_redis(s)
@@ -224,10 +234,7 @@ def test_the_stats_come_from_a_stable_sample_and_the_transitions_from_everyone(
         finally:
             await client.aclose()
 
-    try:
-        asyncio.run(go())
-    finally:
-        store.close()
+    asyncio.run(go())
 
 
 def test_the_workers_split_a_refresh_s_lifecycle_part(api: httpx.Client, stack: Stack) -> None:
@@ -238,14 +245,8 @@ def test_the_workers_split_a_refresh_s_lifecycle_part(api: httpx.Client, stack: 
 
     s = stack.settings
     keys = Keys(s.features.key_prefix, s.features.shards)
-    store = open_redis_sync(s)
-    old = clock_of(api) - timedelta(days=200)
     lapsed = [uid("lapsed") for _ in range(12)]  # spread over the shards
-    post(api, [{"type": "order.placed", "event_id": uid("e"), "user_id": u,
-                "occurred_at": at(old), "payload": {"order_id": uid("o"), "lines": [
-                    {"item_id": "22423", "quantity": 1, "unit_price": 12.75}]}}
-               for u in lapsed])
-    eventually(lambda: all(store.hget(keys.user(u, "rfm"), "orders") for u in lapsed))
+    lapsed_buyers(api, stack, lapsed)
 
     async def go() -> None:
         client = open_redis(s)
@@ -283,7 +284,4 @@ def test_the_workers_split_a_refresh_s_lifecycle_part(api: httpx.Client, stack: 
         finally:
             await client.aclose()
 
-    try:
-        asyncio.run(go())
-    finally:
-        store.close()
+    asyncio.run(go())
