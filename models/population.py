@@ -163,7 +163,7 @@ async def refresh(client: aioredis.Redis, keys: Keys, rules: SegmentRules,
         share = sample_max / max(1, sum(int(n) for n in await pipe.execute()))
         for shard in range(keys.shards):
             mine = claim is None or await claim(shard)
-            async for users in _scan(client, keys, shard):
+            async for users in scan_customers(client, keys, shard):
                 if not mine:  # its transitions are another worker's: the sample only
                     users = [u for u in users if in_sample(u, share)]
                 facts = await read_all_facts(pass_.reader, users)
@@ -193,15 +193,16 @@ async def sweep_lifecycle(client: aioredis.Redis, keys: Keys, rules: SegmentRule
     try:
         for shard in range(keys.shards):
             if await claim(shard):
-                async for users in _scan(client, keys, shard):
+                async for users in scan_customers(client, keys, shard):
                     await pass_.transitions(await read_all_facts(pass_.reader, users))
     finally:
         await pass_.close()
     return pass_.found
 
 
-async def _scan(client: aioredis.Redis, keys: Keys, shard: int) -> AsyncIterator[list[str]]:
-    """A shard's customers, ``SCAN_COUNT`` at a time."""
+async def scan_customers(client: aioredis.Redis, keys: Keys, shard: int,
+                         ) -> AsyncIterator[list[str]]:
+    """A shard's customers, ``SCAN_COUNT`` at a time (SSCAN), each step sorted."""
     cursor: int | bytes = 0
     while True:
         cursor, members = await client.sscan(keys.users(shard), cursor, count=SCAN_COUNT)

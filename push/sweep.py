@@ -26,7 +26,7 @@ from feature_store.multiplexed import pipelined
 from feature_store.reader import FeatureReader
 from models.customer import SegmentRules, build_profile, load_segment_rules
 from models.customer_types import CustomerFacts, PopulationStats, RFMThresholds
-from models.population import load_stats, read_all_facts
+from models.population import load_stats, read_all_facts, scan_customers
 from streams import events as ev
 from streams.topics import EventProducer
 
@@ -79,8 +79,6 @@ def sweep_events(facts: CustomerFacts, stats: PopulationStats, clock: float,
     return trigger_events(sweep_triggers(facts, stats, clock, settings, rules), clock)
 
 
-#: Customers read per step of a shard's sweep: the memory a sweep holds at a time.
-SCAN_COUNT = 500
 #: A shard's claim while it is swept (renewed every third of it, as long as that takes).
 CLAIM_S = 600
 
@@ -100,7 +98,7 @@ async def sweep(settings: Settings, client: aioredis.Redis, producer: EventProdu
     holds. With ``interval_s`` (the workers' timer) a claim is kept until 90% of the
     interval after this pass began, so across all workers each shard is swept once per
     interval, not once per worker; a direct call (``interval_s`` 0) frees each claim
-    when its shard is done. A shard is read ``SCAN_COUNT`` customers at a time (SSCAN),
+    when its shard is done. A shard is read 500 customers at a time (``scan_customers``),
     so a sweep holds that many customers' facts, not the population's.
 
     A trigger keeps being found pass after pass until it no longer holds; its event id
@@ -156,10 +154,7 @@ async def _sweep_shard(settings: Settings, client: aioredis.Redis, producer: Eve
                        reader: FeatureReader, keys: Keys, shard: int, stats: PopulationStats,
                        clock: float, rules: SegmentRules) -> SweepResult:
     customers = found = written = 0
-    cursor: int | bytes = 0
-    while True:
-        cursor, members = await client.sscan(keys.users(shard), cursor, count=SCAN_COUNT)
-        users = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+    async for users in scan_customers(client, keys, shard):
         facts = await read_all_facts(reader, users)
         triggers = [t for f in facts for t in sweep_triggers(f, stats, clock, settings, rules)]
         found += len(triggers)
@@ -170,5 +165,4 @@ async def _sweep_shard(settings: Settings, client: aioredis.Redis, producer: Eve
         for first in range(0, len(events), 1000):
             await producer.send_events(events[first:first + 1000])
         customers, written = customers + len(users), written + len(events)
-        if not int(cursor):
-            return SweepResult(customers, found, written)
+    return SweepResult(customers, found, written)
