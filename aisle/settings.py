@@ -216,6 +216,10 @@ class ServingSettings(BaseModel):
     # events, as for related_cache_ttl_s). A list filled from popular items alone keeps
     # cache_ttl_s. Kept for customer_cache_size customers. 0 = off.
     recommendations_cache_ttl_s: float = Field(30.0, ge=0)
+    # Customers whose last read is kept in the API's memory while the store tracks its
+    # keys (CLIENT TRACKING; feature_store/tracking.py): the store tells when any of
+    # them changes, and until then an answer skips the read. 0 = read every time.
+    tracked_customers: int = Field(20_000, ge=0)
     # From this many items in the model up, the API sorts the items by norm after each
     # model loads and scores, per answer, only those that could enter the ALS pool
     # (models/pool.py): the same pool, 19x faster at Taobao's 84,793 items

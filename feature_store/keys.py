@@ -109,6 +109,20 @@ class Keys:
         (a fold builds several keys of one customer from it)."""
         return _user_base(self.prefix, self.shards, user_id)
 
+    def user_of(self, key: bytes) -> str | None:
+        """The customer a key belongs to, None for any other key (the store's
+        invalidation messages name keys; feature_store/tracking.py).
+
+        >>> Keys("a", 8).user_of(b"{a:1}:u:17850:views"), Keys("a", 8).user_of(b"{a:1}:i:9")
+        ('17850', None)
+        """
+        head = f"{{{self.prefix}:".encode()
+        at = key.find(b"}:u:")
+        if not key.startswith(head) or at < 0:
+            return None
+        user, colon, _ = key[at + 4:].rpartition(b":")
+        return user.decode(errors="replace") if colon else None
+
     def user_keys(self, user_id: str) -> list[str]:
         return [self.user(user_id, s) for s in USER_SUFFIXES]
 

@@ -42,9 +42,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import hiredis
 import redis.asyncio as aioredis
@@ -58,6 +59,11 @@ from redis.exceptions import (
 from redis.exceptions import (
     TimeoutError as RedisTimeoutError,
 )
+
+from feature_store.tracking import Invalidations, Tracker
+
+log = logging.getLogger(__name__)
+P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 
 class _Wire(asyncio.Protocol):
@@ -75,6 +81,11 @@ class _Wire(asyncio.Protocol):
         # requests that reach the store in one turn cost one send, and their replies
         # tend to come back in one read, together.
         self.outbox: list[bytes] = []
+        # With key tracking on (feature_store/tracking.py): the subscriber generation
+        # this connection's invalidations go to (0: none yet), and whom to tell when
+        # the connection is lost (the store forgets what it tracked for it).
+        self.tracked = 0
+        self.tracker: Tracker | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
@@ -119,6 +130,8 @@ class _Wire(asyncio.Protocol):
         """Close, and fail every command still waiting with ``error``."""
         if self.lost is None:
             self.lost = error
+            if self.tracked and self.tracker is not None:
+                self.tracker.reset()
         if self.transport is not None:
             self.transport.abort()
         while self.waiting:
@@ -128,6 +141,7 @@ class _Wire(asyncio.Protocol):
 
 
 _MULTI, _EXEC = hiredis.pack_command(("MULTI",)), hiredis.pack_command(("EXEC",))
+_CACHING = hiredis.pack_command(("CLIENT", "CACHING", "yes"))
 
 
 def _reply_error(message: str) -> ResponseError:
@@ -139,7 +153,8 @@ class Multiplexed:
 
     def __init__(self, *, host: str = "localhost", port: int = 6379, path: str | None = None,
                  username: str | None = None, password: str | None = None, db: int = 0,
-                 timeout: float = 1.0, connect_timeout: float = 1.0) -> None:
+                 timeout: float = 1.0, connect_timeout: float = 1.0,
+                 tracker: Tracker | None = None) -> None:
         self.host, self.port, self.path = host, port, path
         self.username, self.password, self.db = username, password, db
         self.timeout = timeout
@@ -148,9 +163,14 @@ class Multiplexed:
         self._connecting: asyncio.Task[_Wire] | None = None
         self._watch: asyncio.TimerHandle | None = None
         self.connects = 0  # connections opened so far (tests, metrics)
+        # Key tracking for :meth:`tracked_transaction` (feature_store/tracking.py).
+        self.tracker = tracker
+        self._invalidations = (Invalidations(tracker, self._open, self._auth())
+                               if tracker is not None else None)
+        self._registering: asyncio.Task[None] | None = None
 
     @classmethod
-    def of(cls, client: Any) -> Multiplexed | None:
+    def of(cls, client: Any, tracker: Tracker | None = None) -> Multiplexed | None:
         """A twin of redis-py ``client``'s connection settings; None where this cannot
         speak for it (a Cluster, TLS, a connection class it does not know)."""
         if not isinstance(client, aioredis.Redis):
@@ -167,7 +187,8 @@ class Multiplexed:
                    path=kw.get("path") if unix else None, username=kw.get("username"),
                    password=kw.get("password"), db=int(kw.get("db", 0) or 0),
                    timeout=float(kw.get("socket_timeout") or 1.0),
-                   connect_timeout=float(kw.get("socket_connect_timeout") or 1.0))
+                   connect_timeout=float(kw.get("socket_connect_timeout") or 1.0),
+                   tracker=tracker)
 
     async def execute(self, *args: Any) -> Any:
         """One command's reply, as redis-py's client returns it without a response
@@ -195,9 +216,52 @@ class Multiplexed:
         than half of Valkey's CPU for the same replies (a script's replies go through
         Lua's strings and tables). Raises the first error among them: one refused when
         queued (the transaction is then discarded) or one that failed in ``EXEC``."""
+        return await self._transaction(await self._live(), commands, False)
+
+    async def tracked_transaction(self, commands: list[tuple[Any, ...]],
+                                  ) -> tuple[list[Any], bool]:
+        """:meth:`transaction`, and whether the store tracks its keys for this process:
+        True when the tracker will be told if any of them changes (or told to reset).
+        Where the tracking is not set up yet (a new connection, a new subscriber) it
+        is set up in the background and this read goes untracked."""
         wire = await self._live()
-        packed = b"".join([_MULTI, *[hiredis.pack_command(c) for c in commands], _EXEC])
-        replies: list[Any] = await self._send(wire, packed, len(commands) + 2)
+        inv = self._invalidations
+        tracked = inv is not None and inv.live and wire.tracked == inv.generation
+        if inv is not None and not tracked and self._registering is None:
+            self._registering = asyncio.create_task(self._track(wire, inv))
+        return await self._transaction(wire, commands, tracked), tracked
+
+    async def _track(self, wire: _Wire, inv: Invalidations) -> None:
+        """Redirect ``wire``'s invalidations to a live subscriber (opened if needed), in
+        OPTIN mode: only reads after ``CLIENT CACHING yes`` are tracked."""
+        try:
+            client_id, generation = await inv.open()
+            if wire.lost is None:
+                await self._send(wire, hiredis.pack_command(
+                    ("CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "OPTIN")))
+                if inv.generation == generation:
+                    wire.tracked, wire.tracker = generation, inv.tracker
+        except ResponseError as exc:  # not Redis 6+ or Valkey, or CLIENT not allowed
+            log.warning("the store does not track keys (%s); every read goes to it", exc)
+            self._invalidations = None
+            inv.close()
+        except (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError,
+                TimeoutError) as exc:
+            log.info("key tracking not set up yet: %r", exc)  # the next read tries again
+        finally:
+            self._registering = None
+
+    async def _transaction(self, wire: _Wire, commands: list[tuple[Any, ...]],
+                           tracked: bool) -> list[Any]:
+        parts = [_MULTI, *[hiredis.pack_command(c) for c in commands], _EXEC]
+        if tracked:
+            parts.insert(0, _CACHING)
+        replies: list[Any] = await self._send(wire, b"".join(parts),
+                                              len(commands) + 2 + tracked)
+        if tracked:
+            if isinstance(replies[0], hiredis.ReplyError):
+                raise _reply_error(str(replies[0]))
+            replies = replies[1:]
         done = replies[-1]
         # The usual case checked by C loops: OK, one QUEUED per command, no error in EXEC.
         if (replies.count(b"QUEUED") == len(commands) and isinstance(done, list)
@@ -292,21 +356,26 @@ class Multiplexed:
             if task.done() and self._connecting is task:
                 self._connecting = None
 
-    async def _connect(self) -> _Wire:
+    async def _open(self, protocol: Callable[[], P]) -> tuple[asyncio.BaseTransport, P]:
+        """A connection to the store speaking ``protocol``."""
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):
                 if self.path is not None:
-                    _, wire = await loop.create_unix_connection(_Wire, self.path)
-                else:
-                    _, wire = await loop.create_connection(_Wire, self.host, self.port)
+                    return await loop.create_unix_connection(protocol, self.path)
+                return await loop.create_connection(protocol, self.host, self.port)
         except (OSError, TimeoutError) as exc:
             raise RedisConnectionError(f"cannot connect to the store: {exc!r}") from exc
+
+    def _auth(self) -> list[tuple[Any, ...]]:
+        if self.password is None:
+            return []
+        return [("AUTH", *((self.username,) if self.username else ()), self.password)]
+
+    async def _connect(self) -> _Wire:
+        _, wire = await self._open(_Wire)
         self.connects += 1
-        handshake: list[tuple[Any, ...]] = []
-        if self.password is not None:
-            handshake.append(("AUTH", *((self.username,) if self.username else ()),
-                              self.password))
+        handshake = self._auth()
         if self.db:
             handshake.append(("SELECT", self.db))
         # Written before anyone else can write: the server takes them first.
@@ -333,9 +402,15 @@ class Multiplexed:
             self._connecting.cancel()
             with contextlib.suppress(BaseException):
                 await self._connecting
+        if self._registering is not None:
+            self._registering.cancel()
+            with contextlib.suppress(BaseException):
+                await self._registering
         if self._wire is not None:
             self._wire.fail(RedisConnectionError("closed"))
             self._wire = None
+        if self._invalidations is not None:
+            self._invalidations.close()
 
 
 class Rerouted(Exception):
@@ -355,14 +430,15 @@ class ClusterMultiplexed:
     repeat the read through redis-py."""
 
     def __init__(self, client: aioredis.RedisCluster, timeout: float = 1.0,
-                 connect_timeout: float = 1.0) -> None:
+                 connect_timeout: float = 1.0, tracker: Tracker | None = None) -> None:
         self.client = client
         self.timeout, self.connect_timeout = timeout, connect_timeout
+        self.tracker = tracker  # each node tracks its own keys
         self._nodes: dict[tuple[str, int], Multiplexed] = {}
         self.rerouted = 0  # reads handed back to redis-py (tests, diagnosis)
 
     @classmethod
-    def of(cls, client: Any) -> ClusterMultiplexed | None:
+    def of(cls, client: Any, tracker: Tracker | None = None) -> ClusterMultiplexed | None:
         if not isinstance(client, aioredis.RedisCluster):
             return None
         kw = client.get_connection_kwargs()
@@ -371,7 +447,7 @@ class ClusterMultiplexed:
                               aioredis.SSLConnection)):
             return None
         return cls(client, float(kw.get("socket_timeout") or 1.0),
-                   float(kw.get("socket_connect_timeout") or 1.0))
+                   float(kw.get("socket_connect_timeout") or 1.0), tracker)
 
     def _node(self, key: str) -> Multiplexed:
         try:
@@ -387,7 +463,7 @@ class ClusterMultiplexed:
             kw = self.client.get_connection_kwargs()
             mux = Multiplexed(host=node.host, port=node.port, username=kw.get("username"),
                               password=kw.get("password"), timeout=self.timeout,
-                              connect_timeout=self.connect_timeout)
+                              connect_timeout=self.connect_timeout, tracker=self.tracker)
             self._nodes[(node.host, node.port)] = mux
         return mux
 
@@ -407,6 +483,12 @@ class ClusterMultiplexed:
         key must be in its slot (one customer's keys share a hash tag)."""
         with self._rerouting():
             return await self._node(commands[0][1]).transaction(commands)
+
+    async def tracked_transaction(self, commands: list[tuple[Any, ...]],
+                                  ) -> tuple[list[Any], bool]:
+        """:meth:`Multiplexed.tracked_transaction` on the node of the first key."""
+        with self._rerouting():
+            return await self._node(commands[0][1]).tracked_transaction(commands)
 
     async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """``commands`` whose key is their second element (as ``ZREVRANGE key ...``)."""
@@ -459,7 +541,9 @@ def _redirected(exc: ResponseError) -> bool:
     return str(exc).startswith(("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"))
 
 
-def pipelined(client: Any) -> Multiplexed | ClusterMultiplexed | None:
+def pipelined(client: Any, tracker: Tracker | None = None,
+              ) -> Multiplexed | ClusterMultiplexed | None:
     """The pipelined connection(s) for ``client``'s store, or None where redis-py must
-    speak for it (TLS, a credential provider)."""
-    return Multiplexed.of(client) or ClusterMultiplexed.of(client)
+    speak for it (TLS, a credential provider). With ``tracker``, customer reads can be
+    tracked (:meth:`Multiplexed.tracked_transaction`)."""
+    return Multiplexed.of(client, tracker) or ClusterMultiplexed.of(client, tracker)

@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from feature_store.client import cancel_and_wait
 from feature_store.keys import Keys
 from feature_store.multiplexed import ClusterMultiplexed, Multiplexed, Rerouted
+from feature_store.tracking import LocalCopies
 from feature_store.updates import logaddexp
 from models.customer_types import CustomerFacts, Purchase
 
@@ -34,6 +35,8 @@ CUSTOMER_KEYS = ("views", "cart", "bought", "dislikes", "neg", "ia", "vec", "rfm
                  "spend", "src", "fav", "cat", "offers", "ostate", "pushitems")
 # The customer read's commands that read the facts (FeatureReader.facts, facts_from).
 FACTS_AT = tuple(CUSTOMER_KEYS.index(k) for k in ("rfm", "hist", "spend", "src", "fav", "cat"))
+# Recent views an answer reads; only reads of this many are kept (feature_store/tracking.py).
+VIEWS = 20
 # The customer read's replies an offers answer never looks at, by position in
 # CUSTOMER_KEYS, with the empty reply each stands in with (FeatureReader.customer).
 OFFERS_SKIP: dict[int, Any] = {CUSTOMER_KEYS.index(k): empty for k, empty in (
@@ -117,8 +120,12 @@ def _parse_item(item_id: str, h: dict[bytes, bytes]) -> ItemInfo | None:
 class FeatureReader:
     def __init__(self, client: aioredis.Redis, keys: Keys, ttl: float = 2.0,
                  revalidate_s: float = 0.0, catalog_max_age_s: float | None = None,
-                 fast: Multiplexed | ClusterMultiplexed | None = None) -> None:
+                 fast: Multiplexed | ClusterMultiplexed | None = None,
+                 local: LocalCopies | None = None) -> None:
         self.client = client
+        # Customer reads kept in memory while the store tracks them (feature_store/
+        # tracking.py); ``fast`` must have been opened with ``local`` as its tracker.
+        self.local = local
         # The customer read, co-counts and trending go over ``fast`` where given
         # (feature_store/multiplexed.py); everything else over ``client``.
         self.fast = fast
@@ -532,7 +539,7 @@ class FeatureReader:
         pipe.get(k("vec"))
         pipe.hgetall(k("rfm"))
 
-    async def customer(self, user_id: str, views: int = 20,
+    async def customer(self, user_id: str, views: int = VIEWS,
                        offers_only: bool = False) -> CustomerRead:
         """Everything a recommendation or an offer reads about one customer, in one
         round trip (one transaction on the pipelined connection, else one call of
@@ -546,25 +553,34 @@ class FeatureReader:
         return self.customer_from(
             user_id, await self.customer_replies(user_id, views, offers_only))
 
-    async def customer_replies(self, user_id: str, views: int = 20,
+    async def customer_replies(self, user_id: str, views: int = VIEWS,
                                offers_only: bool = False) -> list[Any]:
         """:meth:`customer`'s replies as they came, not parsed: a caller that answered
         the same replies before may reuse that answer (``serving/service.py``) and
         skip the parse; :meth:`customer_from` parses them."""
+        local = self.local if views == VIEWS and self.fast is not None else None
+        if local is not None:
+            kept = local.get(user_id, not offers_only)
+            if kept is not None:
+                return _for_offers(kept) if offers_only else kept
         keys = [self.keys.user(user_id, s) for s in CUSTOMER_KEYS]
         r = None
         if self.fast is not None:
             # The script's reads as one transaction on the pipelined connection: the
             # same replies, at less than half of Valkey's CPU (no Lua in between).
             commands = customer_commands(keys, views)
+            if offers_only:
+                commands = [c for n, c in enumerate(commands) if n not in OFFERS_SKIP]
             with contextlib.suppress(Rerouted):  # a Cluster slot moved: redis-py follows
-                if offers_only:
-                    got = iter(await self.fast.transaction(
-                        [c for n, c in enumerate(commands) if n not in OFFERS_SKIP]))
-                    r = [OFFERS_SKIP[n] if n in OFFERS_SKIP else next(got)
-                         for n in range(len(commands))]
+                if local is not None:  # tracked: kept until the store says it changed
+                    token = local.token()
+                    r, tracked = await self.fast.tracked_transaction(commands)
                 else:
-                    r = await self.fast.transaction(commands)
+                    r, tracked = await self.fast.transaction(commands), False
+                if offers_only:
+                    r = _for_offers(r, skipped=True)
+                if tracked:
+                    local.put(user_id, not offers_only, r, token)  # type: ignore[union-attr]
         if r is None:  # redis-py: one script call (a transaction costs more Python here)
             r = await self._customer_script(keys=keys, args=[views])
         return r  # type: ignore[no-any-return]
@@ -577,6 +593,16 @@ class FeatureReader:
         facts_raw = (rfm, r[8], _pairs(r[9]), _pairs(r[10]), r[11], _scored(r[12]))
         return CustomerRead(state, facts_raw, (_pairs(r[13]), _pairs(r[14])),
                             {_s(i): float(ts) for i, ts in _pairs(r[15]).items()})
+
+
+def _for_offers(r: list[Any], skipped: bool = False) -> list[Any]:
+    """The customer read as an offers answer reads it: ``OFFERS_SKIP``'s replies empty.
+    ``skipped``: ``r`` is the read without them, else the whole read."""
+    got = iter(r)
+    if skipped:
+        return [OFFERS_SKIP[n] if n in OFFERS_SKIP else next(got)
+                for n in range(len(CUSTOMER_KEYS))]
+    return [OFFERS_SKIP.get(n, reply) for n, reply in enumerate(r)]
 
 
 def _flat_state(user_id: str, r: list[Any], rfm: dict[bytes, bytes]) -> UserState:

@@ -24,6 +24,7 @@ from feature_store.client import cancel_and_wait, open_redis
 from feature_store.keys import Keys
 from feature_store.multiplexed import pipelined
 from feature_store.reader import FeatureReader
+from feature_store.tracking import LocalCopies
 from models.online import ModelHolder
 from serving import routes, web
 from serving.crm import CustomerService, PopulationHolder
@@ -118,10 +119,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         client = open_redis(settings, socket_timeout=1.0, socket_connect_timeout=1.0,
                             max_connections=64)
         keys = Keys(settings.features.key_prefix, settings.features.shards)
+        local = (LocalCopies(keys.user_of, settings.serving.tracked_customers)
+                 if settings.serving.tracked_customers > 0 else None)
+        fast = pipelined(client, local)
         reader = FeatureReader(client, keys, settings.serving.cache_ttl_s,
                                revalidate_s=settings.serving.cache_ttl_s,
                                catalog_max_age_s=settings.serving.catalog_max_age_s,
-                               fast=pipelined(client))
+                               fast=fast, local=local if fast is not None else None)
         holder = ModelHolder(client, settings.features.key_prefix,
                              settings.serving.als_pool_order_min_items)
         with contextlib.suppress(Exception):

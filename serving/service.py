@@ -517,6 +517,8 @@ class RecommendationService:
         self._vectors.pop(user_id, None)
         self._histories.pop(user_id, None)
         self._answers.forget(user_id)
+        if self.reader.local is not None:
+            self.reader.local.forget(user_id)
         if self.customers is not None:
             self.customers.forget(user_id)
 

@@ -1,0 +1,140 @@
+"""Customer reads kept in the API's memory while Valkey tracks their keys
+(feature_store/tracking.py): a kept read skips the store, and any change to the
+customer's keys (another client's write, an expiry), or the loss of either connection,
+makes the next read go to the store again."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+
+import pytest
+import redis.asyncio as aioredis
+
+from feature_store.keys import Keys
+from feature_store.multiplexed import Multiplexed
+from feature_store.reader import FeatureReader
+from feature_store.tracking import LocalCopies
+
+pytestmark = pytest.mark.integration
+
+Scenario = Callable[[aioredis.Redis, FeatureReader, LocalCopies, Keys], Awaitable[None]]
+
+
+def run(redis_url: str, scenario: Scenario) -> None:
+    async def go() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        keys = Keys(f"tk{uuid.uuid4().hex[:6]}", 4)
+        local = LocalCopies(keys.user_of, 100)
+        fast = Multiplexed.of(client, local)
+        assert fast is not None
+        reader = FeatureReader(client, keys, fast=fast, local=local)
+        try:
+            await scenario(client, reader, local, keys)
+        finally:
+            await fast.close()
+            await client.aclose()
+    asyncio.run(go())
+
+
+async def execs(client: aioredis.Redis) -> int:
+    """Transactions the store has run so far (every read not kept is one)."""
+    return int((await client.info("commandstats")).get("cmdstat_exec", {}).get("calls", 0))
+
+
+async def tracked_read(reader: FeatureReader, local: LocalCopies, user: str) -> list:
+    """Read until a read is kept (the first read of a connection sets tracking up)."""
+    for _ in range(100):
+        replies = await reader.customer_replies(user)
+        if local.get(user, True) is not None:
+            return replies
+        await asyncio.sleep(0.01)
+    raise AssertionError("no read was kept")
+
+
+async def until(check: Callable[[], bool]) -> None:
+    for _ in range(200):
+        if check():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("the store's invalidation never came")
+
+
+def test_a_kept_read_skips_the_store_until_another_client_writes(redis_url: str) -> None:
+    async def scenario(client: aioredis.Redis, reader: FeatureReader, local: LocalCopies,
+                       keys: Keys) -> None:
+        await client.hset(keys.user("u1", "cart"), "i1", 1)
+        first = await tracked_read(reader, local, "u1")
+        before = await execs(client)
+        again = [await reader.customer_replies("u1") for _ in range(5)]
+        assert await execs(client) == before  # nothing sent
+        assert all(r == first for r in again)
+        dropped = local.dropped
+        await client.hset(keys.user("u1", "cart"), "i2", 3)
+        await until(lambda: local.dropped > dropped)
+        fresh = reader.customer_from("u1", await reader.customer_replies("u1")).state
+        assert fresh.cart == {"i1": 1.0, "i2": 3.0}
+        assert await execs(client) == before + 1
+    run(redis_url, scenario)
+
+
+def test_a_key_that_expires_drops_the_copy(redis_url: str) -> None:
+    async def scenario(client: aioredis.Redis, reader: FeatureReader, local: LocalCopies,
+                       keys: Keys) -> None:
+        await client.hset(keys.user("u1", "cart"), "i1", 1)
+        await client.pexpire(keys.user("u1", "cart"), 150)
+        await tracked_read(reader, local, "u1")
+        await until(lambda: local.get("u1", True) is None)
+        state = reader.customer_from("u1", await reader.customer_replies("u1")).state
+        assert state.cart == {}
+    run(redis_url, scenario)
+
+
+def test_offers_reads_kept_or_not_answer_as_the_store_does(redis_url: str) -> None:
+    async def scenario(client: aioredis.Redis, reader: FeatureReader, local: LocalCopies,
+                       keys: Keys) -> None:
+        await client.hset(keys.user("u1", "cart"), "i1", 1)
+        await client.hset(keys.user("u1", "offers"), "o1", b'{"x": 1}')
+        await client.zadd(keys.user("u1", "views"), {"i9": 5.0})
+        plain = FeatureReader(client, keys, fast=Multiplexed.of(client))
+        try:
+            from_store = await plain.customer_replies("u1", offers_only=True)
+        finally:
+            await plain.fast.close()  # type: ignore[union-attr]
+        await tracked_read(reader, local, "u1")  # a full read kept
+        assert await reader.customer_replies("u1", offers_only=True) == from_store
+        local.reset()
+        for _ in range(50):  # an offers read kept
+            assert await reader.customer_replies("u1", offers_only=True) == from_store
+            if local.get("u1", False) is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert local.get("u1", True) is None  # serves no full read
+    run(redis_url, scenario)
+
+
+@pytest.mark.parametrize("which", ["subscriber", "reader"])
+def test_losing_either_connection_drops_every_copy_and_tracking_resumes(
+        redis_url: str, which: str) -> None:
+    async def scenario(client: aioredis.Redis, reader: FeatureReader, local: LocalCopies,
+                       keys: Keys) -> None:
+        await client.hset(keys.user("u1", "cart"), "i1", 1)
+        await tracked_read(reader, local, "u1")
+        clients = await client.client_list()
+        if which == "subscriber":
+            victim = [c for c in clients if "subscribe" in c.get("cmd", "")
+                      or int(c.get("sub", 0)) > 0]
+        else:
+            victim = [c for c in clients if "exec" in c.get("cmd", "")]
+        assert len(victim) == 1, clients
+        resets = local.resets
+        await client.client_kill_filter(_id=victim[0]["id"])
+        await until(lambda: local.resets > resets)  # noticed when the socket closes
+        assert local.get("u1", True) is None
+        await tracked_read(reader, local, "u1")  # tracked again, by a new subscriber
+        await client.hset(keys.user("u1", "cart"), "i1", 7)
+        await until(lambda: local.get("u1", True) is None)
+        state = reader.customer_from("u1", await reader.customer_replies("u1")).state
+        assert state.cart == {"i1": 7.0}
+    run(redis_url, scenario)

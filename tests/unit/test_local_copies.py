@@ -1,0 +1,73 @@
+"""LocalCopies (feature_store/tracking.py): a read is kept only if no invalidation of its
+customer, and no reset, came between the read being sent and its replies kept."""
+
+from __future__ import annotations
+
+from feature_store import tracking
+from feature_store.keys import Keys
+from feature_store.tracking import LocalCopies
+
+KEYS = Keys("a", 8)
+
+
+def key(user: str, suffix: str = "cart") -> bytes:
+    return KEYS.user(user, suffix).encode()
+
+
+def test_a_read_is_kept_until_its_customer_is_invalidated() -> None:
+    local = LocalCopies(KEYS.user_of, 10)
+    assert local.put("u1", True, ["r1"], local.token())
+    assert local.get("u1", True) == ["r1"]
+    local.invalidated([key("u2"), KEYS.item("x").encode()])  # someone else; not a customer
+    assert local.get("u1", True) == ["r1"]
+    local.invalidated([key("u1", "views")])
+    assert local.get("u1", True) is None
+
+
+def test_a_read_raced_by_an_invalidation_is_not_kept() -> None:
+    local = LocalCopies(KEYS.user_of, 10)
+    token = local.token()            # the read goes out ...
+    local.invalidated([key("u1")])   # ... a write lands, its message comes first
+    assert not local.put("u1", True, ["old"], token)
+    assert local.get("u1", True) is None
+    assert local.put("u2", True, ["other"], token)  # another customer's read is fine
+
+
+def test_a_reset_or_a_flush_drops_everything_and_the_reads_in_flight() -> None:
+    for drop in (lambda c: c.reset(), lambda c: c.invalidated(None)):
+        local = LocalCopies(KEYS.user_of, 10)
+        local.put("u1", True, ["r1"], local.token())
+        token = local.token()
+        drop(local)
+        assert local.get("u1", True) is None
+        assert not local.put("u2", True, ["r2"], token)
+        assert local.put("u2", True, ["r2"], local.token())
+
+
+def test_past_the_remembered_invalidations_older_reads_are_not_kept(monkeypatch) -> None:
+    monkeypatch.setattr(tracking, "RECENT_MAX", 3)
+    local = LocalCopies(KEYS.user_of, 10)
+    token = local.token()
+    local.invalidated([key("u1")])           # forgotten below: u1's read can't be judged
+    local.invalidated([key(f"v{i}") for i in range(3)])
+    assert not local.put("u1", True, ["old"], token)
+    assert not local.put("w", True, ["any"], token)  # nor anyone's from before it
+    assert local.put("w", True, ["any"], local.token())
+
+
+def test_an_offers_read_does_not_serve_a_full_one_but_a_full_one_serves_both() -> None:
+    local = LocalCopies(KEYS.user_of, 10)
+    local.put("u1", False, ["offers"], local.token())
+    assert local.get("u1", True) is None and local.get("u1", False) == ["offers"]
+    local.put("u1", True, ["full"], local.token())
+    assert local.get("u1", False) == ["full"]
+
+
+def test_the_least_recently_used_customer_goes_first() -> None:
+    local = LocalCopies(KEYS.user_of, 2)
+    for user in ("a", "b"):
+        local.put(user, True, [user], local.token())
+    local.get("a", True)
+    local.put("c", True, ["c"], local.token())
+    assert local.get("b", True) is None and local.get("a", True) == ["a"]
+    assert LocalCopies(KEYS.user_of, 0).put("a", True, [], 0) is False
