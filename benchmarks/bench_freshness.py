@@ -276,13 +276,17 @@ def main() -> None:
     p.add_argument("--limit-rows", type=int, default=40_000, help="Online Retail rows")
     p.add_argument("--out", default=None, help="result file stem (freshness[_quick])")
     p.add_argument("--quick", action="store_true", help="15 s per phase")
+    p.add_argument("--api-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra environment for the worker and API processes (a setting "
+                        "to compare, e.g. AISLE_SERVING__TRACKED_CUSTOMERS=0)")
     args = p.parse_args()
     if args.quick:
         args.seconds = min(args.seconds, 15.0)
     args.out = args.out or ("freshness_quick" if args.quick else "freshness")
     with loaded_stack(RETAIL, args.limit_rows, console.print,
                       extra_env={"AISLE_WORKER__RETRAIN_INTERVAL_S": "0",
-                                 "AISLE_WORKER__POPULATION_INTERVAL_S": "0"},
+                                 "AISLE_WORKER__POPULATION_INTERVAL_S": "0",
+                                 **dict(kv.split("=", 1) for kv in args.api_env)},
                       population=False) as loaded:
         rows = asyncio.run(measure(loaded, args))
         s = loaded.stack.settings
@@ -291,6 +295,7 @@ def main() -> None:
               "settings": {"event_rate": args.event_rate, "seconds": args.seconds,
                            "online_retail_rows": args.limit_rows, "poll_s": POLL_S,
                            "gap_s": GAP_S, "cache_ttl_s": s.serving.cache_ttl_s,
+                           "api_env": args.api_env,
                            "batch_consumer": s.worker.batch_consumer},
               "method": __doc__.split("\n\n", 2)[2].strip(), "phases": rows}
     console.print(f"wrote {write_json(result, args.out + '.json')}")

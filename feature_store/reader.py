@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from feature_store.client import cancel_and_wait
 from feature_store.keys import Keys
 from feature_store.multiplexed import ClusterMultiplexed, Multiplexed, Rerouted
-from feature_store.tracking import LocalCopies
+from feature_store.tracking import STORE, LocalCopies
 from feature_store.updates import logaddexp
 from models.customer_types import CustomerFacts, Purchase
 
@@ -573,6 +573,7 @@ class FeatureReader:
                 commands = [c for n, c in enumerate(commands) if n not in OFFERS_SKIP]
             with contextlib.suppress(Rerouted):  # a Cluster slot moved: redis-py follows
                 if local is not None:  # tracked: kept until the store says it changed
+                    STORE.inc()
                     token = local.token()
                     r, tracked = await self.fast.tracked_transaction(commands)
                 else:

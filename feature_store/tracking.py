@@ -36,12 +36,23 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import hiredis
+from prometheus_client import Counter
 
 log = logging.getLogger(__name__)
 
 CHANNEL = b"__redis__:invalidate"
 # Customers invalidated lately, remembered to tell whether a read in flight raced one.
 RECENT_MAX = 8192
+READS = Counter("aisle_customer_reads_total", "Customer reads of the API's answers: "
+                "kept (a local copy the store tracks) or store (a round trip)", ["how"])
+KEPT, STORE = READS.labels("kept"), READS.labels("store")
+
+
+def read_counts() -> dict[str, Any]:
+    """This process's customer reads by where they came from, and the share kept."""
+    got = {"kept": int(KEPT._value.get()), "store": int(STORE._value.get())}
+    total = got["kept"] + got["store"]
+    return {**got, "kept_share": round(got["kept"] / total, 4) if total else None}
 
 
 class Tracker(Protocol):
@@ -83,6 +94,7 @@ class LocalCopies:
             return None
         self._copies[user_id] = self._copies.pop(user_id)  # recently used: kept longer
         self.hits += 1
+        KEPT.inc()
         return copy[1]
 
     def put(self, user_id: str, full: bool, replies: list[Any], token: int) -> bool:

@@ -18,6 +18,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from feature_store.tracking import read_counts
 from serving.crm import iso
 from serving.errors import InvalidInput, NotFound
 from serving.ops import OpsSummary
@@ -94,6 +95,7 @@ async def ops_summary(request: Request) -> Response:
         request.app.state.ops = ops
     body = await ops.get({"hits": state.reader.hits, "misses": state.reader.misses})
     body["recommendations"] = answered_counts()
+    body["customer_reads"] = read_counts()
     body["request_id"] = request_id(request)
     body["served_at"] = time.time()
     return json(body, headers={"Cache-Control": "no-store"})

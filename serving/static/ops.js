@@ -101,7 +101,7 @@
     add("items", m.items.toLocaleString());
   }
 
-  function renderCache(c, r) {
+  function renderCache(c, r, k) {
     $("hit-rate").textContent = c.hit_rate === null ? "no lookups yet" :
       (c.hit_rate * 100).toFixed(1) + "% hits";
     $("cache-detail").textContent = c.hits.toLocaleString() + " hits, " +
@@ -110,6 +110,9 @@
       (r.reused_share * 100).toFixed(1) + "% of " +
       (r.derived + r.reused + r.last).toLocaleString() +
       " recommendations reused (the customer's state unchanged since their last answer)";
+    $("kept-reads").textContent = !k || k.kept_share === null ? "no customer reads yet" :
+      (k.kept_share * 100).toFixed(1) + "% of " + (k.kept + k.store).toLocaleString() +
+      " customer reads answered from memory (the store tracks their keys and says when they change)";
   }
 
   function renderLatency(lat) {
@@ -224,7 +227,7 @@
       renderLag(s.lag);
       renderDead(s.deadletters);
       renderModel(s.model);
-      renderCache(s.cache, s.recommendations);
+      renderCache(s.cache, s.recommendations, s.customer_reads);
       renderLatency(s.latency);
       $("updated").textContent = new Date(s.served_at * 1000).toISOString().slice(11, 19) + "Z";
       $("error").textContent = "";

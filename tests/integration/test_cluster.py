@@ -22,6 +22,7 @@ from feature_store.dump import dump_state
 from feature_store.keys import Keys
 from feature_store.multiplexed import ClusterMultiplexed, pipelined
 from feature_store.reader import FeatureReader
+from feature_store.tracking import LocalCopies
 from feature_store.updates import Folder
 from models.online import decode_vector
 from models.train import train_once
@@ -165,6 +166,46 @@ def test_the_apis_pipelined_reads_route_by_slot_and_read_what_redis_py_reads(
             await client.aclose()
 
     asyncio.run(compare())
+
+
+def test_customer_reads_are_kept_while_each_node_tracks_their_keys(stack: Stack,
+                                                                   store) -> None:
+    """Key tracking (feature_store/tracking.py) per primary: each node's reads are kept
+    and each node's writes drop them. Made-up customers, so no real state changes."""
+    k = keys_of(stack)
+    users = [f"tracked-{n}" for n in range(12)]
+    assert len({store.get_node_from_key(k.user(u, "cart")).name for u in users}) == PRIMARIES
+
+    async def scenario() -> None:
+        client = open_redis(stack.settings)
+        local = LocalCopies(k.user_of, 100)
+        fast = pipelined(client, local)
+        reader = FeatureReader(client, k, fast=fast, local=local)
+        try:
+            for user in users:  # the first read of a node sets its tracking up
+                for _ in range(200):
+                    await reader.customer_replies(user)
+                    if local.get(user, True) is not None:
+                        break
+                    await asyncio.sleep(0.01)
+                else:
+                    raise AssertionError(f"{user}'s read was never kept")
+            for user in users:
+                await client.hset(k.user(user, "cart"), "i1", 2)
+            for _ in range(200):
+                if all(local.get(user, True) is None for user in users):
+                    break
+                await asyncio.sleep(0.01)
+            for user in users:
+                state = reader.customer_from(user, await reader.customer_replies(user)).state
+                assert state.cart == {"i1": 2.0}, user
+        finally:
+            for user in users:
+                await client.delete(k.user(user, "cart"))
+            await fast.close()  # type: ignore[union-attr]
+            await client.aclose()
+
+    asyncio.run(scenario())
 
 
 def test_demo_and_ops_pages_read_every_shard(api, stack, model_version) -> None:

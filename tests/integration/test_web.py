@@ -91,15 +91,19 @@ def test_ops_summary_reports_the_pipeline(client: httpx.Client,
     assert body["latency"]["related"]["count"] >= 1
     # A customer asked again with nothing changed: their kept answer (a degraded one,
     # the store late on a busy machine, is not kept: ask until one is reused).
-    before = body["recommendations"]
+    before, reads_before = body["recommendations"], body["customer_reads"]
     for _ in range(10):
         client.get("/v1/users/ops-page-customer/recommendations")
-        got = client.get("/v1/ops/summary").json()["recommendations"]
-        if got["reused"] > before["reused"]:
+        summary = client.get("/v1/ops/summary").json()
+        got, reads = summary["recommendations"], summary["customer_reads"]
+        if got["reused"] > before["reused"] and reads["kept"] > reads_before["kept"]:
             break
     assert got["reused"] > before["reused"] and got["derived"] > before["derived"]
     total = got["derived"] + got["reused"] + got["last"]
     assert got["reused_share"] == round(got["reused"] / total, 4)
+    # ... and its read came from the copy the store tracks, after one from the store.
+    assert reads["kept"] > reads_before["kept"] and reads["store"] > reads_before["store"]
+    assert reads["kept_share"] == round(reads["kept"] / (reads["kept"] + reads["store"]), 4)
 
 
 def test_deadletter_tail_is_the_newest_first(settings: Settings) -> None:
