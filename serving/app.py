@@ -119,7 +119,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         client = open_redis(settings, socket_timeout=1.0, socket_connect_timeout=1.0,
                             max_connections=64)
         keys = Keys(settings.features.key_prefix, settings.features.shards)
-        local = (LocalCopies(keys.user_of, settings.serving.tracked_customers)
+        local = (LocalCopies(keys.user_of, settings.serving.tracked_customers,
+                             settings.serving.tracked_customers_mib << 20)
                  if settings.serving.tracked_customers > 0 else None)
         fast = pipelined(client, local)
         reader = FeatureReader(client, keys, settings.serving.cache_ttl_s,

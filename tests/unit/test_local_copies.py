@@ -71,3 +71,34 @@ def test_the_least_recently_used_customer_goes_first() -> None:
     local.put("c", True, ["c"], local.token())
     assert local.get("b", True) is None and local.get("a", True) == ["a"]
     assert LocalCopies(KEYS.user_of, 0).put("a", True, [], 0) is False
+
+
+def history_read(lines: int) -> list:
+    line = b'["536365","85123A",1291191960.0,6,15.3,"home"]'
+    views = [x for n in range(10) for x in (b"i%d" % n, b"17%d.5" % n)]
+    return [views, [line[:-1] + b"%d]" % n for n in range(lines)], None, b"x" * 400]
+
+
+def test_the_size_estimate_bounds_what_the_replies_take() -> None:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        replies = history_read(200)
+        taken = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert taken <= tracking.reply_bytes(replies) <= 1.3 * taken
+
+
+def test_copies_are_kept_within_their_byte_budget() -> None:
+    one = tracking.reply_bytes(history_read(50))
+    local = LocalCopies(KEYS.user_of, 100, max_bytes=int(2.5 * one))
+    for user in ("a", "b", "c"):
+        assert local.put(user, True, history_read(50), local.token())
+    assert len(local) == 2 and local.get("a", True) is None  # the oldest made room
+    assert local.bytes == 2 * one
+    assert not local.put("big", True, history_read(200), local.token())  # never fits
+    local.invalidated([key("b")])
+    assert local.bytes == one
