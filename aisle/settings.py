@@ -219,10 +219,12 @@ class ServingSettings(BaseModel):
     # Customers whose last read is kept in the API's memory while the store tracks its
     # keys (CLIENT TRACKING; feature_store/tracking.py): the store tells when any of
     # them changes, and until then an answer skips the read. 0 = read every time.
-    # At most tracked_customers_mib of memory: a buyer's 200-line purchase history alone
-    # is ~25 kB (Online Retail's customers average 19 kB, so 64 MiB keeps ~3,500).
+    # At most tracked_customers_mib of memory, the read and its parse together: Online
+    # Retail's wholesale buyers take 39 kB each (a 200-line purchase history is ~25 kB
+    # read; charged 44 kB, an upper bound), so 128 MiB keeps ~3,000 of them; a shop's
+    # typical customer takes far less.
     tracked_customers: int = Field(20_000, ge=0)
-    tracked_customers_mib: int = Field(64, ge=0)
+    tracked_customers_mib: int = Field(128, ge=0)
     # From this many items in the model up, the API sorts the items by norm after each
     # model loads and scores, per answer, only those that could enter the ALS pool
     # (models/pool.py): the same pool, 19x faster at Taobao's 84,793 items

@@ -550,19 +550,51 @@ class FeatureReader:
         ``offers_only``: leave out what an offers answer never looks at (recent views,
         cart, interactions, the factor vector, the push ledger: ``OFFERS_SKIP``); their
         fields come back empty. On the pipelined connection only: the script reads all."""
-        return self.customer_from(
-            user_id, await self.customer_replies(user_id, views, offers_only))
+        return self.read_of(user_id, await self.customer_replies(user_id, views, offers_only))
+
+    def read_of(self, user_id: str, replies: list[Any]) -> CustomerRead:
+        """:meth:`customer_from`, parsed once per kept copy (feature_store/tracking.py):
+        callers must not change what it returns."""
+        memo = self.memo(user_id, replies)
+        if memo is None:
+            return self.customer_from(user_id, replies)
+        read = memo.get("read")
+        if read is None:
+            copy = self.local.peek(user_id) if self.local is not None else None
+            if copy is not None and memo is not copy.memo:  # the offers view of a full copy
+                read = _offers_read(self.read_of(user_id, copy.replies))  # shares its parts
+            else:
+                read = self.customer_from(user_id, replies)
+            memo["read"] = read
+        return read  # type: ignore[no-any-return]
+
+    def memo(self, user_id: str, replies: list[Any]) -> dict[str, Any] | None:
+        """Where to keep what is derived from ``replies`` while they are this customer's
+        kept copy (or its offers view); None when they are not kept."""
+        copy = self.local.peek(user_id) if self.local is not None else None
+        if copy is None:
+            return None
+        if copy.replies is replies:
+            return copy.memo
+        offers = copy.memo.get("offers")
+        return offers[1] if offers is not None and offers[0] is replies else None
 
     async def customer_replies(self, user_id: str, views: int = VIEWS,
                                offers_only: bool = False) -> list[Any]:
         """:meth:`customer`'s replies as they came, not parsed: a caller that answered
         the same replies before may reuse that answer (``serving/service.py``) and
-        skip the parse; :meth:`customer_from` parses them."""
+        skip the parse; :meth:`customer_from` parses them. A kept copy's replies are
+        shared: callers must not change them."""
         local = self.local if views == VIEWS and self.fast is not None else None
         if local is not None:
-            kept = local.get(user_id, not offers_only)
-            if kept is not None:
-                return _for_offers(kept) if offers_only else kept
+            copy = local.get(user_id, not offers_only)
+            if copy is not None:
+                if not offers_only or not copy.full:
+                    return copy.replies
+                offers = copy.memo.get("offers")  # the offers view of a full copy: once
+                if offers is None:
+                    offers = copy.memo["offers"] = (_for_offers(copy.replies), {})
+                return offers[0]  # type: ignore[no-any-return]
         keys = [self.keys.user(user_id, s) for s in CUSTOMER_KEYS]
         r = None
         if self.fast is not None:
@@ -594,6 +626,15 @@ class FeatureReader:
         facts_raw = (rfm, r[8], _pairs(r[9]), _pairs(r[10]), r[11], _scored(r[12]))
         return CustomerRead(state, facts_raw, (_pairs(r[13]), _pairs(r[14])),
                             {_s(i): float(ts) for i, ts in _pairs(r[15]).items()})
+
+
+def _offers_read(full: CustomerRead) -> CustomerRead:
+    """``customer_from(_for_offers(replies))`` from the full read of the same replies,
+    sharing what the two have in common."""
+    st = full.state
+    state = UserState(st.user_id, [], {}, st.bought, st.dislikes, st.negatives, [], None,
+                      st.rfm, {})
+    return CustomerRead(state, full.facts_raw, full.offers_raw, {})
 
 
 def _for_offers(r: list[Any], skipped: bool = False) -> list[Any]:

@@ -351,12 +351,12 @@ class RecommendationService:
                 _ANSWERED["last"].inc()
                 return _unpack(last, degraded=True)
         else:
-            mark = fingerprint(replies) if s.recommendations_cache_ttl_s > 0 else None
+            mark = self._mark(user_id, replies) if s.recommendations_cache_ttl_s > 0 else None
             kept = self._answers.get(user_id, shape, mark, model)
             if kept is not None and await self._still_listed(kept.answer, kept.entries):
                 _ANSWERED["reused"].inc()
                 return _unpack(kept.answer)
-            record = self.reader.customer_from(user_id, replies)
+            record = self.reader.read_of(user_id, replies)
         _ANSWERED["derived"].inc()
         state = record.state if record else UserState(user_id, [], {}, {}, {}, {}, [], None, {})
         cands = Candidates()
@@ -415,6 +415,15 @@ class RecommendationService:
             self._answers.put(user_id, shape, mark, model, ttl, _pack(answer),
                               tuple(self.reader.cached_item(x.item_id) for x in items))
         return answer
+
+    def _mark(self, user_id: str, replies: list[Any]) -> int | None:
+        """The replies' fingerprint, computed once per kept copy of them."""
+        memo = self.reader.memo(user_id, replies)
+        if memo is None:
+            return fingerprint(replies)
+        if "mark" not in memo:
+            memo["mark"] = fingerprint(replies)
+        return memo["mark"]  # type: ignore[no-any-return]
 
     async def _still_listed(self, answer: Packed, entries: tuple[Any, ...]) -> bool:
         """Whether the items of a kept answer are listed as they were when it was made

@@ -97,13 +97,19 @@ def test_offers_reads_kept_or_not_answer_as_the_store_does(redis_url: str) -> No
         await client.hset(keys.user("u1", "cart"), "i1", 1)
         await client.hset(keys.user("u1", "offers"), "o1", b'{"x": 1}')
         await client.zadd(keys.user("u1", "views"), {"i9": 5.0})
+        await client.zadd(keys.user("u1", "ia"), {"i9": 1.5})
+        await client.hset(keys.user("u1", "bought"), "i3", 2)
         plain = FeatureReader(client, keys, fast=Multiplexed.of(client))
         try:
             from_store = await plain.customer_replies("u1", offers_only=True)
+            parsed = await plain.customer("u1", offers_only=True)
         finally:
             await plain.fast.close()  # type: ignore[union-attr]
         await tracked_read(reader, local, "u1")  # a full read kept
         assert await reader.customer_replies("u1", offers_only=True) == from_store
+        kept = await reader.customer("u1", offers_only=True)  # made from the full parse
+        assert kept == parsed and kept.state.weights == parsed.state.weights
+        assert kept.state.bought == {"i3": 2} and kept.offers == parsed.offers
         local.reset()
         for _ in range(50):  # an offers read kept
             assert await reader.customer_replies("u1", offers_only=True) == from_store
@@ -137,4 +143,21 @@ def test_losing_either_connection_drops_every_copy_and_tracking_resumes(
         await until(lambda: local.get("u1", True) is None)
         state = reader.customer_from("u1", await reader.customer_replies("u1")).state
         assert state.cart == {"i1": 7.0}
+    run(redis_url, scenario)
+
+
+def test_a_kept_read_is_parsed_once_until_it_changes(redis_url: str) -> None:
+    async def scenario(client: aioredis.Redis, reader: FeatureReader, local: LocalCopies,
+                       keys: Keys) -> None:
+        await client.hset(keys.user("u1", "cart"), "i1", 1)
+        await client.zadd(keys.user("u1", "views"), {"i9": 5.0})
+        await tracked_read(reader, local, "u1")
+        full = await reader.customer("u1")
+        assert await reader.customer("u1") is full and full.state.cart == {"i1": 1.0}
+        offers = await reader.customer("u1", offers_only=True)
+        assert await reader.customer("u1", offers_only=True) is offers
+        assert offers.state.cart == {} and offers.state.views == []  # what offers read
+        await client.hset(keys.user("u1", "cart"), "i1", 5)
+        await until(lambda: local.get("u1", True) is None)
+        assert (await reader.customer("u1")).state.cart == {"i1": 5.0}
     run(redis_url, scenario)

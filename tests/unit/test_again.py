@@ -86,6 +86,12 @@ class FakeReader:
     def customer_from(self, user_id: str, replies: list[Any]) -> CustomerRead:
         return CustomerRead(self.user_state, (), ({}, {}), {})
 
+    read_of = customer_from
+    local = None
+
+    def memo(self, user_id: str, replies: list[Any]) -> None:
+        return None  # nothing kept between reads
+
     async def items(self, ids: list[str]) -> dict[str, ItemInfo]:
         return {i: self.catalog[i] for i in ids if i in self.catalog}
 
