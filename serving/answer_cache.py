@@ -142,6 +142,9 @@ class Kept(NamedTuple, Generic[V]):
     until: float               # clock() past which it is not reused
     answer: V
     entries: tuple[Any, ...]   # the catalog entries of its items, as they were
+    # What callers derived from ``answer`` (the route: its JSON, made once; bytes only,
+    # so the garbage collector leaves the dict untracked).
+    memo: dict[str, bytes]
 
 
 class PerCustomer(Generic[V]):
@@ -192,7 +195,7 @@ class PerCustomer(Generic[V]):
                 self._kept.pop(next(iter(self._kept)))  # the least recently answered
         self._kept[user_id] = mine  # to the end: the most recently answered
         until = self._clock() + ttl_s * self._rng.uniform(1 - self.jitter, 1 + self.jitter)
-        mine[shape] = Kept(state, model, until, answer, entries)
+        mine[shape] = Kept(state, model, until, answer, entries, {})
 
     def forget(self, user_id: str) -> None:
         self._kept.pop(user_id, None)

@@ -143,13 +143,29 @@ def _answer(request: Request, answer: Answer, route: str,
             assignments: list[Assignment] | None = None, **ids: str) -> Response:
     if answer.degraded:
         DEGRADED.labels(route).inc()
+    rid = request_id(request)
+    memo = answer.memo
+    if memo is not None and not assignments:
+        # A reused answer: everything after the request id was encoded when it was first
+        # reused (a fifth of a kept answer's CPU went to making and encoding its structs).
+        rest = memo.get(route)
+        if rest is None:
+            rest = memo[route] = _encoder.encode(_items_answer("", answer, [], ids))[_AFTER_ID:]
+        return Response(b'{"request_id":' + _encoder.encode(rid) + rest, 200,
+                        {"X-Request-ID": rid}, media_type="application/json")
+    return json(_items_answer(rid, answer, assignments or [], ids), headers={"X-Request-ID": rid})
+
+
+_AFTER_ID = len(b'{"request_id":""')
+
+
+def _items_answer(rid: str, answer: Answer, assignments: list[Assignment],
+                  ids: dict[str, str]) -> ItemsAnswer:
     items = [RecommendedItem(s.item_id, s.score, s.reason, s.title, s.price, s.category)
              for s in answer.items]
-    body = ItemsAnswer(request_id(request), answer.model_version, answer.strategy,
-                       answer.degraded, items, **ids,
-                       experiments=[ExperimentTag(a.experiment, a.variant)
-                                    for a in assignments or []])
-    return json(body, headers={"X-Request-ID": body.request_id})
+    return ItemsAnswer(rid, answer.model_version, answer.strategy, answer.degraded, items,
+                       **ids, experiments=[ExperimentTag(a.experiment, a.variant)
+                                           for a in assignments])
 
 
 async def related(request: Request) -> Response:

@@ -87,6 +87,8 @@ class Answer:
     model_version: str | None
     strategy: str
     degraded: bool = False
+    # A reused answer's ``Kept.memo``: where the route keeps its encoding, made once.
+    memo: dict[str, bytes] | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -355,7 +357,7 @@ class RecommendationService:
             kept = self._answers.get(user_id, shape, mark, model)
             if kept is not None and await self._still_listed(kept.answer, kept.entries):
                 _ANSWERED["reused"].inc()
-                return _unpack(kept.answer)
+                return _unpack(kept.answer, memo=kept.memo)
             record = self.reader.read_of(user_id, replies)
         _ANSWERED["derived"].inc()
         state = record.state if record else UserState(user_id, [], {}, {}, {}, {}, [], None, {})
@@ -709,9 +711,11 @@ def _pack(answer: Answer) -> Packed:
                   for x in answer.items), answer.model_version, answer.strategy)
 
 
-def _unpack(packed: Packed, degraded: bool = False) -> Answer:
-    """A new Answer (callers may reorder its items) from a kept one."""
-    return Answer([Scored(*x) for x in packed[0]], packed[1], packed[2], degraded)
+def _unpack(packed: Packed, degraded: bool = False,
+            memo: dict[str, bytes] | None = None) -> Answer:
+    """A new Answer from a kept one. With ``memo``, what is derived from the answer may
+    be kept in it: its items must be answered as they are."""
+    return Answer([Scored(*x) for x in packed[0]], packed[1], packed[2], degraded, memo)
 
 
 def _merge(into: Candidates, other: Candidates) -> None:

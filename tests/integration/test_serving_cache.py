@@ -418,6 +418,42 @@ def test_a_customers_answer_is_reused_until_their_next_event(loaded: Stack) -> N
     asyncio.run(check())
 
 
+def test_a_reused_answer_is_sent_as_the_same_answer_derived(loaded: Stack) -> None:
+    """A reused answer's JSON is encoded once and sent again with each request's id
+    (routes._answer): the body must read as the one the plain service makes."""
+    s = loaded.settings
+    user = buyers(s, 10)[-2]
+    plain = s.model_copy(update={
+        "serving": s.serving.model_copy(update={"customer_cache_size": 0})})
+    path = f"/v1/users/{user}/recommendations"
+
+    async def check() -> None:
+        cached_app, plain_app = create_app(s), create_app(plain)
+        async with cached_app.router.lifespan_context(cached_app), \
+                plain_app.router.lifespan_context(plain_app), \
+                httpx.AsyncClient(transport=httpx.ASGITransport(cached_app),
+                                  base_url="http://t") as api, \
+                httpx.AsyncClient(transport=httpx.ASGITransport(plain_app),
+                                  base_url="http://t") as plain_api:
+            counter = ANSWERED.labels("reused")
+            for n in range(20):
+                before = counter._value.get()
+                got = await api.get(path, headers={"X-Request-ID": f"again-{n}"})
+                if counter._value.get() > before and not got.json()["degraded"]:
+                    break
+            else:
+                raise AssertionError("no answer was reused")
+            assert got.headers["x-request-id"] == got.json()["request_id"] == f"again-{n}"
+            twice = await api.get(path)  # the encoding kept from the first reuse
+            derived = await plain_api.get(path)
+            bodies = [r.json() for r in (got, twice, derived)]
+            assert len({b.pop("request_id") for b in bodies}) == 3
+            assert bodies[0] == bodies[1] == bodies[2] and len(bodies[0]["items"]) == 10
+            assert list(got.json()) == list(derived.json())  # the same fields, in order
+
+    asyncio.run(check())
+
+
 def test_a_kept_answer_with_an_item_gone_out_of_stock_is_made_again(loaded: Stack) -> None:
     """The customer's state did not change, one of their answer's items did: the kept
     answer is not given once the API's catalog entry for the item has changed."""
