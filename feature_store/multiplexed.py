@@ -144,6 +144,10 @@ _MULTI, _EXEC = hiredis.pack_command(("MULTI",)), hiredis.pack_command(("EXEC",)
 _CACHING = hiredis.pack_command(("CLIENT", "CACHING", "yes"))
 
 
+class _Untracked(Exception):
+    """``CLIENT CACHING yes`` was refused: the connection is not in tracking mode."""
+
+
 def _reply_error(message: str) -> ResponseError:
     return NoScriptError(message) if message.startswith("NOSCRIPT") else ResponseError(message)
 
@@ -168,6 +172,7 @@ class Multiplexed:
         self._invalidations = (Invalidations(tracker, self._open, self._auth())
                                if tracker is not None else None)
         self._registering: asyncio.Task[None] | None = None
+        self._track_after = 0.0  # monotonic time before which no set-up is tried
 
     @classmethod
     def of(cls, client: Any, tracker: Tracker | None = None) -> Multiplexed | None:
@@ -227,9 +232,16 @@ class Multiplexed:
         wire = await self._live()
         inv = self._invalidations
         tracked = inv is not None and inv.live and wire.tracked == inv.generation
-        if inv is not None and not tracked and self._registering is None:
+        if (inv is not None and not tracked and self._registering is None
+                and time.monotonic() >= self._track_after):
             self._registering = asyncio.create_task(self._track(wire, inv))
-        return await self._transaction(wire, commands, tracked), tracked
+        try:
+            return await self._transaction(wire, commands, tracked), tracked
+        except _Untracked:  # the store no longer tracks this connection: what it kept
+            wire.tracked = 0  # cannot be trusted, and tracking is set up again
+            if wire.tracker is not None:
+                wire.tracker.reset()
+            return await self._transaction(wire, commands, False), False
 
     async def _track(self, wire: _Wire, inv: Invalidations) -> None:
         """Redirect ``wire``'s invalidations to a live subscriber (opened if needed), in
@@ -247,7 +259,8 @@ class Multiplexed:
             inv.close()
         except (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError,
                 TimeoutError) as exc:
-            log.info("key tracking not set up yet: %r", exc)  # the next read tries again
+            log.info("key tracking not set up yet: %r", exc)
+            self._track_after = time.monotonic() + 1.0  # a read a second from now tries again
         finally:
             self._registering = None
 
@@ -259,8 +272,8 @@ class Multiplexed:
         replies: list[Any] = await self._send(wire, b"".join(parts),
                                               len(commands) + 2 + tracked)
         if tracked:
-            if isinstance(replies[0], hiredis.ReplyError):
-                raise _reply_error(str(replies[0]))
+            if isinstance(replies[0], hiredis.ReplyError):  # tracking off: ran untracked
+                raise _Untracked(str(replies[0]))
             replies = replies[1:]
         done = replies[-1]
         # The usual case checked by C loops: OK, one QUEUED per command, no error in EXEC.

@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 import hiredis
 from prometheus_client import Counter
+from redis.exceptions import ResponseError
 
 log = logging.getLogger(__name__)
 
@@ -271,8 +272,12 @@ class Invalidations:
             lambda: _Subscriber(self.tracker, self._dropped)))[1]
         self._live, self.client_id = sub, None
         try:
-            *_, got_id, subscribed = await asyncio.gather(*sub.ask(
+            answers = await asyncio.gather(*sub.ask(
                 *self._handshake, ("CLIENT", "ID"), ("SUBSCRIBE", CHANNEL)))
+            refused = [a for a in answers if isinstance(a, hiredis.ReplyError)]
+            if refused:  # an ACL without CLIENT or SUBSCRIBE, a wrong password
+                raise ResponseError(str(refused[0]))
+            *_, got_id, subscribed = answers
             if not isinstance(got_id, int) or not isinstance(subscribed, list):
                 raise ConnectionError(f"unexpected handshake: {got_id!r} {subscribed!r}")
         except BaseException:

@@ -161,3 +161,47 @@ def test_a_kept_read_is_parsed_once_until_it_changes(redis_url: str) -> None:
         await until(lambda: local.get("u1", True) is None)
         assert (await reader.customer("u1")).state.cart == {"i1": 5.0}
     run(redis_url, scenario)
+
+
+def test_a_connection_no_longer_tracked_is_noticed_and_tracked_again(redis_url: str) -> None:
+    async def scenario(client: aioredis.Redis, reader: FeatureReader, local: LocalCopies,
+                       keys: Keys) -> None:
+        await client.hset(keys.user("u1", "cart"), "i1", 1)
+        await tracked_read(reader, local, "u1")
+        await reader.fast.execute("CLIENT", "TRACKING", "OFF")  # type: ignore[union-attr]
+        local.reset()  # so the next read goes to the store, where CACHING is refused
+        resets = local.resets
+        state = reader.customer_from("u1", await reader.customer_replies("u1")).state
+        assert state.cart == {"i1": 1.0} and local.resets > resets
+        await tracked_read(reader, local, "u1")  # set up again
+        await client.hset(keys.user("u1", "cart"), "i1", 4)
+        await until(lambda: local.get("u1", True) is None)
+    run(redis_url, scenario)
+
+
+def test_a_store_that_refuses_tracking_is_read_every_time(redis_url: str) -> None:
+    """An ACL without CLIENT: reads work, nothing is kept, tracking is given up."""
+    async def go() -> None:
+        admin = aioredis.Redis.from_url(redis_url)
+        user, password = f"notrack{uuid.uuid4().hex[:6]}", "pw"
+        await admin.execute_command("ACL", "SETUSER", user, "on", f">{password}", "~*",
+                                    "&*", "+@all", "-client")
+        keys = Keys(f"tk{uuid.uuid4().hex[:6]}", 4)
+        await admin.hset(keys.user("u1", "cart"), "i1", 1)
+        client = aioredis.Redis.from_url(redis_url, username=user, password=password)
+        local = LocalCopies(keys.user_of, 100)
+        fast = Multiplexed.of(client, local)
+        assert fast is not None
+        reader = FeatureReader(client, keys, fast=fast, local=local)
+        try:
+            for _ in range(20):
+                state = reader.customer_from("u1", await reader.customer_replies("u1")).state
+                assert state.cart == {"i1": 1.0}
+                await asyncio.sleep(0.01)
+            assert local.get("u1", True) is None and fast._invalidations is None
+        finally:
+            await fast.close()
+            await client.aclose()
+            await admin.execute_command("ACL", "DELUSER", user)
+            await admin.aclose()
+    asyncio.run(go())
