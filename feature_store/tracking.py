@@ -145,7 +145,7 @@ class LocalCopies:
         (or everything) was invalidated since. Callers must not change ``replies``."""
         self.reads += 1
         if (self.max_customers <= 0 or token < self.floor
-                or self._recent.get(user_id, -1) >= token):
+                or self._recent.get(user_id, -1) > token):
             return False
         size = int(reply_bytes(replies) * DERIVED_SHARE)
         if size > self.max_bytes:
@@ -181,7 +181,7 @@ class LocalCopies:
             recent.pop(user, None)
             recent[user] = self.seq
             if len(recent) > RECENT_MAX:
-                self.floor = max(self.floor, recent.popitem(last=False)[1] + 1)
+                self.floor = max(self.floor, recent.popitem(last=False)[1])
 
     def reset(self) -> None:
         self.seq += 1

@@ -36,6 +36,8 @@ def test_a_read_raced_by_an_invalidation_is_not_kept() -> None:
     assert not local.put("u1", True, ["old"], token)
     assert got(local, "u1", True) is None
     assert local.put("u2", True, ["other"], token)  # another customer's read is fine
+    assert local.put("u1", True, ["new"], local.token())  # a read sent after it is kept
+    assert got(local, "u1", True) == ["new"]
 
 
 def test_a_reset_or_a_flush_drops_everything_and_the_reads_in_flight() -> None:
@@ -58,6 +60,7 @@ def test_past_the_remembered_invalidations_older_reads_are_not_kept(monkeypatch)
     assert not local.put("u1", True, ["old"], token)
     assert not local.put("w", True, ["any"], token)  # nor anyone's from before it
     assert local.put("w", True, ["any"], local.token())
+    assert local.put("u1", True, ["new"], local.token())
 
 
 def test_an_offers_read_does_not_serve_a_full_one_but_a_full_one_serves_both() -> None:
