@@ -144,10 +144,6 @@ _MULTI, _EXEC = hiredis.pack_command(("MULTI",)), hiredis.pack_command(("EXEC",)
 _CACHING = hiredis.pack_command(("CLIENT", "CACHING", "yes"))
 
 
-class _Untracked(Exception):
-    """``CLIENT CACHING yes`` was refused: the connection is not in tracking mode."""
-
-
 def _reply_error(message: str) -> ResponseError:
     return NoScriptError(message) if message.startswith("NOSCRIPT") else ResponseError(message)
 
@@ -221,7 +217,7 @@ class Multiplexed:
         than half of Valkey's CPU for the same replies (a script's replies go through
         Lua's strings and tables). Raises the first error among them: one refused when
         queued (the transaction is then discarded) or one that failed in ``EXEC``."""
-        return await self._transaction(await self._live(), commands, False)
+        return (await self._transaction(await self._live(), commands, False))[0]
 
     async def tracked_transaction(self, commands: list[tuple[Any, ...]],
                                   ) -> tuple[list[Any], bool]:
@@ -235,13 +231,12 @@ class Multiplexed:
         if (inv is not None and not tracked and self._registering is None
                 and time.monotonic() >= self._track_after):
             self._registering = asyncio.create_task(self._track(wire, inv))
-        try:
-            return await self._transaction(wire, commands, tracked), tracked
-        except _Untracked:  # the store no longer tracks this connection: what it kept
+        replies, refused = await self._transaction(wire, commands, tracked)
+        if refused:  # the store no longer tracks this connection: what it kept
             wire.tracked = 0  # cannot be trusted, and tracking is set up again
             if wire.tracker is not None:
                 wire.tracker.reset()
-            return await self._transaction(wire, commands, False), False
+        return replies, tracked and not refused
 
     async def _track(self, wire: _Wire, inv: Invalidations) -> None:
         """Redirect ``wire``'s invalidations to a live subscriber (opened if needed), in
@@ -265,21 +260,22 @@ class Multiplexed:
             self._registering = None
 
     async def _transaction(self, wire: _Wire, commands: list[tuple[Any, ...]],
-                           tracked: bool) -> list[Any]:
+                           tracked: bool) -> tuple[list[Any], bool]:
+        """The transaction's replies, and whether its ``CLIENT CACHING`` was refused."""
         parts = [_MULTI, *[hiredis.pack_command(c) for c in commands], _EXEC]
         if tracked:
             parts.insert(0, _CACHING)
         replies: list[Any] = await self._send(wire, b"".join(parts),
                                               len(commands) + 2 + tracked)
+        # CLIENT CACHING refused (tracking off): the transaction ran all the same.
+        refused = tracked and isinstance(replies[0], hiredis.ReplyError)
         if tracked:
-            if isinstance(replies[0], hiredis.ReplyError):  # tracking off: ran untracked
-                raise _Untracked(str(replies[0]))
             replies = replies[1:]
         done = replies[-1]
         # The usual case checked by C loops: OK, one QUEUED per command, no error in EXEC.
         if (replies.count(b"QUEUED") == len(commands) and isinstance(done, list)
                 and hiredis.ReplyError not in map(type, done)):
-            return done
+            return done, refused
         for reply in (*replies, *(done if isinstance(done, list) else ())):
             if isinstance(reply, hiredis.ReplyError):
                 raise _reply_error(str(reply))

@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from feature_store.keys import Keys
@@ -22,9 +24,9 @@ pytestmark = pytest.mark.integration
 Scenario = Callable[[aioredis.Redis, FeatureReader, LocalCopies, Keys], Awaitable[None]]
 
 
-def run(redis_url: str, scenario: Scenario) -> None:
+def run(redis_url: str, scenario: Scenario, **client_options: Any) -> None:
     async def go() -> None:
-        client = aioredis.Redis.from_url(redis_url)
+        client = aioredis.Redis.from_url(redis_url, **client_options)
         keys = Keys(f"tk{uuid.uuid4().hex[:6]}", 4)
         local = LocalCopies(keys.user_of, 100)
         fast = Multiplexed.of(client, local)
@@ -36,6 +38,11 @@ def run(redis_url: str, scenario: Scenario) -> None:
             await fast.close()
             await client.aclose()
     asyncio.run(go())
+
+
+async def cart(reader: FeatureReader, user: str) -> dict[str, float]:
+    """The customer's cart as the next read returns it (kept or from the store)."""
+    return reader.customer_from(user, await reader.customer_replies(user)).state.cart
 
 
 async def execs(client: aioredis.Redis) -> int:
@@ -74,8 +81,7 @@ def test_a_kept_read_skips_the_store_until_another_client_writes(redis_url: str)
         dropped = local.dropped
         await client.hset(keys.user("u1", "cart"), "i2", 3)
         await until(lambda: local.dropped > dropped)
-        fresh = reader.customer_from("u1", await reader.customer_replies("u1")).state
-        assert fresh.cart == {"i1": 1.0, "i2": 3.0}
+        assert await cart(reader, "u1") == {"i1": 1.0, "i2": 3.0}
         assert await execs(client) == before + 1
     run(redis_url, scenario)
 
@@ -90,8 +96,7 @@ def test_a_key_that_expires_drops_the_copy(redis_url: str) -> None:
         kept = reader.customer_from("u1", await tracked_read(reader, local, "u1")).state
         assert kept.cart == {"i1": 1.0}  # kept, then the store deletes the key itself:
         await until(lambda: local.get("u1", True) is None)
-        state = reader.customer_from("u1", await reader.customer_replies("u1")).state
-        assert state.cart == {}
+        assert await cart(reader, "u1") == {}
     run(redis_url, scenario)
 
 
@@ -142,8 +147,7 @@ def test_losing_either_connection_drops_every_copy_and_tracking_resumes(
         await tracked_read(reader, local, "u1")  # tracked again, by a new subscriber
         await client.hset(keys.user("u1", "cart"), "i1", 7)
         await until(lambda: local.get("u1", True) is None)
-        state = reader.customer_from("u1", await reader.customer_replies("u1")).state
-        assert state.cart == {"i1": 7.0}
+        assert await cart(reader, "u1") == {"i1": 7.0}
     run(redis_url, scenario)
 
 
@@ -172,8 +176,7 @@ def test_a_connection_no_longer_tracked_is_noticed_and_tracked_again(redis_url: 
         await reader.fast.execute("CLIENT", "TRACKING", "OFF")  # type: ignore[union-attr]
         local.reset()  # so the next read goes to the store, where CACHING is refused
         resets = local.resets
-        state = reader.customer_from("u1", await reader.customer_replies("u1")).state
-        assert state.cart == {"i1": 1.0} and local.resets > resets
+        assert await cart(reader, "u1") == {"i1": 1.0} and local.resets > resets
         await tracked_read(reader, local, "u1")  # set up again
         await client.hset(keys.user("u1", "cart"), "i1", 4)
         await until(lambda: local.get("u1", True) is None)
@@ -182,27 +185,21 @@ def test_a_connection_no_longer_tracked_is_noticed_and_tracked_again(redis_url: 
 
 def test_a_store_that_refuses_tracking_is_read_every_time(redis_url: str) -> None:
     """An ACL without CLIENT: reads work, nothing is kept, tracking is given up."""
-    async def go() -> None:
-        admin = aioredis.Redis.from_url(redis_url)
-        user, password = f"notrack{uuid.uuid4().hex[:6]}", "pw"
-        await admin.execute_command("ACL", "SETUSER", user, "on", f">{password}", "~*",
-                                    "&*", "+@all", "-client")
-        keys = Keys(f"tk{uuid.uuid4().hex[:6]}", 4)
-        await admin.hset(keys.user("u1", "cart"), "i1", 1)
-        client = aioredis.Redis.from_url(redis_url, username=user, password=password)
-        local = LocalCopies(keys.user_of, 100)
-        fast = Multiplexed.of(client, local)
-        assert fast is not None
-        reader = FeatureReader(client, keys, fast=fast, local=local)
-        try:
-            for _ in range(20):
-                state = reader.customer_from("u1", await reader.customer_replies("u1")).state
-                assert state.cart == {"i1": 1.0}
-                await asyncio.sleep(0.01)
-            assert local.get("u1", True) is None and fast._invalidations is None
-        finally:
-            await fast.close()
-            await client.aclose()
-            await admin.execute_command("ACL", "DELUSER", user)
-            await admin.aclose()
-    asyncio.run(go())
+    admin = redis.Redis.from_url(redis_url)
+    user, password = f"notrack{uuid.uuid4().hex[:6]}", "pw"
+    admin.acl_setuser(user, enabled=True, passwords=[f"+{password}"], keys=["*"],
+                      channels=["*"], commands=["+@all", "-client"])
+
+    async def scenario(client: aioredis.Redis, reader: FeatureReader, local: LocalCopies,
+                       keys: Keys) -> None:
+        await client.hset(keys.user("u1", "cart"), "i1", 1)
+        for _ in range(20):
+            assert await cart(reader, "u1") == {"i1": 1.0}
+            await asyncio.sleep(0.01)
+        assert local.get("u1", True) is None
+        assert reader.fast._invalidations is None  # type: ignore[union-attr]
+    try:
+        run(redis_url, scenario, username=user, password=password)
+    finally:
+        admin.acl_deluser(user)
+        admin.close()
