@@ -151,6 +151,28 @@ def test_losing_either_connection_drops_every_copy_and_tracking_resumes(
     run(redis_url, scenario)
 
 
+def test_the_state_alone_comes_from_a_kept_read(redis_url: str) -> None:
+    """``FeatureReader.user`` (personalised related items, the fallback) reads the
+    first eight keys of the customer read: a kept full read answers it."""
+    async def scenario(client: aioredis.Redis, reader: FeatureReader, local: LocalCopies,
+                       keys: Keys) -> None:
+        await client.hset(keys.user("u1", "cart"), "i1", 1)
+        await client.zadd(keys.user("u1", "views"), {"i9": 5.0})
+        plain = FeatureReader(client, keys, fast=Multiplexed.of(client))
+        try:
+            await tracked_read(reader, local, "u1")
+            before = await execs(client)
+            state = await reader.user("u1")
+            assert await execs(client) == before  # nothing sent
+            assert state == await plain.user("u1") and state.views == [("i9", 5.0)]
+            await client.hset(keys.user("u1", "cart"), "i1", 2)
+            await until(lambda: local.get("u1", True) is None)
+            assert (await reader.user("u1")).cart == {"i1": 2.0}
+        finally:
+            await plain.fast.close()  # type: ignore[union-attr]
+    run(redis_url, scenario)
+
+
 def test_a_kept_read_is_parsed_once_until_it_changes(redis_url: str) -> None:
     async def scenario(client: aioredis.Redis, reader: FeatureReader, local: LocalCopies,
                        keys: Keys) -> None:
