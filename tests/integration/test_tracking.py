@@ -40,6 +40,13 @@ def run(redis_url: str, scenario: Scenario, **client_options: Any) -> None:
     asyncio.run(go())
 
 
+async def kept_cart(client: aioredis.Redis, reader: FeatureReader, local: LocalCopies,
+                    keys: Keys) -> list:
+    """Customer u1 with {i1: 1} in their cart, read until the read is kept."""
+    await client.hset(keys.user("u1", "cart"), "i1", 1)
+    return await tracked_read(reader, local, "u1")
+
+
 async def cart(reader: FeatureReader, user: str) -> dict[str, float]:
     """The customer's cart as the next read returns it (kept or from the store)."""
     return reader.customer_from(user, await reader.customer_replies(user)).state.cart
@@ -72,8 +79,7 @@ async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
 def test_a_kept_read_skips_the_store_until_another_client_writes(redis_url: str) -> None:
     async def scenario(client: aioredis.Redis, reader: FeatureReader, local: LocalCopies,
                        keys: Keys) -> None:
-        await client.hset(keys.user("u1", "cart"), "i1", 1)
-        first = await tracked_read(reader, local, "u1")
+        first = await kept_cart(client, reader, local, keys)
         before = await execs(client)
         again = [await reader.customer_replies("u1") for _ in range(5)]
         assert await execs(client) == before  # nothing sent
@@ -89,8 +95,7 @@ def test_a_kept_read_skips_the_store_until_another_client_writes(redis_url: str)
 def test_a_key_that_expires_drops_the_copy(redis_url: str) -> None:
     async def scenario(client: aioredis.Redis, reader: FeatureReader, local: LocalCopies,
                        keys: Keys) -> None:
-        await client.hset(keys.user("u1", "cart"), "i1", 1)
-        await tracked_read(reader, local, "u1")
+        await kept_cart(client, reader, local, keys)
         await client.pexpire(keys.user("u1", "cart"), 1000)  # setting it is a change too
         await until(lambda: local.get("u1", True) is None)
         kept = reader.customer_from("u1", await tracked_read(reader, local, "u1")).state
@@ -134,8 +139,7 @@ def test_losing_either_connection_drops_every_copy_and_tracking_resumes(
         redis_url: str, which: str) -> None:
     async def scenario(client: aioredis.Redis, reader: FeatureReader, local: LocalCopies,
                        keys: Keys) -> None:
-        await client.hset(keys.user("u1", "cart"), "i1", 1)
-        await tracked_read(reader, local, "u1")
+        await kept_cart(client, reader, local, keys)
         fast = reader.fast
         assert isinstance(fast, Multiplexed) and fast._invalidations is not None
         victim = (fast._invalidations.client_id if which == "subscriber"
@@ -193,8 +197,7 @@ def test_a_kept_read_is_parsed_once_until_it_changes(redis_url: str) -> None:
 def test_a_connection_no_longer_tracked_is_noticed_and_tracked_again(redis_url: str) -> None:
     async def scenario(client: aioredis.Redis, reader: FeatureReader, local: LocalCopies,
                        keys: Keys) -> None:
-        await client.hset(keys.user("u1", "cart"), "i1", 1)
-        await tracked_read(reader, local, "u1")
+        await kept_cart(client, reader, local, keys)
         await reader.fast.execute("CLIENT", "TRACKING", "OFF")  # type: ignore[union-attr]
         local.reset()  # so the next read goes to the store, where CACHING is refused
         resets = local.resets
