@@ -11,7 +11,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any
@@ -226,6 +226,26 @@ class FeatureReader:
             else:
                 return None
         return out
+
+    def same_items(self, item_ids: list[str], entries: Sequence[ItemInfo | None]) -> bool:
+        """Whether each item's catalog entry in memory is still the very entry in
+        ``entries`` and fresh as :meth:`fresh_items` counts it: then a kept answer made
+        from those entries is still listed, told without building a lookup. False says
+        only that memory alone cannot tell (an entry missing, stale or replaced, even by
+        an equal one, or the change feed due): the caller looks the items up."""
+        now = time.monotonic()
+        fresh = self.ttl
+        if self.catalog_max_age_s is not None:
+            if self._catalog_seq is None or now - self._catalog_checked >= CATALOG_CHECK_S:
+                return False
+            fresh = self.catalog_max_age_s
+        get, ttl = self._items.get, self.ttl
+        for iid, then in zip(item_ids, entries, strict=True):
+            hit = get(iid)
+            if hit is None or hit[1] is not then or \
+                    now - hit[0] >= (ttl if then is None else fresh):
+                return False
+        return True
 
     async def _read_items(self, ids: list[str], out: dict[str, ItemInfo]) -> None:
         now, epoch = time.monotonic(), self._catalog_epoch
@@ -585,6 +605,23 @@ class FeatureReader:
         offers = copy.memo.get("offers")
         return offers[1] if offers is not None and offers[0] is replies else None
 
+    def kept_replies(self, user_id: str, offers_only: bool = False) -> list[Any] | None:
+        """:meth:`customer_replies` when a kept copy answers it (no round trip, so no
+        coroutine and no timeout needed: a returning customer's answer starts here);
+        None when the store must be read."""
+        local = self.local
+        if local is None or self.fast is None:
+            return None
+        copy = local.get(user_id, not offers_only)
+        if copy is None:
+            return None
+        if not offers_only or not copy.full:
+            return copy.replies
+        offers = copy.memo.get("offers")  # the offers view of a full copy: once
+        if offers is None:
+            offers = copy.memo["offers"] = (_for_offers(copy.replies), {})
+        return offers[0]  # type: ignore[no-any-return]
+
     async def customer_replies(self, user_id: str, views: int = VIEWS,
                                offers_only: bool = False) -> list[Any]:
         """:meth:`customer`'s replies as they came, not parsed: a caller that answered
@@ -593,14 +630,9 @@ class FeatureReader:
         shared: callers must not change them."""
         local = self.local if views == VIEWS and self.fast is not None else None
         if local is not None:
-            copy = local.get(user_id, not offers_only)
-            if copy is not None:
-                if not offers_only or not copy.full:
-                    return copy.replies
-                offers = copy.memo.get("offers")  # the offers view of a full copy: once
-                if offers is None:
-                    offers = copy.memo["offers"] = (_for_offers(copy.replies), {})
-                return offers[0]  # type: ignore[no-any-return]
+            kept = self.kept_replies(user_id, offers_only)
+            if kept is not None:
+                return kept
         keys = [self.keys.user(user_id, s) for s in CUSTOMER_KEYS]
         r = None
         if self.fast is not None:

@@ -345,7 +345,9 @@ class RecommendationService:
         art = self.holder.current
         model, shape = (art.version if art else None), (limit, context_item)
         # State, facts, offers and the push ledger: one round trip (one hash slot).
-        replies = await self._safe(self.reader.customer_replies(user_id), None, flags)
+        replies = self.reader.kept_replies(user_id)
+        if replies is None:
+            replies = await self._safe(self.reader.customer_replies(user_id), None, flags)
         mark, record = None, None
         if replies is None:  # the store is away: their last list beats popular items
             last = self._answers.last(user_id, shape)
@@ -433,6 +435,8 @@ class RecommendationService:
         answer's catalog entries (from memory, the change feed checked when due); a
         read that fails says no, and the answer is derived again."""
         ids = [x[0] for x in answer[0]]
+        if self.reader.same_items(ids, entries):  # the common case: nothing to look up
+            return True
         flags: list[str] = []
         now = await self._infos(ids, flags)
         return not flags and all((n := now.get(i)) is then or (n is not None and n == then)

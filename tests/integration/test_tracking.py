@@ -82,11 +82,14 @@ def test_a_kept_read_skips_the_store_until_another_client_writes(redis_url: str)
         first = await kept_cart(client, reader, local, keys)
         before = await execs(client)
         again = [await reader.customer_replies("u1") for _ in range(5)]
+        assert reader.kept_replies("u1") == first  # the same, without a coroutine
         assert await execs(client) == before  # nothing sent
         assert all(r == first for r in again)
+        assert reader.kept_replies("u2") is None  # never read: the store must be
         dropped = local.dropped
         await client.hset(keys.user("u1", "cart"), "i2", 3)
         await until(lambda: local.dropped > dropped)
+        assert reader.kept_replies("u1") is None
         assert await cart(reader, "u1") == {"i1": 1.0, "i2": 3.0}
         assert await execs(client) == before + 1
     run(redis_url, scenario)
@@ -121,6 +124,7 @@ def test_offers_reads_kept_or_not_answer_as_the_store_does(redis_url: str) -> No
             await plain.fast.close()  # type: ignore[union-attr]
         await tracked_read(reader, local, "u1")  # a full read kept
         assert await reader.customer_replies("u1", offers_only=True) == from_store
+        assert reader.kept_replies("u1", offers_only=True) == from_store
         kept = await reader.customer("u1", offers_only=True)  # made from the full parse
         assert kept == parsed and kept.state.weights == parsed.state.weights
         assert kept.state.bought == {"i3": 2} and kept.offers == parsed.offers

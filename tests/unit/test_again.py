@@ -89,6 +89,12 @@ class FakeReader:
     read_of = customer_from
     local = None
 
+    def kept_replies(self, user_id: str) -> list[Any] | None:
+        return None  # nothing kept: every read is customer_replies'
+
+    def same_items(self, ids: list[str], entries: Any) -> bool:
+        return False  # always the looked-up path
+
     def memo(self, user_id: str, replies: list[Any]) -> None:
         return None  # nothing kept between reads
 
