@@ -605,6 +605,18 @@ class FeatureReader:
         offers = copy.memo.get("offers")
         return offers[1] if offers is not None and offers[0] is replies else None
 
+    def kept_memo(self, user_id: str, read: CustomerRead) -> dict[str, Any] | None:
+        """The memo of the kept copy ``read`` was parsed from by :meth:`read_of` (or of
+        its offers view), for what a caller derives from it in turn; None when ``read``
+        is not a kept copy's. It goes when the copy goes."""
+        copy = self.local.peek(user_id) if self.local is not None else None
+        if copy is None:
+            return None
+        if copy.memo.get("read") is read:
+            return copy.memo
+        offers = copy.memo.get("offers")
+        return offers[1] if offers is not None and offers[1].get("read") is read else None
+
     def kept_replies(self, user_id: str, offers_only: bool = False) -> list[Any] | None:
         """:meth:`customer_replies` when a kept copy answers it (no round trip, so no
         coroutine and no timeout needed: a returning customer's answer starts here);

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -59,7 +60,10 @@ EMPTY_STATS = PopulationStats(
     item_cycle_days={}, category_cycle_days={}, as_of=0.0)
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def iso(ts: float) -> str:
+    # Cached: an offers answer formats its clock (which moves once a second) and each
+    # offer's fixed issue and expiry times, on every page view.
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
@@ -153,22 +157,36 @@ class CustomerService:
         if record is not None:
             state = record.state
             clock = await self.reader.clock()  # cached for a second: rarely a round trip
-            docs, terminal = record.offers
+            stored, terminal = self._stored_offers(user_id, record)
         else:
             assert state is not None
             facts, clock, (docs, terminal) = await asyncio.gather(
                 self.reader.facts(user_id), self.reader.clock(), self.reader.offers(user_id))
             derived = facts, self._profile(facts, state, clock)
-        stored = [offer_from_doc(user_id, d) for d in docs]
+            stored = [offer_from_doc(user_id, d) for d in docs]
         pending = self._issued.get(user_id)
         if pending and time.monotonic() - pending[0] < PENDING_S and \
                 pending[1].offer_id not in {o.offer_id for o in stored}:
-            stored.append(pending[1])
+            stored = [*stored, pending[1]]  # not appended: stored may be shared
         offers = sorted(stored, key=lambda o: o.issued_at)
         view = CustomerView(user_id, state, clock, offers, terminal, record, derived)
         if derive:
             await self.derive(view)
         return view
+
+    def _stored_offers(self, user_id: str, record: CustomerRead,
+                       ) -> tuple[list[Offer], dict[str, str]]:
+        """The record's issued offers and their end states, parsed once while the record
+        is the customer's kept read (feature_store/tracking.py: the same object until
+        their keys change), so a returning customer's offers are not decoded again."""
+        memo = self.reader.kept_memo(user_id, record)
+        parsed = memo.get("offers_parsed") if memo is not None else None
+        if parsed is None:
+            docs, terminal = record.offers
+            parsed = ([offer_from_doc(user_id, d) for d in docs], terminal)
+            if memo is not None:
+                memo["offers_parsed"] = parsed
+        return parsed  # shared while kept: not to be changed
 
     async def derive(self, view: CustomerView) -> CustomerView:
         """Fill in the view's facts and profile, if not yet."""
@@ -328,8 +346,8 @@ def still_fit(offers: list[Offer], infos: dict[str, ItemInfo], state: UserState)
     out = []
     for offer in offers:
         items = tuple(i for i in offer.items if i in infos and ok(infos[i]))
-        if items:
-            out.append(replace(offer, items=items))
+        if items:  # as issued (most page views) without a copy
+            out.append(offer if len(items) == len(offer.items) else replace(offer, items=items))
     return out
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
+import msgspec
 import pytest
 import redis
 import redis.asyncio as aioredis
@@ -18,6 +20,7 @@ from feature_store.keys import Keys
 from feature_store.multiplexed import Multiplexed
 from feature_store.reader import FeatureReader
 from feature_store.tracking import LocalCopies
+from serving.crm import CustomerService, PopulationHolder
 
 pytestmark = pytest.mark.integration
 
@@ -232,3 +235,44 @@ def test_a_store_that_refuses_tracking_is_read_every_time(redis_url: str) -> Non
     finally:
         admin.acl_deluser(user)
         admin.close()
+
+
+def offer_doc(offer_id: str, item: str) -> bytes:
+    return msgspec.json.encode({
+        "offer_id": offer_id, "rule_id": "r", "policy_version": "1", "kind": "winback",
+        "discount_pct": 10.0, "items": [item], "issued_at": 1.0e9, "expires_ts": 2.0e9,
+        "reason": "we miss you", "trigger": "dormant"})
+
+
+def test_a_kept_reads_offers_are_parsed_once_until_they_change(redis_url: str) -> None:
+    async def scenario(client: aioredis.Redis, reader: FeatureReader, local: LocalCopies,
+                       keys: Keys) -> None:
+        crm = CustomerService(reader, keys, PopulationHolder(client, keys))
+        await client.hset(keys.user("u1", "offers"), "o1", offer_doc("o1", "i1"))
+        await tracked_read(reader, local, "u1")
+
+        async def offers() -> list:
+            return (await crm.view("u1", derive=False, offers_only=True)).offers
+
+        first, again = await offers(), await offers()
+        assert [o.offer_id for o in first] == ["o1"] and first[0].items == ("i1",)
+        assert again[0] is first[0]  # parsed once
+        pending = replace(first[0], offer_id="o9", issued_at=1.5e9)
+
+        async def send(events: list) -> None:
+            return None
+
+        await crm.record_issue(pending, send)  # issued here, not yet read back
+        assert [o.offer_id for o in await offers()] == ["o1", "o9"]
+        crm.forget("u1")
+        assert [o.offer_id for o in await offers()] == ["o1"]  # the kept parse untouched
+        dropped = local.dropped
+        await client.hset(keys.user("u1", "offers"), "o2", offer_doc("o2", "i2"))
+        await until(lambda: local.dropped > dropped)
+        await tracked_read(reader, local, "u1")
+        changed = await offers()
+        assert sorted(o.offer_id for o in changed) == ["o1", "o2"]
+        assert all(o is not first[0] for o in changed)  # the new read parsed anew
+        local.reset()  # nothing kept: parsed from each read, the same offers
+        assert sorted(o.offer_id for o in await offers()) == ["o1", "o2"]
+    run(redis_url, scenario)

@@ -360,3 +360,23 @@ def test_gap_closers_pick_the_least_overshoot_of_one_or_two_items(
         assert total == min(singles) and len(got) == 1
     else:
         assert total == min(closing)
+
+
+def test_still_fit_shows_offers_as_issued_and_drops_what_no_longer_fits() -> None:
+    from feature_store.reader import ItemInfo, UserState
+    from serving.crm import still_fit
+
+    def offer(offer_id: str, items: tuple[str, ...]) -> offers.Offer:
+        return offers.Offer(offer_id=offer_id, user_id="u1", rule_id="r", policy_version="1",
+                            kind="winback", discount_pct=10.0, items=items, issued_at=1.0,
+                            expires_at=2.0, reason="", trigger="")
+
+    infos = {"a": ItemInfo("a", "A"), "b": ItemInfo("b", "B", stock=0),
+             "c": ItemInfo("c", "C", attributes={"material": "polyester"})}
+    state = UserState("u1", [], {}, {}, {"material:polyester": {}}, {}, [], None, {})
+    whole, some, none, empty = (offer("o1", ("a",)), offer("o2", ("a", "b", "x")),
+                                offer("o3", ("b", "c")), offer("o4", ()))
+    shown = still_fit([whole, some, none, empty], infos, state)
+    assert [o.offer_id for o in shown] == ["o1", "o2"]
+    assert shown[0] is whole  # as issued: not copied
+    assert shown[1].items == ("a",) and some.items == ("a", "b", "x")  # the issued one kept
