@@ -186,11 +186,17 @@ def peak(gen: LoadGenerator, loaded: Loaded, requests: dict[str, list[str]],
     pids = processes(loaded, gen)
     for _ in range(args.rounds):
         for endpoint in ENDPOINTS:
+            how = answered_how(loaded.api_url)
             run, cpu = measured(pids, lambda endpoint=endpoint: gen.run(
                 mode="closed", url=loaded.api_url, paths=requests[endpoint],
                 seconds=args.peak_seconds, connections=args.peak_connections))
             # The closed-loop warm-up second is inside the CPU window: say so by name.
             run["cpu_incl_warmup"] = cpu
+            if endpoint == "recommendations":  # warm-up included, as the CPU
+                after = answered_how(loaded.api_url)
+                run["answered_how_incl_warmup"] = {k: after[k] - how.get(k, 0.0)
+                                                   for k in after}
+                console.log(f"recommendations answered: {run['answered_how_incl_warmup']}")
             console.log(f"{endpoint:>15} closed loop: {run['rps']:.0f} req/s, others "
                         f"{cpu.get('others_share', 0):.0%} of the machine")
             runs[endpoint].append(run)
