@@ -202,16 +202,23 @@ class FeatureReader:
                                                      name="catalog-revalidate")
         return out
 
+    def _fresh_for(self, now: float) -> float | None:
+        """How long a known item's entry answers from memory alone, or None while a
+        check of the catalog's change feed is due (then only a lookup may answer)."""
+        if self.catalog_max_age_s is None:
+            return self.ttl
+        if self._catalog_seq is None or now - self._catalog_checked >= CATALOG_CHECK_S:
+            return None
+        return self.catalog_max_age_s
+
     def fresh_items(self, item_ids: list[str]) -> dict[str, ItemInfo] | None:
         """What :meth:`_lookup` would answer, when it can be answered from memory alone
         (every entry fresh, no check of the change feed due); else None. Most answers'
         catalog lookups: no coroutine, no timeout, no read."""
         now = time.monotonic()
-        fresh = self.ttl
-        if self.catalog_max_age_s is not None:
-            if self._catalog_seq is None or now - self._catalog_checked >= CATALOG_CHECK_S:
-                return None
-            fresh = self.catalog_max_age_s
+        fresh = self._fresh_for(now)
+        if fresh is None:
+            return None
         out: dict[str, ItemInfo] = {}
         get = self._items.get
         for iid in item_ids:
@@ -234,11 +241,9 @@ class FeatureReader:
         only that memory alone cannot tell (an entry missing, stale or replaced, even by
         an equal one, or the change feed due): the caller looks the items up."""
         now = time.monotonic()
-        fresh = self.ttl
-        if self.catalog_max_age_s is not None:
-            if self._catalog_seq is None or now - self._catalog_checked >= CATALOG_CHECK_S:
-                return False
-            fresh = self.catalog_max_age_s
+        fresh = self._fresh_for(now)
+        if fresh is None:
+            return False
         get, ttl = self._items.get, self.ttl
         for iid, then in zip(item_ids, entries, strict=True):
             hit = get(iid)

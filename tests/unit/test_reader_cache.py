@@ -27,11 +27,10 @@ class NoStore:
 ENTRY = st.one_of(st.none(), st.tuples(st.floats(0.0, 120.0), st.booleans()))
 
 
-@settings(max_examples=300, deadline=None)
-@given(entries=st.lists(ENTRY, min_size=1, max_size=8), asked=st.lists(
-    st.integers(0, 7), min_size=1, max_size=10), feed=st.booleans(),
-    checked_ago=st.floats(0.0, 3.0))
-def test_fresh_items_is_items_without_a_read(entries, asked, feed, checked_ago) -> None:
+def cached(entries: list[Any], feed: bool, checked_ago: float) -> FeatureReader:
+    """A reader whose catalog cache holds ``entries`` (item ``i<n>``: None for not
+    cached, else (age in s, whether the catalog knows it)); with ``feed``, following the
+    change feed, last checked ``checked_ago`` seconds ago."""
     reader = FeatureReader(NoStore(), Keys("t", 2), ttl=2.0, revalidate_s=2.0,  # type: ignore[arg-type]
                            catalog_max_age_s=60.0 if feed else None)
     now = time.monotonic()
@@ -43,6 +42,15 @@ def test_fresh_items_is_items_without_a_read(entries, asked, feed, checked_ago) 
     if feed:
         reader._catalog_seq = [0, 0]
         reader._catalog_checked = now - checked_ago
+    return reader
+
+
+@settings(max_examples=300, deadline=None)
+@given(entries=st.lists(ENTRY, min_size=1, max_size=8), asked=st.lists(
+    st.integers(0, 7), min_size=1, max_size=10), feed=st.booleans(),
+    checked_ago=st.floats(0.0, 3.0))
+def test_fresh_items_is_items_without_a_read(entries, asked, feed, checked_ago) -> None:
+    reader = cached(entries, feed, checked_ago)
     ids = [f"i{n}" for n in asked]
     quick = reader.fresh_items(ids)
     if quick is None:
@@ -61,17 +69,7 @@ def test_same_items_is_the_lookup_finding_the_very_entries(entries, asked, feed,
     """A kept answer's items are still listed without a lookup (``same_items``) exactly
     when the no-await lookup would have found every one of them as the very entry the
     answer was made from; an equal entry read again since counts as not known."""
-    reader = FeatureReader(NoStore(), Keys("t", 2), ttl=2.0, revalidate_s=2.0,  # type: ignore[arg-type]
-                           catalog_max_age_s=60.0 if feed else None)
-    now = time.monotonic()
-    for n, entry in enumerate(entries):
-        if entry is not None:
-            age, known = entry
-            info = ItemInfo(f"i{n}", f"title {n}") if known else None
-            reader._items[f"i{n}"] = (now - age, info)
-    if feed:
-        reader._catalog_seq = [0, 0]
-        reader._catalog_checked = now - checked_ago
+    reader = cached(entries, feed, checked_ago)
     ids = [f"i{n}" for n, _ in asked]
     held = [reader._items.get(i, (0.0, None))[1] for i in ids]
     then = [h if how == "kept" else None if how == "none" or h is None
