@@ -131,6 +131,7 @@ def _id(request: Request, name: str) -> str:
 
 _QUERIES: dict[bytes, dict[str, str]] = {}
 _QUERIES_MAX = 4096
+_QUERY_KEPT_MAX = 256  # bytes: at most ~1 MB of kept strings
 
 
 def _query(request: Request) -> Mapping[str, str]:
@@ -141,9 +142,11 @@ def _query(request: Request) -> Mapping[str, str]:
     raw = request.scope["query_string"]
     parsed = _QUERIES.get(raw)
     if parsed is None:
-        if len(_QUERIES) >= _QUERIES_MAX:  # many distinct ones (customer ids): start over
-            _QUERIES.clear()
-        parsed = _QUERIES[raw] = dict(parse_qsl(raw.decode("latin-1"), keep_blank_values=True))
+        parsed = dict(parse_qsl(raw.decode("latin-1"), keep_blank_values=True))
+        if len(raw) <= _QUERY_KEPT_MAX:  # a long one is parsed each time, not kept
+            if len(_QUERIES) >= _QUERIES_MAX:  # many distinct (customer ids): start over
+                _QUERIES.clear()
+            _QUERIES[raw] = parsed
     return parsed
 
 

@@ -45,3 +45,7 @@ def test_query_is_parsed_once_per_string_and_the_memo_stays_bounded(monkeypatch)
             "user_id": f"u{n}", "limit": "5"}
         assert len(routes._QUERIES) <= 3
     assert routes._query(request(b"limit=10")) == {"limit": "10"}
+    routes._QUERIES.clear()
+    long = b"limit=5&context_item=" + b"x" * 300
+    assert routes._query(request(long)) == {"limit": "5", "context_item": "x" * 300}
+    assert routes._QUERIES == {}  # read, not kept
