@@ -545,11 +545,9 @@ class FeatureReader:
         first eight of :meth:`customer`'s reads, as one transaction on the pipelined
         connection, else one redis-py pipeline; from the customer's kept read where
         there is one (feature_store/tracking.py), without a round trip."""
-        copy = (self.local.get(user_id, True)
-                if self.local is not None and views == VIEWS and self.fast is not None
-                else None)
-        if copy is not None:
-            return self.read_of(user_id, copy.replies).state
+        kept = self.kept_replies(user_id) if views == VIEWS else None
+        if kept is not None:
+            return self.read_of(user_id, kept).state
         if self.fast is not None:
             keys = [self.keys.user(user_id, s) for s in CUSTOMER_KEYS[:8]]
             with contextlib.suppress(Rerouted):  # a Cluster slot moved: redis-py follows
