@@ -98,6 +98,12 @@ def assign_pure(defs: list[Definition], user_id: str, surface: str, now: float,
     return out
 
 
+def _targets_segments(defs: list[Definition], surface: str) -> bool:
+    """Whether an experiment on ``surface`` targets segments (its assignment needs the
+    customer's segment)."""
+    return any(d.spec.segments and surface in d.spec.surfaces for d in defs)
+
+
 class ExperimentRegistry:
     def __init__(self, client: aioredis.Redis, keys: Keys, ttl_s: float = 2.0) -> None:
         self.client, self.keys, self.ttl = client, keys, ttl_s
@@ -116,16 +122,20 @@ class ExperimentRegistry:
         profile. Only the first call (nothing known yet) and ``fresh`` ones wait."""
         if fresh:
             await self._refresh(fresh=True)
-        elif time.monotonic() - self._read_at >= self.ttl:
-            if self._refreshing is None:
-                task = asyncio.create_task(self._refresh(fresh=False),
-                                           name="experiments-refresh")
-                self._refreshing = task
-                # Runs also for a task cancelled before its first step (at shutdown).
-                task.add_done_callback(lambda t: setattr(self, "_refreshing", None))
-            if self._read_at < 0:  # never read: nothing to answer with yet
-                await asyncio.shield(self._refreshing)
+        elif self.known() is None:  # never read: nothing to answer with yet
+            assert self._refreshing is not None
+            await asyncio.shield(self._refreshing)
         return self._defs
+
+    def known(self) -> dict[str, Definition] | None:
+        """:meth:`definitions` without waiting: the cached ones (past the TTL, one
+        background read refreshes them), or None before the first read came back."""
+        if time.monotonic() - self._read_at >= self.ttl and self._refreshing is None:
+            task = asyncio.create_task(self._refresh(fresh=False), name="experiments-refresh")
+            self._refreshing = task
+            # Runs also for a task cancelled before its first step (at shutdown).
+            task.add_done_callback(lambda t: setattr(self, "_refreshing", None))
+        return self._defs if self._read_at >= 0 else None
 
     async def _refresh(self, fresh: bool) -> None:
         try:
@@ -165,14 +175,27 @@ class ExperimentRegistry:
             return []
         now = time.time()
         segment = None
-        if segment_of is not None and any(d.spec.segments and surface in d.spec.surfaces
-                                          for d in defs):
+        if segment_of is not None and _targets_segments(defs, surface):
             try:
                 async with asyncio.timeout(STORE_TIMEOUT_S):
                     segment = await segment_of()
             except (RedisError, OSError, TimeoutError):
                 segment = None  # unknown segment: not targeted
         return assign_pure(defs, user_id, surface, now, segment)
+
+    def assign_now(self, user_id: str, surface: str) -> list[Assignment] | None:
+        """:meth:`assign`'s answer when it needs no wait: the definitions known (see
+        :meth:`known`) and none of ``surface``'s targeting segments, which would need
+        the customer's segment; else None. Most requests: no experiment running."""
+        defs = self.known()
+        if defs is None:
+            return None
+        if not defs:
+            return []
+        listed = list(defs.values())
+        if _targets_segments(listed, surface):
+            return None
+        return assign_pure(listed, user_id, surface, time.time(), None)
 
     def exposures(self, assignments: list[Assignment], user_id: str, request_id: str,
                   items: list[str]) -> list[ev.ExperimentExposed]:

@@ -33,7 +33,7 @@ from feature_store.reader import (
 from models.artifacts import ModelArtifact
 from models.online import ModelHolder, decode_vector, user_vector
 from serving.again import own_items, rebuy_reason, resume_reason
-from serving.answer_cache import PerCustomer, StaleWhileRevalidate, fingerprint
+from serving.answer_cache import Kept, PerCustomer, StaleWhileRevalidate, fingerprint
 from serving.pools import PoolBatch
 from serving.viewed import (
     SimilarToViewed,
@@ -316,6 +316,32 @@ class RecommendationService:
         finally:
             self.pools.busy -= 1
 
+    def reused(self, user_id: str, limit: int, context_item: str | None,
+               ) -> Kept[Packed] | None:
+        """The customer's kept answer, when :meth:`recommendations` would give it and
+        that can be told without waiting: their kept read (no round trip), the state and
+        model it was made from, its items listed as they were, told from memory. None
+        says only "ask :meth:`recommendations`" (which may still reuse it). The route
+        answers a returning customer from here, without the coroutines, timeouts and
+        answer objects of the full path (the answer is its kept encoding)."""
+        if self.settings.serving.recommendations_cache_ttl_s <= 0:
+            return None
+        try:
+            replies = self.reader.kept_replies(user_id)
+            if replies is None:
+                return None
+            art = self.holder.current
+            kept = self._answers.get(user_id, (limit, context_item),
+                                     self._mark(user_id, replies), art.version if art else None)
+            if kept is None or not self.reader.same_items([x[0] for x in kept.answer[0]],
+                                                          kept.entries):
+                return None
+        except Exception:  # a bug: the full path answers (and falls back if it must)
+            log.exception("checking %s's kept answer failed", user_id)
+            return None
+        _ANSWERED["reused"].inc()
+        return kept
+
     async def _customer_filter(self, user_id: str | None, flags: list[str],
                                ) -> tuple[Callable[[ItemInfo], bool], UserState | None]:
         """The customer's dislikes and bought non-consumables as a filter, and their
@@ -353,13 +379,13 @@ class RecommendationService:
             last = self._answers.last(user_id, shape)
             if last is not None:
                 _ANSWERED["last"].inc()
-                return _unpack(last, degraded=True)
+                return unpack(last, degraded=True)
         else:
             mark = self._mark(user_id, replies) if s.recommendations_cache_ttl_s > 0 else None
             kept = self._answers.get(user_id, shape, mark, model)
             if kept is not None and await self._still_listed(kept.answer, kept.entries):
                 _ANSWERED["reused"].inc()
-                return _unpack(kept.answer, memo=kept.memo)
+                return unpack(kept.answer, memo=kept.memo)
             record = self.reader.read_of(user_id, replies)
         _ANSWERED["derived"].inc()
         state = record.state if record else UserState(user_id, [], {}, {}, {}, {}, [], None, {})
@@ -715,7 +741,7 @@ def _pack(answer: Answer) -> Packed:
                   for x in answer.items), answer.model_version, answer.strategy)
 
 
-def _unpack(packed: Packed, degraded: bool = False,
+def unpack(packed: Packed, degraded: bool = False,
             memo: dict[str, bytes] | None = None) -> Answer:
     """A new Answer from a kept one. With ``memo``, what is derived from the answer may
     be kept in it: its items must be answered as they are."""

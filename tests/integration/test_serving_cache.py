@@ -454,6 +454,46 @@ def test_a_reused_answer_is_sent_as_the_same_answer_derived(loaded: Stack) -> No
     asyncio.run(check())
 
 
+def test_a_returning_customers_kept_answer_skips_the_full_path(loaded: Stack) -> None:
+    """In no experiment, with their kept read and answer current, a returning customer
+    is answered by the route from the kept answer alone (RecommendationService.reused):
+    the full path is not entered, and the body is the one it would give. Anything else
+    (here another shape, never answered) still takes the full path."""
+    s = loaded.settings
+    user = buyers(s, 10)[-3]
+    path = f"/v1/users/{user}/recommendations"
+
+    async def check() -> None:
+        app = create_app(s)
+        async with app.router.lifespan_context(app), \
+                httpx.AsyncClient(transport=httpx.ASGITransport(app),
+                                  base_url="http://t") as api:
+            counter = ANSWERED.labels("reused")
+            for _ in range(20):
+                before = counter._value.get()
+                kept = await api.get(path)
+                if counter._value.get() > before and not kept.json()["degraded"]:
+                    break
+            else:
+                raise AssertionError("no answer was reused")
+            service = app.state.aisle.service
+
+            async def full_path(*args: Any) -> Any:
+                raise AssertionError("the full path was entered")
+
+            service.recommendations = full_path
+            before = counter._value.get()
+            again = await api.get(path, headers={"X-Request-ID": "at-once"})
+            assert again.status_code == 200 and counter._value.get() == before + 1
+            bodies = [kept.json(), again.json()]
+            assert bodies[1].pop("request_id") == "at-once" != bodies[0].pop("request_id")
+            assert bodies[0] == bodies[1]
+            with pytest.raises(AssertionError, match="full path"):
+                await api.get(path, params={"limit": 5})
+
+    asyncio.run(check())
+
+
 def test_a_kept_answer_with_an_item_gone_out_of_stock_is_made_again(loaded: Stack) -> None:
     """The customer's state did not change, one of their answer's items did: the kept
     answer is not given once the API's catalog entry for the item has changed."""
@@ -464,10 +504,16 @@ def test_a_kept_answer_with_an_item_gone_out_of_stock_is_made_again(loaded: Stac
         async with two_services(s) as (cached, plain):
             first = await settled(cached.service, user)
             assert (await reused(cached.service, user))[1]
+            assert cached.service.reused(user, 10, None) is not None  # the route's way
             gone = first.items[0].item_id
             await send(s, catalog(gone, "sold out", minutes=0, stock=0))
             key = cached.reader.keys.item(gone)
             await until(lambda: cached.redis.hget(key, "stock"), "the upsert applied")
+
+            async def not_at_once() -> bool:  # the route's way sees the change too
+                return cached.service.reused(user, 10, None) is None
+
+            await until(not_at_once, "the kept answer no longer given at once", timeout=10)
 
             async def dropped() -> bool:
                 got = await cached.service.recommendations(user, 10, None)
