@@ -188,9 +188,13 @@ class ServingSettings(BaseModel):
     # Catalog entries (title, price, stock, removed) are kept in the API's memory until
     # the catalog's change feed says the item changed (checked once a second), and at
     # most this long (before, every item in use was re-read every 2-4 s: under cProfile
-    # 7% of a recommendation's time). The bound covers a store emptied and rebuilt
-    # behind the API's back while its change counters climbed past the API's.
-    catalog_max_age_s: float = Field(60.0, gt=0)
+    # 7% of a recommendation's time). The bound is a backstop for changes the feed
+    # cannot tell: a store emptied and refilled by other means than `aisle rebuild`
+    # (whose lock the check sees) while its change counters climbed past the API's.
+    # 60 s before session 25: an item unseen for a minute was read again, on the
+    # request's path, and answers after a quiet minute paid for it (1.0 vs 1.5 ms per
+    # derived recommendation in bench_serving's peak, benchmarks/README.md).
+    catalog_max_age_s: float = Field(600.0, gt=0)
     # Related items for anonymous visitors (product pages): the same for everyone and
     # moved by co-purchase counts over thousands of orders, so half a minute old is fresh
     # enough (a stock-out shows within it). A new model version misses the cache at once;

@@ -138,6 +138,7 @@ class FeatureReader:
         self._catalog_seq: list[int] | None = None  # per shard, as of the last check
         self._catalog_checked = -math.inf
         self._catalog_epoch = 0  # +1 whenever a check dropped entries
+        self._catalog_rebuilding = False  # the last check saw aisle rebuild's lock
         self.catalog_invalidated = 0
         self.item_reads = 0  # catalog entries read from the store
         # Catalog entries between ttl and ttl + revalidate_s old are answered from memory
@@ -295,17 +296,23 @@ class FeatureReader:
     async def _check_catalog(self) -> None:
         """Drop the cached entries of the items whose catalog entry changed since the
         last check: one HGET per shard, and a ZRANGEBYSCORE for a shard that moved. A
-        shard whose counter went back (the store was emptied and rebuilt) drops all."""
+        shard whose counter went back (the store was emptied and rebuilt) drops all, and
+        so does a check that sees ``aisle rebuild``'s lock, or saw it last time: a
+        rebuild empties the store and numbers the changes anew, and its counters may
+        climb past the last check's within a second."""
         self._catalog_checked = time.monotonic()
         pipe = self.client.pipeline(transaction=False)
         for shard in range(self.keys.shards):
             pipe.hget(self.keys.meta(shard), "catalog")
-        seqs = [int(v or 0) for v in await pipe.execute()]
-        last = self._catalog_seq
+        pipe.exists(self.keys.control("rebuild"))
+        *replies, rebuilding = await pipe.execute()
+        seqs = [int(v or 0) for v in replies]
+        last, rebuilt = self._catalog_seq, self._catalog_rebuilding or bool(rebuilding)
+        self._catalog_rebuilding = bool(rebuilding)
         if last is None:
             self._catalog_seq = seqs
             return
-        if any(new < old for new, old in zip(seqs, last, strict=True)):
+        if rebuilt or any(new < old for new, old in zip(seqs, last, strict=True)):
             dropped = list(self._items)
         else:
             moved = [(shard, old) for shard, (new, old) in enumerate(zip(seqs, last,
