@@ -268,7 +268,10 @@ async def offers(request: Request) -> Response:
         except (BrokerUnavailable, KafkaError, TimeoutError):
             # Never promise an offer the log does not hold: show only what is on record.
             decision = Decision(customers.active(view), None)
-    infos = await state.reader.items([i for o in decision.show for i in o.items])
+    ids = [i for o in decision.show for i in o.items]
+    infos = state.reader.fresh_items(ids)  # most answers: from memory, nothing to wait for
+    if infos is None:
+        infos = await state.reader.items(ids)
     shown = still_fit(decision.show, infos, view.state)
     body = OffersAnswer(request_id(request), user_id, iso(view.clock),
                         [_offer_out(o, infos, view.clock) for o in shown], issued,

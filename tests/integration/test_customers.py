@@ -26,6 +26,7 @@ from models.population import (
     read_all_facts,
     refresh,
 )
+from serving.app import create_app
 from streams.events import LifecycleChanged
 from streams.lag import wait_caught_up
 from streams.timers import refresh_population
@@ -95,6 +96,18 @@ def test_profiles_of_real_customers(api: httpx.Client) -> None:
     assert len(segments) >= 2  # real customers do not all fall in one bucket
 
 
+def offers_from_a_fresh_api(stack: Stack, user: str) -> list[tuple[str, list[tuple[str, str]]]]:
+    async def ask() -> list[tuple[str, list[tuple[str, str]]]]:
+        app = create_app(stack.settings)
+        async with app.router.lifespan_context(app), \
+                httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+            body = (await c.get(f"/v1/users/{user}/offers")).json()
+        return [(o["offer_id"], [(i["item_id"], i["title"]) for i in o["items"]])
+                for o in body["offers"]]
+
+    return asyncio.run(ask())
+
+
 def test_a_dormant_customer_gets_one_winback_offer_that_expires(api, stack) -> None:
     now = clock_of(api)
     user, item = uid("sleepy"), "85123A"
@@ -133,6 +146,9 @@ def test_a_dormant_customer_gets_one_winback_offer_that_expires(api, stack) -> N
     assert [o["offer_id"] for o in again["offers"]] == [offer["offer_id"]]
     # Once folded from its event, the profile shows it too.
     eventually(lambda: api.get(f"/v1/users/{user}/profile").json()["active_offers"])
+    # A fresh API process, whose catalog is not read yet, shows it with its items.
+    assert offers_from_a_fresh_api(stack, user) == [
+        (offer["offer_id"], [(i["item_id"], i["title"]) for i in offer["items"]])]
     # The customer's recommendations bring back what they saved.
     recs = api.get(f"/v1/users/{user}/recommendations").json()["items"]
     assert any(r["item_id"] == item and r["reason"] == "you saved this" for r in recs)
