@@ -527,6 +527,12 @@ class FeatureReader:
         pipe.hgetall(self.keys.user(user_id, "ostate"))
         return _offers(*await pipe.execute())
 
+    def clock_now(self) -> float | None:
+        """:meth:`clock` while its cached value is under a second old (no coroutine);
+        else None."""
+        known = self._clock
+        return known[1] if known is not None and time.monotonic() - known[0] < 1.0 else None
+
     async def clock(self) -> float:
         """Now, on the log's clock: the newest event time any shard applied (cached 1 s)."""
         now = time.monotonic()

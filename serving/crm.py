@@ -156,7 +156,9 @@ class CustomerService:
         derived = None
         if record is not None:
             state = record.state
-            clock = await self.reader.clock()  # cached for a second: rarely a round trip
+            clock = self.reader.clock_now()
+            if clock is None:
+                clock = await self.reader.clock()  # cached for a second: rarely a round trip
             stored, terminal = self._stored_offers(user_id, record)
         else:
             assert state is not None
@@ -230,11 +232,21 @@ class CustomerService:
         return [o for o in view.offers
                 if o.offer_id not in view.terminal and o.expires_at > view.clock]
 
+    def _recent(self, view: CustomerView) -> tuple[list[Offer], list[Offer]]:
+        """The offers issued within the longest cap, and those of them still open."""
+        longest_cap = max((r.cap_days for r in self.policy.rules), default=0) * 86400
+        recent = [o for o in view.offers if o.issued_at >= view.clock - longest_cap]
+        return recent, [o for o in recent if o.offer_id not in view.terminal]
+
+    def decide_now(self, view: CustomerView) -> Decision | None:
+        """:meth:`decide`'s answer when the customer has a live offer (most page views):
+        it is shown again, and nothing is read or issued. None: ask :meth:`decide`."""
+        live = live_offers(view.user_id, view.clock, self._recent(view)[1])
+        return Decision(live, None) if live else None
+
     async def decide(self, view: CustomerView) -> Decision:
         clock = view.clock
-        longest_cap = max((r.cap_days for r in self.policy.rules), default=0) * 86400
-        recent = [o for o in view.offers if o.issued_at >= clock - longest_cap]
-        active = [o for o in recent if o.offer_id not in view.terminal]
+        recent, active = self._recent(view)
         # Most page views end here: the live offer is shown again, or no rule is for
         # this customer. Only what a matching rule could take is gathered (decide()
         # answers the same: it reads nothing else).

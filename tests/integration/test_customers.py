@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -160,6 +161,74 @@ def test_a_dormant_customer_gets_one_winback_offer_that_expires(api, stack) -> N
     assert offer["offer_id"] not in [o["offer_id"] for o in after["offers"]]
     assert all(o["kind"] != "winback_coupon" for o in after["offers"])
     store.close()
+
+
+def test_a_live_offer_is_answered_again_from_the_kept_read(api, stack) -> None:
+    """While the customer's kept read, the log's clock and their offers are the same, the
+    offers route gives the answer it made (no decision is made again), as the full path
+    would give it; a moved clock makes it again."""
+    now = clock_of(api)
+    user = uid("kept")
+    post(api, [
+        {"type": "product.favorited", "event_id": uid("e"), "user_id": user,
+         "occurred_at": at(now - timedelta(days=201)), "payload": {"item_id": "85123A"}},
+        {"type": "order.placed", "event_id": uid("e"), "user_id": user,
+         "occurred_at": at(now - timedelta(days=200)), "payload": {"order_id": uid("o"),
+         "lines": [{"item_id": "22423", "quantity": 1, "unit_price": 12.75}]}},
+    ])
+    store = open_redis_sync(stack.settings)
+    rfm = Keys(stack.settings.features.key_prefix, stack.settings.features.shards).user(user,
+                                                                                       "rfm")
+    eventually(lambda: store.hget(rfm, "orders"))
+    store.close()
+    assert api.get(f"/v1/users/{user}/offers").json()["issued"]  # made by the stack's API
+    eventually(lambda: api.get(f"/v1/users/{user}/profile").json()["active_offers"])
+    plain = stack.settings.model_copy(update={  # no kept reads: the full path every time
+        "serving": stack.settings.serving.model_copy(update={"tracked_customers": 0})})
+    path = f"/v1/users/{user}/offers"
+
+    async def check() -> None:
+        kept_app, plain_app = create_app(stack.settings), create_app(plain)
+        async with kept_app.router.lifespan_context(kept_app), \
+                plain_app.router.lifespan_context(plain_app), \
+                httpx.AsyncClient(transport=httpx.ASGITransport(kept_app),
+                                  base_url="http://t") as kept, \
+                httpx.AsyncClient(transport=httpx.ASGITransport(plain_app),
+                                  base_url="http://t") as full:
+            customers = kept_app.state.aisle.customers
+            decided: list[str] = []
+            real = customers.decide_now
+
+            def counted(view: Any) -> Any:
+                decided.append(view.user_id)
+                return real(view)
+
+            customers.decide_now = counted
+
+            async def both() -> tuple[dict, dict]:
+                a, b = (await kept.get(path)).json(), (await full.get(path)).json()
+                assert a.pop("request_id") != b.pop("request_id")
+                return a, b
+
+            for _ in range(2):  # read (and the read kept), then made from the kept read
+                await kept.get(path)
+            made = len(decided)
+            a, b = await both()
+            assert a == b and len(a["offers"]) == 1 and a["issued"] is None
+            assert len(decided) == made  # given again: no decision made
+            # Another customer's later event moves the log's clock: made again.
+            before = a["clock"]
+            post(api, [{"type": "product.viewed", "event_id": uid("e"), "user_id": uid(),
+                        "occurred_at": at(clock_of(api) + timedelta(seconds=90)),
+                        "payload": {"item_id": "22423"}}])
+            for _ in range(100):
+                a, b = await both()
+                if a["clock"] != before:
+                    break
+                await asyncio.sleep(0.1)
+            assert a["clock"] != before and a == b and len(decided) > made
+
+    asyncio.run(check())
 
 
 def test_dislikes_filter_offers_recommendations_and_related(api, stack) -> None:
