@@ -9,14 +9,10 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import redis.asyncio as aioredis
 
-from aisle.settings import Settings
-from feature_store.keys import Keys
 from feature_store.reader import CATALOG_CHECK_S, FeatureReader
-from feature_store.redis_store import RedisStore
-from feature_store.updates import Folder
 from streams import events as ev
+from tests.integration.util import FoldedStore
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2011, 1, 1, tzinfo=UTC)
@@ -30,21 +26,8 @@ def upsert(n: int, item: str, title: str, stock: int = 5) -> ev.CatalogItemUpser
 
 
 async def _scenario(redis_url: str) -> dict[str, object]:
-    keys = Keys(f"cf{uuid.uuid4().hex[:6]}", 4)
-    s = Settings()
-    folder = Folder(keys, s.features, s.model)
-    client = aioredis.Redis.from_url(redis_url)
-    store = RedisStore(client, keys, 86400.0)
-    offset = 0
-
-    async def apply(*events: ev.AnyEvent) -> None:
-        nonlocal offset
-        batches: dict[int, list] = {}
-        for e in events:
-            batches.setdefault(folder.shard(e), []).append((e.event_id, offset, e.ts,
-                                                            folder.fold(e)))
-            offset += 1
-        await store.apply_many([(shard, "t/0", b) for shard, b in batches.items()])
+    folded = FoldedStore(redis_url, "cf")
+    client, keys, apply = folded.client, folded.keys, folded.apply
 
     items = [f"i{n}" for n in range(12)]
     await apply(*(upsert(1, i, f"old {i}") for i in items))

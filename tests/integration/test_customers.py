@@ -27,14 +27,13 @@ from models.population import (
     read_all_facts,
     refresh,
 )
-from serving.app import create_app
 from streams.events import LifecycleChanged
 from streams.lag import wait_caught_up
 from streams.timers import refresh_population
 from streams.topics import EventProducer
 from tests.conftest import ONLINE_RETAIL
 from tests.integration.conftest import isolated_settings
-from tests.integration.util import eventually, uid
+from tests.integration.util import eventually, started_apps, uid
 
 pytestmark = pytest.mark.integration
 SEGMENTS = {"prospect", "new", "lost", "dormant", "at_risk", "high_value_loyal", "potential",
@@ -99,9 +98,7 @@ def test_profiles_of_real_customers(api: httpx.Client) -> None:
 
 def offers_from_a_fresh_api(stack: Stack, user: str) -> list[tuple[str, list[tuple[str, str]]]]:
     async def ask() -> list[tuple[str, list[tuple[str, str]]]]:
-        app = create_app(stack.settings)
-        async with app.router.lifespan_context(app), \
-                httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+        async with started_apps(stack.settings) as [(_, c)]:
             body = (await c.get(f"/v1/users/{user}/offers")).json()
         return [(o["offer_id"], [(i["item_id"], i["title"]) for i in o["items"]])
                 for o in body["offers"]]
@@ -188,13 +185,7 @@ def test_a_live_offer_is_answered_again_from_the_kept_read(api, stack) -> None:
     path = f"/v1/users/{user}/offers"
 
     async def check() -> None:
-        kept_app, plain_app = create_app(stack.settings), create_app(plain)
-        async with kept_app.router.lifespan_context(kept_app), \
-                plain_app.router.lifespan_context(plain_app), \
-                httpx.AsyncClient(transport=httpx.ASGITransport(kept_app),
-                                  base_url="http://t") as kept, \
-                httpx.AsyncClient(transport=httpx.ASGITransport(plain_app),
-                                  base_url="http://t") as full:
+        async with started_apps(stack.settings, plain) as [(kept_app, kept), (_, full)]:
             customers = kept_app.state.aisle.customers
             decided: list[str] = []
             real = customers.decide_now

@@ -10,14 +10,10 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-import redis.asyncio as aioredis
 
-from aisle.settings import Settings
-from feature_store.keys import Keys
-from feature_store.redis_store import RedisStore
-from feature_store.updates import Folder
 from serving.experiments import ExperimentRegistry
 from streams import events as ev
+from tests.integration.util import FoldedStore
 
 pytestmark = pytest.mark.integration
 USERS = [f"u{n}" for n in range(300)]
@@ -36,18 +32,8 @@ def spec(xid: str, surfaces: list[str], layer: str, **kw: object) -> ev.Experime
 
 
 async def _scenario(redis_url: str) -> None:
-    keys = Keys(f"xr{uuid.uuid4().hex[:6]}", 4)
-    s = Settings()
-    folder = Folder(keys, s.features, s.model)
-    client = aioredis.Redis.from_url(redis_url)
-    store = RedisStore(client, keys, 86400.0)
-
-    async def apply(*events: ev.AnyEvent) -> None:
-        batches: dict[int, list] = {}
-        for n, e in enumerate(events):
-            batches.setdefault(folder.shard(e), []).append((e.event_id, n, e.ts,
-                                                            folder.fold(e)))
-        await store.apply_many([(shard, "t/0", b) for shard, b in batches.items()])
+    folded = FoldedStore(redis_url, "xr")
+    client, keys, apply = folded.client, folded.keys, folded.apply
 
     registry = ExperimentRegistry(client, keys, ttl_s=0.2)
     try:

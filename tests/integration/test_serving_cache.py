@@ -35,7 +35,7 @@ from streams.events import decode_event
 from streams.lag import wait_caught_up
 from streams.topics import EventProducer
 from tests.integration.conftest import ADMIN_KEY, isolated_settings
-from tests.integration.util import catalog, event, stack_over_slice, uid
+from tests.integration.util import catalog, event, stack_over_slice, started_apps, uid
 
 pytestmark = pytest.mark.integration
 
@@ -428,13 +428,7 @@ def test_a_reused_answer_is_sent_as_the_same_answer_derived(loaded: Stack) -> No
     path = f"/v1/users/{user}/recommendations"
 
     async def check() -> None:
-        cached_app, plain_app = create_app(s), create_app(plain)
-        async with cached_app.router.lifespan_context(cached_app), \
-                plain_app.router.lifespan_context(plain_app), \
-                httpx.AsyncClient(transport=httpx.ASGITransport(cached_app),
-                                  base_url="http://t") as api, \
-                httpx.AsyncClient(transport=httpx.ASGITransport(plain_app),
-                                  base_url="http://t") as plain_api:
+        async with started_apps(s, plain) as [(_, api), (_, plain_api)]:
             counter = ANSWERED.labels("reused")
             for n in range(20):
                 before = counter._value.get()
@@ -464,10 +458,7 @@ def test_a_returning_customers_kept_answer_skips_the_full_path(loaded: Stack) ->
     path = f"/v1/users/{user}/recommendations"
 
     async def check() -> None:
-        app = create_app(s)
-        async with app.router.lifespan_context(app), \
-                httpx.AsyncClient(transport=httpx.ASGITransport(app),
-                                  base_url="http://t") as api:
+        async with started_apps(s) as [(app, api)]:
             counter = ANSWERED.labels("reused")
             for _ in range(20):
                 before = counter._value.get()

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -107,3 +107,49 @@ def stack_over_slice(settings: Settings, rows: int = 3_000, api: bool = True,
         yield stack
     finally:
         stack.stop()
+
+
+class FoldedStore:
+    """A fresh key prefix on the session's Valkey: events folded and applied as a worker
+    applies them (``apply``), for a test that reads what they left."""
+
+    def __init__(self, redis_url: str, tag: str, shards: int = 4) -> None:
+        import redis.asyncio as aioredis
+
+        from aisle.settings import Settings
+        from feature_store.redis_store import RedisStore
+        from feature_store.updates import Folder
+
+        settings = Settings()
+        self.keys = Keys(f"{tag}{uuid.uuid4().hex[:6]}", shards)
+        self.folder = Folder(self.keys, settings.features, settings.model)
+        self.client = aioredis.Redis.from_url(redis_url)
+        self.store = RedisStore(self.client, self.keys, 86400.0)
+        self.offset = 0
+
+    async def apply(self, *events: Any) -> None:
+        batches: dict[int, list[Any]] = {}
+        for e in events:
+            batches.setdefault(self.folder.shard(e), []).append(
+                (e.event_id, self.offset, e.ts, self.folder.fold(e)))
+            self.offset += 1
+        await self.store.apply_many([(shard, "t/0", b) for shard, b in batches.items()])
+
+
+@contextlib.asynccontextmanager
+async def started_apps(*settings: Settings) -> AsyncIterator[list[tuple[Any, httpx.AsyncClient]]]:
+    """An API app made in this process for each of ``settings``, started, each with a
+    client that calls it directly: (app, client) pairs."""
+    import httpx
+
+    from serving.app import create_app
+
+    async with contextlib.AsyncExitStack() as stack:
+        out = []
+        for s in settings:
+            app = create_app(s)
+            await stack.enter_async_context(app.router.lifespan_context(app))
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t"))
+            out.append((app, client))
+        yield out
