@@ -43,6 +43,8 @@ from models.evaluation import evaluate
 from streams.events import CartItemAdded, OrderPlaced
 
 USERS = 1000
+#: The oracle lists compared with item-kNN (``*_vs_knn_pct``).
+ORACLES = ("oracle_own_no_cart", "oracle_own_popular_fill", "oracle_own_no_cart_popular_fill")
 console = Console(width=None if sys.stdout.isatty() else 150)
 
 
@@ -88,8 +90,7 @@ def ceiling(split: Split, users: list[str]) -> dict[str, Any]:
         "never_seen_in_training": round(sum(i not in catalog for _, i in pairs) / len(pairs),
                                         4)}
     knn = out["item_knn"]
-    for row in ("oracle_own_no_cart", "oracle_own_popular_fill",
-                "oracle_own_no_cart_popular_fill"):
+    for row in ORACLES:
         out[f"{row}_vs_knn_pct"] = {
             m: round(100 * (out[row][m] / knn[m] - 1), 1) if knn[m] else None
             for m in ("recall", "ndcg")}
@@ -109,8 +110,7 @@ def main() -> None:
         result[name] = ceiling(split, users)
         r = result[name]
         console.print(f"{name}: truth {r['truth']}")
-        for row in ("item_knn", "oracle_own", "oracle_own_no_cart", "oracle_own_popular_fill",
-                    "oracle_own_no_cart_popular_fill"):
+        for row in ("item_knn", "oracle_own", *ORACLES):
             console.print(f"  {row:<32} recall {r[row]['recall']:.4f} ndcg {r[row]['ndcg']:.4f}"
                           f" hits {r[row]['hits']}")
         console.print(f"  oracle without the cart vs item-kNN: "

@@ -34,7 +34,7 @@ from streams.timers import refresh_population
 from streams.topics import EventProducer
 from tests.conftest import ONLINE_RETAIL
 from tests.integration.conftest import isolated_settings
-from tests.integration.util import eventually, started_apps, uid
+from tests.integration.util import eventually, eventually_async, started_apps, uid
 
 pytestmark = pytest.mark.integration
 SEGMENTS = {"prospect", "new", "lost", "dormant", "at_risk", "high_value_loyal", "potential",
@@ -216,18 +216,19 @@ def test_a_live_offer_is_answered_again_from_the_kept_read(api, stack) -> None:
                         "occurred_at": at(clock_of(api) + timedelta(seconds=90)),
                         "payload": {"item_id": "22423"}}])
             reader = kept_app.state.aisle.reader
-            for _ in range(100):
+
+            async def new_clock_read() -> bool:
                 await kept.get(path)  # the kept app rereads its clock once a second
                 known = reader.clock_now()
-                if known is not None and iso(known) != before:
-                    break
-                await asyncio.sleep(0.1)
-            assert (await kept.get(path)).json()["clock"] != before
-            for _ in range(100):
+                return known is not None and iso(known) != before
+
+            async def agreed() -> tuple[dict, dict] | None:
                 a, b = await both()
-                if a["clock"] == b["clock"]:
-                    break
-                await asyncio.sleep(0.1)
+                return (a, b) if a["clock"] == b["clock"] else None
+
+            await eventually_async(new_clock_read)
+            assert (await kept.get(path)).json()["clock"] != before
+            a, b = await eventually_async(agreed)
             assert a["clock"] != before and a == b and len(decided) > made
 
     asyncio.run(check())

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -35,6 +35,19 @@ def eventually(check: Callable[[], T], timeout: float = 30.0, every: float = 0.1
         if last:
             return last
         time.sleep(every)
+    raise AssertionError(f"condition not met in {timeout}s; last value: {last!r}")
+
+
+async def eventually_async(check: Callable[[], Awaitable[T]], timeout: float = 10.0,
+                           every: float = 0.1) -> T:
+    """:func:`eventually` for a check that awaits (a request to an in-process app)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(every)
     raise AssertionError(f"condition not met in {timeout}s; last value: {last!r}")
 
 
